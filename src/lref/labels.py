@@ -1,0 +1,116 @@
+"""Ordered relevance label schemes.
+
+A scheme lists its grades from most to least relevant. Index 0 is the most relevant grade, so a prediction
+*over-estimates* relevance when its index is smaller than the gold index.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+class LabelError(ValueError):
+    """A label that is not part of the scheme in use."""
+
+
+@dataclass(frozen=True)
+class LabelScheme:
+    """Ordered grades, most relevant first, each with a one-line definition and a numeric rating."""
+
+    name: str
+    labels: tuple[str, ...]
+    definitions: tuple[str, ...]
+    ratings: tuple[float, ...] = ()
+    """Numeric value of each grade (used for expected ratings and RMSE); defaults to n, n-1, ..., 1."""
+
+    def __post_init__(self) -> None:
+        if len(self.labels) < 2:
+            raise ValueError(f"label scheme {self.name!r} needs at least two labels")
+        if len(set(self.labels)) != len(self.labels):
+            raise ValueError(f"label scheme {self.name!r} has duplicate labels: {self.labels}")
+        if len(self.definitions) != len(self.labels):
+            raise ValueError(f"label scheme {self.name!r}: {len(self.labels)} labels but {len(self.definitions)} definitions")
+        if not self.ratings:
+            object.__setattr__(self, "ratings", tuple(float(len(self.labels) - i) for i in range(len(self.labels))))
+        if len(self.ratings) != len(self.labels):
+            raise ValueError(f"label scheme {self.name!r}: {len(self.labels)} labels but {len(self.ratings)} ratings")
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def index(self, label: str) -> int:
+        """Grade index of `label` (0 = most relevant); raises LabelError for unknown labels."""
+        try:
+            return self.labels.index(label)
+        except ValueError:
+            raise LabelError(f"label {label!r} is not in scheme {self.name!r} (expected one of {', '.join(self.labels)})") from None
+
+    def parse(self, value: object) -> str:
+        """Map a raw label value to its canonical name, accepting names case-insensitively."""
+        text = str(value).strip()
+        for label in self.labels:
+            if text.lower() == label.lower():
+                return label
+        raise LabelError(f"label {text!r} is not in scheme {self.name!r} (expected one of {', '.join(self.labels)})")
+
+    def rating(self, label: str) -> float:
+        return self.ratings[self.index(label)]
+
+    def describe(self) -> str:
+        return "\n".join(f"- {name}: {definition}" for name, definition in zip(self.labels, self.definitions))
+
+
+PRESETS: dict[str, LabelScheme] = {
+    "lref5": LabelScheme(
+        "lref5",
+        ("Exact", "Significant", "Marginal", "Trivial", "Irrelevant"),
+        (
+            "the product is exactly what the query asks for, in type and every stated attribute",
+            "the right product type; a minor attribute differs or is unstated",
+            "the right product type, but an important attribute (brand, size, model) differs",
+            "only loosely related: an accessory, part or a different product used with it",
+            "unrelated to what the query asks for",
+        ),
+    ),
+    "esci4": LabelScheme(
+        "esci4",
+        ("Exact", "Substitute", "Complement", "Irrelevant"),
+        (
+            "the product is relevant and satisfies every stated requirement of the query",
+            "the product is somewhat relevant and could serve as a functional substitute",
+            "the product does not fulfil the query but could be used together with an exact item",
+            "the product is irrelevant to the query",
+        ),
+    ),
+    "graded3": LabelScheme(
+        "graded3",
+        ("Exact", "Partial", "Irrelevant"),
+        (
+            "the product matches the query intent: the right product, brand and specifications",
+            "the same kind of product but another brand, size, colour or specification, or an ambiguous match",
+            "not what the query asks for, including accessories, parts or tools used with the searched item",
+        ),
+        ratings=(3.0, 2.0, 1.0),
+    ),
+    "crowdflower4": LabelScheme(
+        "crowdflower4",
+        ("4", "3", "2", "1"),
+        (
+            "completely satisfies the search query",
+            "mostly satisfies the search query",
+            "partially satisfies the search query",
+            "does not satisfy the search query",
+        ),
+        ratings=(4.0, 3.0, 2.0, 1.0),
+    ),
+}
+
+
+def get_scheme(name: str | LabelScheme) -> LabelScheme:
+    """Look up a preset scheme by name (or pass a scheme through)."""
+    if isinstance(name, LabelScheme):
+        return name
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise LabelError(f"unknown label scheme {name!r} (presets: {', '.join(PRESETS)})") from None

@@ -1,0 +1,95 @@
+"""Prompt templates and label verbalisation.
+
+Layout: everything that does not depend on the pair comes first (the *prefix*: instruction and label definitions), so
+its KV cache can be computed once and shared; the *pair* part follows and ends right before the answer. The prefix and
+the pair are tokenized separately and concatenated, at training and at scoring time alike, so that the shared prefix
+has the same token ids in every sequence.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from lref.data.records import Record
+from lref.labels import LabelScheme
+
+PROMPT_VERSION = "direct-v1"
+
+ANSWER_CUE = "Relevance:"
+
+
+class VerbalizationError(ValueError):
+    """Label words whose first tokens collide, so one forward pass cannot tell them apart."""
+
+
+@dataclass(frozen=True)
+class Prompt:
+    prefix: str
+    pair: str
+
+    @property
+    def text(self) -> str:
+        return self.prefix + self.pair
+
+
+def instruction(scheme: LabelScheme) -> str:
+    """The pair-independent instruction carrying the scheme's label definitions."""
+    return (
+        "You judge how relevant a product is to an e-commerce search query.\n"
+        "Grades, from most to least relevant:\n"
+        f"{scheme.describe()}\n"
+        f"Answer with one grade: {', '.join(scheme.labels)}.\n\n"
+    )
+
+
+def product_fields(record: Record, max_description_chars: int = 300) -> str:
+    lines = [f"Product: {record.title}"]
+    if record.brand:
+        lines.append(f"Brand: {record.brand}")
+    if record.attributes:
+        lines.append("Attributes: " + "; ".join(f"{k}: {v}" for k, v in record.attributes.items()))
+    if record.description:
+        description = record.description.strip()
+        if len(description) > max_description_chars:
+            description = description[:max_description_chars].rsplit(" ", 1)[0] + " ..."
+        lines.append(f"Description: {description}")
+    return "\n".join(lines)
+
+
+def direct_prompt(record: Record, scheme: LabelScheme) -> Prompt:
+    """The direct-classification prompt; the answer is one label word right after the cue."""
+    pair = f"Query: {record.query}\n{product_fields(record)}\n{ANSWER_CUE}"
+    return Prompt(prefix=instruction(scheme), pair=pair)
+
+
+def label_completion(label: str) -> str:
+    """What the model should write after the cue: a space, then the label word."""
+    return f" {label}"
+
+
+def encode_prompt(tokenizer, prompt: Prompt, add_bos: bool = True) -> tuple[list[int], list[int]]:
+    """Token ids of (prefix, pair), tokenized separately so the prefix ids never depend on the pair."""
+    prefix_ids = tokenizer(prompt.prefix, add_special_tokens=False)["input_ids"]
+    if add_bos and tokenizer.bos_token_id is not None:
+        prefix_ids = [tokenizer.bos_token_id, *prefix_ids]
+    pair_ids = tokenizer(prompt.pair, add_special_tokens=False)["input_ids"]
+    return prefix_ids, pair_ids
+
+
+def label_token_ids(tokenizer, scheme: LabelScheme) -> list[int]:
+    """First token id of each verbalised label; raises VerbalizationError when two labels share one."""
+    ids = []
+    for label in scheme.labels:
+        tokens = tokenizer(label_completion(label), add_special_tokens=False)["input_ids"]
+        if not tokens:
+            raise VerbalizationError(f"label {label!r} tokenizes to nothing")
+        ids.append(tokens[0])
+    seen: dict[int, str] = {}
+    for label, token in zip(scheme.labels, ids):
+        if token in seen:
+            raise VerbalizationError(
+                f"labels {seen[token]!r} and {label!r} of scheme {scheme.name!r} start with the same token "
+                f"({tokenizer.convert_ids_to_tokens(token)!r}) for this tokenizer; rename one of them"
+            )
+        seen[token] = label
+    return ids

@@ -1,0 +1,31 @@
+import pytest
+
+from lref.labels import PRESETS, LabelError, LabelScheme, get_scheme
+
+
+def test_presets_are_ordered_most_relevant_first():
+    assert get_scheme("lref5").labels == ("Exact", "Significant", "Marginal", "Trivial", "Irrelevant")
+    assert get_scheme("esci4").labels == ("Exact", "Substitute", "Complement", "Irrelevant")
+    assert get_scheme("graded3").labels == ("Exact", "Partial", "Irrelevant")
+    assert get_scheme("crowdflower4").labels == ("4", "3", "2", "1")
+    for scheme in PRESETS.values():
+        assert len(scheme.definitions) == len(scheme.labels)
+        assert list(scheme.ratings) == sorted(scheme.ratings, reverse=True)
+
+
+def test_parse_is_case_insensitive_and_rejects_unknown_labels():
+    scheme = get_scheme("graded3")
+    assert scheme.parse(" exact ") == "Exact"
+    assert scheme.index("Irrelevant") == 2
+    assert scheme.rating("Partial") == 2.0
+    with pytest.raises(LabelError, match="'Perfect' is not in scheme 'graded3'"):
+        scheme.parse("Perfect")
+
+
+def test_bad_schemes_are_refused():
+    with pytest.raises(ValueError, match="duplicate"):
+        LabelScheme("x", ("A", "A"), ("a", "b"))
+    with pytest.raises(ValueError, match="definitions"):
+        LabelScheme("x", ("A", "B"), ("a",))
+    with pytest.raises(LabelError, match="unknown label scheme"):
+        get_scheme("nope")
