@@ -1,0 +1,1 @@
+"""Model zoo, loading (base models and LoRA adapters) and the label scorer."""

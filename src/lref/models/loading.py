@@ -1,0 +1,48 @@
+"""Load a causal LM for scoring or further training: a zoo name, an HF folder, or an lref LoRA adapter folder."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from lref.models.zoo import resolve_model
+
+MANIFEST_NAME = "lref_manifest.json"
+
+
+def read_manifest(folder: str | Path) -> dict[str, Any] | None:
+    manifest = Path(folder) / MANIFEST_NAME
+    return json.loads(manifest.read_text()) if manifest.is_file() else None
+
+
+def is_adapter(folder: str | Path) -> bool:
+    return (Path(folder) / "adapter_config.json").is_file()
+
+
+def load_causal_lm(name_or_path: str | Path, *, merge_adapter: bool = True, dtype=None):
+    """Return (model, tokenizer, manifest). Adapter folders load their base model (named in the manifest) plus
+    the adapter; `merge_adapter` folds LoRA weights in for faster inference."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    dtype = dtype or torch.float32
+    folder = resolve_model(name_or_path)
+    manifest = read_manifest(folder)
+    if is_adapter(folder):
+        from peft import PeftModel
+
+        if not manifest or "base_model" not in manifest:
+            raise FileNotFoundError(f"adapter folder {folder} has no {MANIFEST_NAME} naming its base model")
+        base_folder = resolve_model(manifest["base_model"])
+        model = AutoModelForCausalLM.from_pretrained(str(base_folder), dtype=dtype)
+        model = PeftModel.from_pretrained(model, str(folder))
+        if merge_adapter:
+            model = model.merge_and_unload()
+        tokenizer_folder = folder if (folder / "tokenizer_config.json").is_file() else base_folder
+    else:
+        model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=dtype)
+        tokenizer_folder = folder
+    tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_folder))
+    model.eval()
+    return model, tokenizer, manifest
