@@ -20,21 +20,358 @@ app.add_typer(models_app, name="models")
 app.add_typer(train_app, name="train")
 
 
+_FORMAT_HELP = "auto (by extension), jsonl, csv, parquet, homedepot, esci, wands or crowdflower."
+_SCHEME_HELP = "Label scheme preset (graded3, esci4, crowdflower4, lref5); default: the format's own."
+_COLUMN_HELP = "FIELD=SOURCE_COLUMN for generic files, e.g. query=search_term (repeatable)."
+_OPTION_HELP = "KEY=VALUE reader option, e.g. locale=us, split=train, encoding=latin-1; 'none' = None (repeatable)."
+
+
+def _key_values(items: list[str] | None, option: str) -> dict[str, str]:
+    """Parse repeated KEY=VALUE options."""
+    parsed = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise typer.BadParameter(f"expected KEY=VALUE, got {item!r}", param_hint=option)
+        parsed[key.strip()] = value.strip()
+    return parsed
+
+
+def _load_data(path: str, fmt: str, scheme: str | None, column: list[str] | None, option: list[str] | None):
+    from lref.data import load_records
+
+    raw_options = _key_values(option, "--option")
+    options = {key: None if value.lower() == "none" else value for key, value in raw_options.items()}
+    return load_records(path, fmt, scheme=scheme, columns=_key_values(column, "--column") or None, **options)
+
+
+@data_app.command("inspect")
+def data_inspect(
+    path: str = typer.Argument(..., metavar="PATH", help="A data file, or the dataset folder for esci and wands."),
+    fmt: str = typer.Option("auto", "--format", "-f", help=_FORMAT_HELP),
+    scheme: str | None = typer.Option(None, "--scheme", help=_SCHEME_HELP),
+    column: list[str] | None = typer.Option(None, "--column", help=_COLUMN_HELP),
+    option: list[str] | None = typer.Option(None, "--option", help=_OPTION_HELP),
+    json_out: str | None = typer.Option(None, "--json", help="Also write the summary as JSON to this file."),
+) -> None:
+    """Print pairs, queries, label counts and shares, the majority floor and the rater disagreement rate."""
+    from rich import box
+    from rich.console import Console
+    from rich.table import Table
+
+    from lref.data import default_scheme, describe_records
+    from lref.io import write_json
+
+    records = _load_data(path, fmt, scheme, column, option)
+    summary = describe_records(records, scheme or default_scheme(fmt))
+    console = Console()
+    mean = summary["mean_pairs_per_query"]
+    console.print(f"{path} (scheme {summary['scheme']})")
+    console.print(
+        f"{summary['pairs']} pairs, {summary['queries']} queries"
+        + (f", {mean:.2f} pairs per query" if mean else "")
+    )
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False)
+    table.add_column("label")
+    table.add_column("count", justify="right")
+    table.add_column("share", justify="right")
+    for label, count in summary["label_counts"].items():
+        table.add_row(label, str(count), f"{summary['label_shares'][label]:.3f}")
+    if summary["labelled"]:
+        console.print(table)
+        console.print(f"majority floor: {summary['majority_floor']:.3f} (always {summary['majority_label']})")
+    if summary["unlabelled"]:
+        console.print(f"unlabelled pairs: {summary['unlabelled']}")
+    if summary["rater_disagreement_rate"] is not None:
+        console.print(f"rater disagreement rate: {summary['rater_disagreement_rate']:.3f}")
+    if summary["label_noise_rate"] is not None:
+        console.print(f"label noise rate: {summary['label_noise_rate']:.3f}")
+    if json_out:
+        write_json(json_out, summary)
+        console.print(f"summary written to {json_out}")
+
+
+@data_app.command("convert")
+def data_convert(
+    path: str = typer.Argument(..., metavar="PATH", help="A data file, or the dataset folder for esci and wands."),
+    out: str = typer.Option(..., "--out", help="Output file: canonical .jsonl (or .parquet)."),
+    fmt: str = typer.Option("auto", "--format", "-f", help=_FORMAT_HELP),
+    scheme: str | None = typer.Option(None, "--scheme", help=_SCHEME_HELP),
+    column: list[str] | None = typer.Option(None, "--column", help=_COLUMN_HELP),
+    option: list[str] | None = typer.Option(None, "--option", help=_OPTION_HELP),
+) -> None:
+    """Convert a source to canonical records; nothing is written unless every row is valid."""
+    from lref.data import write_records
+
+    count = write_records(out, _load_data(path, fmt, scheme, column, option))
+    typer.echo(f"wrote {count} records to {out}")
+
+
+@data_app.command("split")
+def data_split(
+    path: str = typer.Argument(..., metavar="PATH", help="A data file, or the dataset folder for esci and wands."),
+    out_dir: str = typer.Option(..., "--out-dir", help="Folder for NAME.jsonl, one file per split."),
+    fmt: str = typer.Option("auto", "--format", "-f", help=_FORMAT_HELP),
+    fractions: str = typer.Option("train=0.8,dev=0.1,test=0.1", "--fractions", help="NAME=FRACTION,... summing to 1."),
+    seed: int = typer.Option(0, "--seed", help="Changes which queries land in which split."),
+    scheme: str | None = typer.Option(None, "--scheme", help=_SCHEME_HELP),
+    column: list[str] | None = typer.Option(None, "--column", help=_COLUMN_HELP),
+    option: list[str] | None = typer.Option(None, "--option", help=_OPTION_HELP),
+) -> None:
+    """Split by query (no query on two sides) and write one canonical JSONL per split."""
+    from pathlib import Path
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from lref.data import normalise_query, split_by_query, write_records
+    from lref.data.splits import check_fractions
+
+    try:
+        wanted = check_fractions({k: float(v) for k, v in _key_values(fractions.split(","), "--fractions").items()})
+    except ValueError as error:
+        raise typer.BadParameter(str(error), param_hint="--fractions") from None
+    splits = split_by_query(_load_data(path, fmt, scheme, column, option), wanted, seed=seed)
+    table = Table("split", "pairs", "queries", "file")
+    for name, records in splits.items():
+        target = Path(out_dir) / f"{name}.jsonl"
+        write_records(target, records)
+        table.add_row(name, str(len(records)), str(len({normalise_query(r.query) for r in records})), str(target))
+    Console().print(table)
+
+
+@data_app.command("synth")
+def data_synth(
+    out: str = typer.Option(..., "--out", "-o", help="Output file: canonical .jsonl (or .parquet)."),
+    pairs: int = typer.Option(20000, "--pairs", min=1, help="Query–product pairs to generate."),
+    scheme: str = typer.Option("graded3", "--scheme", help="Label scheme preset (graded3, esci4, crowdflower4, lref5)."),
+    noise: float = typer.Option(
+        0.1, "--noise", min=0.0, max=1.0, help="Label noise rate (true label kept in meta.true_label); 0 for clean labels."
+    ),
+    seed: int = typer.Option(0, "--seed", help="Random seed; the same options always give the same file."),
+    queries: int | None = typer.Option(None, "--queries", min=1, help="Distinct queries (default: pairs / 10)."),
+    products: int | None = typer.Option(None, "--products", min=1, help="Catalog size (default: max(600, pairs / 8))."),
+) -> None:
+    """Generate the synthetic home-and-garden catalog with rule-based graded labels (see lref.data.synthetic)."""
+    from collections import Counter
+
+    from lref.data import write_records
+    from lref.data.synthetic import SyntheticCatalogConfig, generate_catalog
+    from lref.labels import LabelError, get_scheme
+
+    config = SyntheticCatalogConfig(
+        n_pairs=pairs, n_queries=queries, n_products=products, scheme=scheme, label_noise=noise, seed=seed
+    )
+    try:
+        records = generate_catalog(config)
+    except ValueError as error:
+        if isinstance(error, LabelError):
+            raise
+        raise typer.BadParameter(str(error)) from None
+    count = write_records(out, records)
+    shares = Counter(r.label for r in records)
+    typer.echo(
+        f"wrote {count} records ({len({r.meta['query_id'] for r in records})} queries, scheme {scheme}) to {out}: "
+        + ", ".join(f"{label} {shares[label] / count:.1%}" for label in get_scheme(scheme).labels)
+        + f"; noisy labels {sum(r.meta['label_noise'] for r in records) / count:.1%}"
+    )
+
+
+@models_app.command("list")
+def models_list(as_json: bool = typer.Option(False, "--json", help="Print the rows as JSON.")) -> None:
+    """List the named models: packages, whether installed and prepared, and where they are cached."""
+    import json
+
+    from lref.models.zoo import list_models
+
+    rows = list_models()
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    from rich import box
+
+    table = Table(title="lref model zoo", box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
+    for column in ("name", "kind", "params", "installed", "prepared", "packages"):
+        table.add_column(column, no_wrap=column != "packages", overflow="fold")
+    for row in rows:
+        table.add_row(
+            row["name"] + (" *" if row["default"] else ""),
+            row["kind"],
+            f"{row['params'] / 1e6:.1f} M",
+            "yes" if row["installed"] else "[red]no[/red]",
+            "yes" if row["prepared"] else "no",
+            row["packages_summary"],
+        )
+    Console().print(table)
+    typer.echo("* default LLM / encoder")
+    for row in rows:
+        if row["prepared"]:
+            typer.echo(f"{row['name']}: {row['path']}")
+    for row in rows:
+        if not row["installed"]:
+            typer.echo(f"to install {row['name']}: {row['install']}")
+
+
+@models_app.command("prepare")
+def models_prepare(
+    names: list[str] = typer.Argument(..., help="Zoo names, e.g. gemma-3-270m minilm-l6."),
+    force: bool = typer.Option(False, "--force", help="Rebuild even if already prepared."),
+) -> None:
+    """Assemble, verify and convert named models into the cache; print each folder."""
+    from lref.models.zoo import prepare
+
+    for name in names:
+        typer.echo(str(prepare(name, force=force)))
+
+
+@app.command("predict")
+def predict(
+    model: str = typer.Option(..., "--model", "-m", help="Zoo name, HF folder or lref adapter folder."),
+    data: str = typer.Option(..., "--data", "-d", help="Pairs to score (a data file, or a dataset folder)."),
+    out: str = typer.Option(..., "--out", "-o", help="Prediction file (.jsonl): id, label, probs, topk per pair."),
+    fmt: str = typer.Option("auto", "--format", "-f", help=_FORMAT_HELP),
+    scheme: str | None = typer.Option(
+        None, "--scheme", help="Label scheme preset; default: the one in the model's manifest, else the format's own."
+    ),
+    top_k: int = typer.Option(3, "--top-k", min=1, help="Labels kept per pair, most probable first."),
+    batch_size: int = typer.Option(16, "--batch-size", min=1, help="Pairs per forward pass."),
+    max_length: int = typer.Option(512, "--max-length", min=2, help="Most prompt tokens; only the pair is cut."),
+    naive: bool = typer.Option(False, "--naive", help="Full-logits reference path instead of the fast scorer."),
+    threads: int | None = typer.Option(None, "--threads", min=1, help="torch threads (default: torch's own)."),
+    option: list[str] | None = typer.Option(None, "--option", help=_OPTION_HELP),
+) -> None:
+    """Score every pair with a causal LM: label probabilities and the top-k labels (the paper's beam)."""
+    import time
+
+    from lref.data import default_scheme
+    from lref.models.loading import load_causal_lm
+    from lref.models.scorer import LabelScorer, ScorerConfig, scheme_for_model
+    from lref.predictions import write_predictions
+
+    lm, tokenizer, manifest = load_causal_lm(model)
+    label_scheme = scheme_for_model(manifest, scheme, default=default_scheme(fmt))
+    records = _load_data(data, fmt, label_scheme.name, None, option)
+    config = ScorerConfig(
+        batch_size=batch_size, top_k=top_k, max_length=max_length, fast=not naive, progress=True, num_threads=threads
+    )
+    start = time.perf_counter()
+    predictions = LabelScorer(lm, tokenizer, label_scheme, config).predict(records)
+    elapsed = time.perf_counter() - start
+    count = write_predictions(out, predictions)
+    typer.echo(
+        f"wrote {count} predictions ({label_scheme.name}) to {out} in {elapsed:.1f} s "
+        f"({count / max(elapsed, 1e-9):.1f} pairs/s)",
+        err=True,
+    )
+
+
+@app.command("eval")
+def evaluate_command(
+    pred: str = typer.Option(..., "--pred", "-p", help="Prediction file (.jsonl with id, label, probs, topk)."),
+    gold: str = typer.Option(..., "--gold", "-g", help="Gold labelled data (a data file, or a dataset folder)."),
+    fmt: str = typer.Option("auto", "--format", "-f", help=_FORMAT_HELP),
+    scheme: str | None = typer.Option(None, "--scheme", help=_SCHEME_HELP),
+    out: str | None = typer.Option(None, "--out", "-o", help="Also write the metrics as JSON to this file."),
+    bootstrap: int = typer.Option(1000, "--bootstrap", min=0, help="Query-level bootstrap resamples for 95% CIs."),
+    seed: int = typer.Option(0, "--seed", help="Bootstrap seed."),
+    allow_missing: bool = typer.Option(
+        False, "--allow-missing", help="Evaluate the ids both files share instead of failing on unmatched ids."
+    ),
+    option: list[str] | None = typer.Option(None, "--option", help=_OPTION_HELP),
+) -> None:
+    """Compare predictions with gold labels: accuracy beside the majority floor, F1s, confusion, query-level CIs."""
+    from rich.console import Console
+
+    from lref.data import default_scheme
+    from lref.io import write_json
+    from lref.labels import get_scheme
+    from lref.metrics import evaluate, format_report
+    from lref.predictions import read_predictions
+
+    label_scheme = get_scheme(scheme) if scheme else default_scheme(fmt)
+    records = _load_data(gold, fmt, label_scheme.name, None, option)
+    predictions = read_predictions(pred, label_scheme)
+    result = evaluate(records, predictions, label_scheme, bootstrap=bootstrap, seed=seed, allow_missing=allow_missing)
+    Console().print(format_report(result, label_scheme))
+    if out:
+        write_json(out, result)
+        typer.echo(f"metrics written to {out}")
+
+
+def _sft_help(name: str) -> str:
+    from lref.stages.sft import field_help
+
+    return field_help(name)
+
+
+@train_app.command("sft")
+def train_sft_command(
+    model: str = typer.Option("gemma-3-270m", "--model", "-m", help=_sft_help("model")),
+    train: str = typer.Option(..., "--train", help="Labelled training pairs (a data file, or a dataset folder)."),
+    eval_path: str | None = typer.Option(None, "--eval", help="Labelled pairs for the evaluation loss."),
+    fmt: str = typer.Option("auto", "--format", "-f", help=_FORMAT_HELP),
+    scheme: str | None = typer.Option(None, "--scheme", help=_SCHEME_HELP),
+    out: str = typer.Option(..., "--out", "-o", help=_sft_help("output_dir")),
+    epochs: float = typer.Option(1.0, "--epochs", min=0.0, help=_sft_help("epochs")),
+    max_steps: int = typer.Option(-1, "--max-steps", help=_sft_help("max_steps")),
+    lr: float = typer.Option(2e-4, "--lr", min=0.0, help=_sft_help("learning_rate")),
+    lora_r: int = typer.Option(16, "--lora-r", min=1, help=_sft_help("lora_r")),
+    lora_alpha: int = typer.Option(32, "--lora-alpha", min=1, help=_sft_help("lora_alpha")),
+    batch_size: int = typer.Option(8, "--batch-size", min=1, help=_sft_help("batch_size")),
+    grad_accum: int = typer.Option(1, "--grad-accum", min=1, help=_sft_help("grad_accum")),
+    max_length: int = typer.Option(512, "--max-length", min=16, help=_sft_help("max_length")),
+    class_balance: str = typer.Option("none", "--class-balance", help=_sft_help("class_balance")),
+    eval_steps: int = typer.Option(0, "--eval-steps", min=0, help=_sft_help("eval_steps")),
+    save_steps: int = typer.Option(100, "--save-steps", min=1, help=_sft_help("save_steps")),
+    seed: int = typer.Option(0, "--seed", help=_sft_help("seed")),
+    threads: int | None = typer.Option(None, "--threads", min=1, help=_sft_help("threads")),
+    resume: bool = typer.Option(False, "--resume", help=_sft_help("resume")),
+    option: list[str] | None = typer.Option(None, "--option", help=_OPTION_HELP),
+) -> None:
+    """LoRA SFT on the direct prompt; writes the adapter, tokenizer and lref_manifest.json to --out."""
+    from lref.data import default_scheme
+    from lref.stages.sft import SFTStageConfig, train_sft
+
+    scheme_name = scheme or default_scheme(fmt).name
+    try:
+        config = SFTStageConfig(
+            model=model, scheme=scheme_name, output_dir=out, epochs=epochs, max_steps=max_steps, learning_rate=lr,
+            lora_r=lora_r, lora_alpha=lora_alpha, batch_size=batch_size, grad_accum=grad_accum,
+            max_length=max_length, class_balance=class_balance, eval_steps=eval_steps, save_steps=save_steps,
+            seed=seed, threads=threads, resume=resume,
+        )
+    except ValueError as error:
+        raise typer.BadParameter(str(error)) from None
+    train_records = _load_data(train, fmt, scheme_name, None, option)
+    eval_records = _load_data(eval_path, fmt, scheme_name, None, option) if eval_path else None
+    folder = train_sft(config, train_records, eval_records)
+    typer.echo(str(folder))
+
+
 def main() -> None:
     from lref.data.records import DataError
     from lref.labels import LabelError
+    from lref.models.zoo import ZooError
+    from lref.prompts import VerbalizationError
 
     try:
         app(standalone_mode=False)
-    except (DataError, LabelError, FileNotFoundError) as error:
+    except (DataError, LabelError, ZooError, VerbalizationError, FileNotFoundError, FileExistsError) as error:
         typer.secho(f"error: {error}", err=True, fg=typer.colors.RED)
         raise SystemExit(2) from None
     except typer.Exit as done:
         raise SystemExit(done.exit_code) from None
-    except click.exceptions.Abort:
+    except (typer.Abort, click.exceptions.Abort):
         raise SystemExit(130) from None
-    except click.ClickException as error:
-        error.show()
+    except (typer.TyperException, click.ClickException) as error:
+        # typer 0.29 vendors its own click, so its usage errors are not click.ClickException.
+        if hasattr(error, "show"):
+            error.show()
+        else:
+            typer.secho(f"error: {error}", err=True, fg=typer.colors.RED)
         raise SystemExit(error.exit_code) from None
 
 

@@ -35,7 +35,10 @@ def load_causal_lm(name_or_path: str | Path, *, merge_adapter: bool = True, dtyp
         if not manifest or "base_model" not in manifest:
             raise FileNotFoundError(f"adapter folder {folder} has no {MANIFEST_NAME} naming its base model")
         base_folder = resolve_model(manifest["base_model"])
-        model = AutoModelForCausalLM.from_pretrained(str(base_folder), dtype=dtype)
+        if is_adapter(base_folder):  # a stage trained on top of an earlier stage's adapter: merge that one first
+            model, _, _ = load_causal_lm(base_folder, merge_adapter=True, dtype=dtype)
+        else:
+            model = AutoModelForCausalLM.from_pretrained(str(base_folder), dtype=dtype)
         model = PeftModel.from_pretrained(model, str(folder))
         if merge_adapter:
             model = model.merge_and_unload()
