@@ -1,0 +1,6 @@
+"""Training stages. One module per stage, each with one config dataclass and one entry point:
+
+- `lref.stages.sft`: LoRA supervised fine-tuning on the direct prompt (`SFTStageConfig`, `train_sft`).
+
+Modules are imported on use, so importing one stage never pulls in the others (or torch) by accident.
+"""

@@ -1,0 +1,556 @@
+"""LoRA supervised fine-tuning on the direct prompt: (query, product) -> " Label" <eos>.
+
+Each example is the prompt exactly as the scorer sees it (`encode_prompt`: the instruction prefix and the pair part
+tokenized separately) followed by the completion, `label_completion(label)` plus EOS. The loss covers the completion
+tokens only; prompt positions are labelled -100.
+
+Training runs on `transformers.Trainer` with one override, `compute_loss`: by default the LM head is applied only at
+the positions that predict a completion token (about 3 per example) instead of at every position. With Gemma's 262k
+vocabulary the full head dominates the cost of a step. TRL's fused LM head does the same only on Triton devices; on
+CPU it projects every position, which is why this stage does not use `SFTTrainer`.
+
+    >>> from lref.stages.sft import SFTStageConfig
+    >>> SFTStageConfig(model="gemma-3-270m", output_dir="runs/sft").lora_r
+    16
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import platform
+import time
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, fields, replace
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from lref.data.records import DataError, Record
+from lref.labels import LabelError, LabelScheme, get_scheme
+from lref.prompts import PROMPT_VERSION, direct_prompt, encode_prompt, label_completion
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINT_DIR = "checkpoints"
+RUN_FILE = "lref_run.json"
+"""Written into the checkpoint folder when a run starts; resuming checks that the training data is the same."""
+CLASS_BALANCE = ("none", "sqrt", "inverse")
+_PAIR_TAIL_TOKENS = 8
+"""On truncation, the last tokens of the pair part (the answer cue) are always kept."""
+
+
+@dataclass
+class SFTStageConfig:
+    """Settings of the LoRA SFT stage. Every field's help text also feeds the command line (`lref train sft`)."""
+
+    model: str = field(
+        default="gemma-3-270m",
+        metadata={"help": "Base model: a zoo name, an HF folder, or an lref adapter folder (merged before training)."},
+    )
+    scheme: str = field(default="graded3", metadata={"help": "Label scheme (preset name) the records are labelled in."})
+    output_dir: str = field(
+        default="runs/sft",
+        metadata={"help": "Folder for the final adapter, tokenizer and manifest; checkpoints go to its checkpoints/."},
+    )
+    lora_r: int = field(default=16, metadata={"help": "LoRA rank."})
+    lora_alpha: int = field(default=32, metadata={"help": "LoRA scaling alpha."})
+    lora_dropout: float = field(default=0.05, metadata={"help": "Dropout on the LoRA branch."})
+    target_modules: str | list[str] = field(
+        default="all-linear",
+        metadata={
+            "help": "Modules that get LoRA: 'all-linear' (every linear layer but the LM head; beat attention-only "
+            "in the design probes) or a list of module names such as ['q_proj', 'v_proj']."
+        },
+    )
+    learning_rate: float = field(default=2e-4, metadata={"help": "Peak learning rate (linear decay)."})
+    epochs: float = field(default=1.0, metadata={"help": "Training epochs; ignored when max_steps > 0."})
+    max_steps: int = field(default=-1, metadata={"help": "Stop after this many optimizer steps (-1: run the epochs)."})
+    batch_size: int = field(default=8, metadata={"help": "Examples per forward pass (training and evaluation)."})
+    grad_accum: int = field(default=1, metadata={"help": "Forward passes accumulated per optimizer step."})
+    max_length: int = field(
+        default=512,
+        metadata={
+            "help": "Longest example in tokens. Longer pairs lose the middle of their product text; the instruction, "
+            "the answer cue and the label are always kept."
+        },
+    )
+    warmup_ratio: float = field(default=0.05, metadata={"help": "Fraction of the steps spent warming up the rate."})
+    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay."})
+    eval_steps: int = field(
+        default=0, metadata={"help": "Evaluate every this many steps when eval records are given (0: only at the end)."}
+    )
+    save_steps: int = field(default=100, metadata={"help": "Write a resumable checkpoint every this many steps."})
+    save_total_limit: int = field(default=2, metadata={"help": "Checkpoints kept on disk (the newest ones)."})
+    seed: int = field(default=0, metadata={"help": "Seed for LoRA initialisation, shuffling and dropout."})
+    class_balance: str = field(
+        default="none",
+        metadata={
+            "help": "Per-example loss weights by label frequency: 'none', 'sqrt' (square root of inverse frequency) "
+            "or 'inverse' (inverse frequency); weights average 1 over the training set."
+        },
+    )
+    logits_at_labels_only: bool = field(
+        default=True,
+        metadata={"help": "Apply the LM head only where a completion token is predicted (same loss, much faster)."},
+    )
+    resume: bool = field(
+        default=False, metadata={"help": "Continue from the last checkpoint in output_dir instead of starting anew."}
+    )
+    threads: int | None = field(default=None, metadata={"help": "CPU threads for torch (default: torch's choice)."})
+    use_cpu: bool | None = field(
+        default=None, metadata={"help": "Train on the CPU (default: CPU unless a CUDA device is available)."}
+    )
+    bf16: bool = field(default=False, metadata={"help": "bfloat16 mixed precision (GPU only); float32 otherwise."})
+    logging_steps: int = field(default=10, metadata={"help": "Log the training loss every this many steps."})
+    progress: bool = field(default=True, metadata={"help": "Show progress bars."})
+
+    def __post_init__(self) -> None:
+        if self.class_balance not in CLASS_BALANCE:
+            raise ValueError(f"class_balance must be one of {', '.join(CLASS_BALANCE)}, not {self.class_balance!r}")
+        if not 0 <= self.warmup_ratio < 1:
+            raise ValueError(f"warmup_ratio must lie in [0, 1), not {self.warmup_ratio}")
+        for name in ("lora_r", "batch_size", "grad_accum", "save_steps", "logging_steps", "max_length"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, not {getattr(self, name)}")
+        if isinstance(self.target_modules, tuple):
+            self.target_modules = list(self.target_modules)
+
+
+def field_help(name: str, config_cls: type = SFTStageConfig) -> str:
+    """The help text of one config field (used by the command line)."""
+    for f in fields(config_cls):
+        if f.name == name:
+            return f.metadata.get("help", "")
+    raise KeyError(name)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Data
+
+
+def validate_records(records: Sequence[Record], scheme: LabelScheme, what: str = "training") -> list[Record]:
+    """Check that every record has a label of `scheme`; return them with canonical label names."""
+    if not records:
+        raise DataError(f"no {what} records: SFT needs at least one labelled pair")
+    checked = []
+    for record in records:
+        if record.label is None or str(record.label).strip() == "":
+            raise DataError(f"{what} record {record.id!r} has no label; SFT needs labelled records")
+        try:
+            label = scheme.parse(record.label)
+        except LabelError as error:
+            raise DataError(f"{what} record {record.id!r}: {error}") from None
+        if label != record.label:
+            record = replace(record, label=label)
+        checked.append(record)
+    return checked
+
+
+def data_hash(records: Sequence[Record]) -> str:
+    """sha256 over the records' id, query, title and label, in order."""
+    digest = hashlib.sha256()
+    for record in records:
+        digest.update(json.dumps([record.id, record.query, record.title, record.label], ensure_ascii=False).encode())
+        digest.update(b"\n")
+    return digest.hexdigest()
+
+
+def class_weights(labels: Sequence[str], scheme: LabelScheme, mode: str = "none") -> dict[str, float]:
+    """Per-label loss weights. 'sqrt' and 'inverse' up-weight rare labels; the weights average 1 over `labels`."""
+    if mode not in CLASS_BALANCE:
+        raise ValueError(f"class_balance must be one of {', '.join(CLASS_BALANCE)}, not {mode!r}")
+    counts = Counter(labels)
+    if mode == "none" or not counts:
+        return {label: 1.0 for label in scheme.labels}
+    power = 0.5 if mode == "sqrt" else 1.0
+    raw = {label: (len(labels) / (len(counts) * counts[label])) ** power for label in counts}
+    mean = sum(raw[label] for label in labels) / len(labels)
+    return {label: raw.get(label, 0.0) / mean for label in scheme.labels}
+
+
+def completion_ids(tokenizer, label: str) -> list[int]:
+    """Token ids the model is trained to write after the prompt: the verbalised label, then EOS."""
+    if tokenizer.eos_token_id is None:
+        raise ValueError("the tokenizer has no EOS token")
+    return tokenizer(label_completion(label), add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+
+
+def build_example(tokenizer, record: Record, scheme: LabelScheme, max_length: int | None = None) -> dict[str, Any]:
+    """One training example: `input_ids` = prompt + completion, `labels` = -100 on the prompt, the ids elsewhere."""
+    prefix_ids, pair_ids = encode_prompt(tokenizer, direct_prompt(record, scheme))
+    answer = completion_ids(tokenizer, scheme.parse(record.label))
+    truncated = False
+    if max_length is not None and len(prefix_ids) + len(pair_ids) + len(answer) > max_length:
+        budget = max_length - len(prefix_ids) - len(answer)
+        if budget < 2 * _PAIR_TAIL_TOKENS:
+            raise DataError(
+                f"record {record.id!r}: max_length {max_length} leaves no room for the pair after the "
+                f"{len(prefix_ids)}-token instruction; raise max_length"
+            )
+        pair_ids = pair_ids[: budget - _PAIR_TAIL_TOKENS] + pair_ids[-_PAIR_TAIL_TOKENS:]
+        truncated = True
+    prompt_ids = prefix_ids + pair_ids
+    return {
+        "input_ids": prompt_ids + answer,
+        "labels": [-100] * len(prompt_ids) + answer,
+        "truncated": truncated,
+    }
+
+
+class _ExampleDataset:
+    """A list of tokenized examples (plain dicts) in the shape `Trainer`'s data loader wants."""
+
+    def __init__(self, examples: list[dict[str, Any]]):
+        self.examples = examples
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        return self.examples[index]
+
+
+def build_dataset(
+    tokenizer, records: Sequence[Record], scheme: LabelScheme, max_length: int | None, weights: dict[str, float] | None
+) -> _ExampleDataset:
+    examples, truncated = [], 0
+    for record in records:
+        example = build_example(tokenizer, record, scheme, max_length)
+        truncated += example.pop("truncated")
+        example["weight"] = 1.0 if weights is None else weights[record.label]
+        examples.append(example)
+    if truncated:
+        logger.warning("%d of %d examples exceeded max_length=%s and lost part of their product text",
+                       truncated, len(records), max_length)
+    return _ExampleDataset(examples)
+
+
+class PadCollator:
+    """Right-pads `input_ids` (pad id), `labels` (-100) and builds the attention mask and the weight vector."""
+
+    def __init__(self, pad_token_id: int):
+        self.pad_token_id = pad_token_id
+
+    def __call__(self, batch: list[dict[str, Any]]) -> dict[str, Any]:
+        import torch
+
+        width = max(len(example["input_ids"]) for example in batch)
+        input_ids = torch.full((len(batch), width), self.pad_token_id, dtype=torch.long)
+        labels = torch.full((len(batch), width), -100, dtype=torch.long)
+        attention_mask = torch.zeros((len(batch), width), dtype=torch.long)
+        for row, example in enumerate(batch):
+            n = len(example["input_ids"])
+            input_ids[row, :n] = torch.tensor(example["input_ids"])
+            labels[row, :n] = torch.tensor(example["labels"])
+            attention_mask[row, :n] = 1
+        weights = torch.tensor([float(example.get("weight", 1.0)) for example in batch])
+        return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels, "weights": weights}
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Loss
+
+
+_LOGIT_SCALES = ("logit_scale", "logits_scaling", "output_multiplier", "lm_head_multiplier")
+
+
+def fast_head_supported(lm) -> bool:
+    """Whether the model's logits are `lm_head(decoder(x))`, optionally soft-capped, so that projecting only some
+    hidden states is exact. Models that rescale their logits fall back to the full forward."""
+    text_config = lm.config.get_text_config()
+    if any(getattr(text_config, name, None) not in (None, 1, 1.0) for name in _LOGIT_SCALES):
+        logger.warning("%s rescales its logits: computing the full logits", type(lm).__name__)
+        return False
+    return lm.get_output_embeddings() is not None
+
+
+def completion_loss(
+    model, inputs: dict[str, Any], *, logits_at_labels_only: bool = True, num_items: Any = None
+):
+    """Weighted next-token cross-entropy over the positions whose label is not -100.
+
+    Returns (sum of weighted token losses / `num_items`, number of label tokens). `num_items` defaults to the number
+    of label tokens in this batch. With `logits_at_labels_only` the backbone's hidden states are projected through
+    the LM head only at the positions that predict a label token; otherwise the model's full logits are used.
+    """
+    import torch
+    import torch.nn.functional as F
+    from peft import PeftModel
+
+    labels = inputs["labels"]
+    weights = inputs.get("weights")
+    shifted = labels[:, 1:]
+    mask = shifted != -100
+    targets = shifted[mask]
+    lm = model.get_base_model() if isinstance(model, PeftModel) else model
+    if logits_at_labels_only and not fast_head_supported(lm):
+        logits_at_labels_only = False
+    if logits_at_labels_only:
+        backbone = lm.get_decoder()
+        hidden = backbone(
+            input_ids=inputs["input_ids"], attention_mask=inputs.get("attention_mask"), use_cache=False
+        ).last_hidden_state
+        logits = lm.get_output_embeddings()(hidden[:, :-1][mask])
+        cap = getattr(lm.config.get_text_config(), "final_logit_softcapping", None)
+        if cap is not None:
+            logits = torch.tanh(logits / cap) * cap
+    else:
+        logits = model(input_ids=inputs["input_ids"], attention_mask=inputs.get("attention_mask"), use_cache=False).logits
+        logits = logits[:, :-1][mask]
+    token_loss = F.cross_entropy(logits.float(), targets, reduction="none")
+    if weights is not None:
+        token_loss = token_loss * weights.to(token_loss.dtype)[:, None].expand_as(mask)[mask]
+    count = int(mask.sum())
+    denominator = num_items if num_items is not None else max(count, 1)
+    if torch.is_tensor(denominator):
+        denominator = denominator.to(token_loss.device).clamp(min=1)
+    return token_loss.sum() / denominator, count
+
+
+def _make_trainer_class():
+    from transformers import Trainer
+
+    class CompletionTrainer(Trainer):
+        """`Trainer` whose loss is `completion_loss` (weighted, LM head only at label positions if asked)."""
+
+        # The loss is divided by the token count of the whole accumulated batch (`num_items_in_batch`), or by the
+        # local count times the accumulation steps, so Trainer must not divide it again.
+        loss_is_scaled_for_ga = True
+
+        def __init__(self, *args, logits_at_labels_only: bool = True, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.logits_at_labels_only = logits_at_labels_only
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            model = self.accelerator.unwrap_model(model)
+            num_items = num_items_in_batch
+            if num_items is None:
+                local = int((inputs["labels"][:, 1:] != -100).sum())
+                steps = self.current_gradient_accumulation_steps if model.training else 1
+                num_items = max(local, 1) * steps
+            loss, _ = completion_loss(
+                model, inputs, logits_at_labels_only=self.logits_at_labels_only, num_items=num_items
+            )
+            return (loss, {"loss": loss}) if return_outputs else loss
+
+    return CompletionTrainer
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Entry point
+
+
+def _library_versions() -> dict[str, str]:
+    import importlib.metadata as md
+
+    versions = {"python": platform.python_version()}
+    for name in ("lref", "torch", "transformers", "peft", "accelerate"):
+        try:
+            versions[name] = md.version(name)
+        except md.PackageNotFoundError:
+            pass
+    return versions
+
+
+def _stored_model_reference(name_or_path: str) -> str:
+    """What the manifest records as base model: a zoo name as given, a local folder as an absolute path."""
+    from lref.models import zoo
+
+    if str(name_or_path) in getattr(zoo, "MODELS", {}):
+        return str(name_or_path)
+    path = Path(name_or_path).expanduser()
+    return str(path.resolve()) if path.is_dir() else str(name_or_path)
+
+
+def last_checkpoint(output_dir: str | Path) -> Path | None:
+    """The newest resumable checkpoint of a run in `output_dir`, if any."""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    folder = Path(output_dir) / CHECKPOINT_DIR
+    if not folder.is_dir():
+        return None
+    found = get_last_checkpoint(str(folder))
+    return Path(found) if found else None
+
+
+def train_sft(
+    config: SFTStageConfig,
+    train_records: Sequence[Record],
+    eval_records: Sequence[Record] | None = None,
+    *,
+    callbacks: list | None = None,
+) -> Path:
+    """Fine-tune `config.model` with LoRA on labelled records and return the adapter folder.
+
+    The folder holds the PEFT adapter, the tokenizer and `lref_manifest.json`; `lref.models.loading.load_causal_lm`
+    loads it back (base model plus adapter). `callbacks` are extra `transformers.TrainerCallback`s.
+    """
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import TrainingArguments, set_seed
+
+    from lref.io import write_json
+    from lref.models.loading import MANIFEST_NAME, load_causal_lm
+    from lref.prompts import label_token_ids
+
+    scheme = get_scheme(config.scheme)
+    train_records = validate_records(train_records, scheme, "training")
+    eval_records = validate_records(eval_records, scheme, "evaluation") if eval_records else None
+    output_dir = Path(config.output_dir)
+    checkpoint = last_checkpoint(output_dir)
+    if checkpoint is not None and not config.resume:
+        raise FileExistsError(
+            f"{output_dir} already holds checkpoints of a run ({checkpoint.name}); resume it (--resume) or choose "
+            "another output folder"
+        )
+    if config.resume and checkpoint is None:
+        logger.warning("resume asked for, but %s holds no checkpoint: starting from scratch", output_dir)
+    run_file = output_dir / CHECKPOINT_DIR / RUN_FILE
+    train_hash = data_hash(train_records)
+    if checkpoint is not None:
+        previous = json.loads(run_file.read_text()) if run_file.is_file() else {}
+        if previous.get("data_hash", train_hash) != train_hash:
+            raise DataError(
+                f"cannot resume {output_dir}: its checkpoints were trained on other data (data hash "
+                f"{previous['data_hash'][:12]}, these records {train_hash[:12]}); use another output folder"
+            )
+    else:
+        write_json(run_file, {"data_hash": train_hash, "n_train": len(train_records), "config": asdict(config)})
+
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    use_cpu = config.use_cpu if config.use_cpu is not None else not torch.cuda.is_available()
+    if config.bf16 and use_cpu:
+        raise ValueError("bf16 mixed precision is only supported on a GPU here; train on the CPU in float32")
+
+    set_seed(config.seed)
+    model, tokenizer, _ = load_causal_lm(config.model, merge_adapter=True, dtype=torch.float32)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    label_token_ids(tokenizer, scheme)  # fail early when two labels share their first token
+    model.config.use_cache = False
+    model = get_peft_model(
+        model,
+        LoraConfig(
+            r=config.lora_r,
+            lora_alpha=config.lora_alpha,
+            lora_dropout=config.lora_dropout,
+            target_modules=config.target_modules,
+            task_type="CAUSAL_LM",
+        ),
+    )
+
+    weights = class_weights([r.label for r in train_records], scheme, config.class_balance)
+    train_dataset = build_dataset(tokenizer, train_records, scheme, config.max_length, weights)
+    eval_dataset = build_dataset(tokenizer, eval_records, scheme, config.max_length, None) if eval_records else None
+
+    evaluate_during = eval_dataset is not None and config.eval_steps > 0
+    args = TrainingArguments(
+        output_dir=str(output_dir / CHECKPOINT_DIR),
+        per_device_train_batch_size=config.batch_size,
+        per_device_eval_batch_size=config.batch_size,
+        gradient_accumulation_steps=config.grad_accum,
+        learning_rate=config.learning_rate,
+        weight_decay=config.weight_decay,
+        num_train_epochs=config.epochs,
+        max_steps=config.max_steps,
+        warmup_steps=config.warmup_ratio,
+        lr_scheduler_type="linear",
+        logging_steps=config.logging_steps,
+        save_strategy="steps",
+        save_steps=config.save_steps,
+        save_total_limit=config.save_total_limit,
+        eval_strategy="steps" if evaluate_during else "no",
+        eval_steps=config.eval_steps if evaluate_during else None,
+        prediction_loss_only=True,
+        label_names=["labels"],
+        remove_unused_columns=False,
+        seed=config.seed,
+        use_cpu=use_cpu,
+        bf16=config.bf16,
+        fp16=False,
+        dataloader_num_workers=0,
+        report_to="none",
+        disable_tqdm=not config.progress,
+    )
+    trainer = _make_trainer_class()(
+        model=model,
+        args=args,
+        train_dataset=train_dataset,
+        eval_dataset=eval_dataset,
+        data_collator=PadCollator(tokenizer.pad_token_id),
+        processing_class=tokenizer,
+        callbacks=callbacks,
+        logits_at_labels_only=config.logits_at_labels_only,
+    )
+
+    started = time.perf_counter()
+    result = trainer.train(resume_from_checkpoint=str(checkpoint) if config.resume and checkpoint else None)
+    wall = time.perf_counter() - started
+    resumed_from = trainer_state_step(checkpoint) if config.resume and checkpoint else 0
+    steps_run = result.global_step - resumed_from
+    train_losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+    metrics: dict[str, Any] = {
+        "final_loss": train_losses[-1] if train_losses else result.training_loss,
+        "mean_loss": result.training_loss,
+        "steps": result.global_step,
+        "resumed_from_step": resumed_from,
+        "steps_this_run": steps_run,
+        "epochs": trainer.state.epoch,
+        "wall_time_s": round(wall, 2),
+        "s_per_step": round(wall / steps_run, 4) if steps_run > 0 else None,
+    }
+    if eval_dataset is not None:
+        metrics["eval_loss"] = trainer.evaluate()["eval_loss"]
+
+    model.save_pretrained(str(output_dir))
+    tokenizer.save_pretrained(str(output_dir))
+    manifest = {
+        "kind": "lora-adapter",
+        "stage": "sft",
+        "base_model": _stored_model_reference(config.model),
+        "scheme": {"name": scheme.name, "labels": list(scheme.labels)},
+        "prompt_version": PROMPT_VERSION,
+        "data_hash": train_hash,
+        "n_train": len(train_records),
+        "n_eval": len(eval_records) if eval_records else 0,
+        "label_counts": dict(Counter(r.label for r in train_records)),
+        "class_weights": weights,
+        "config": asdict(config),
+        "train_metrics": metrics,
+        "versions": _library_versions(),
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    write_json(output_dir / MANIFEST_NAME, manifest)
+    logger.info("SFT adapter written to %s (%d steps, final loss %.4f)", output_dir, result.global_step,
+                metrics["final_loss"])
+    return output_dir
+
+
+def trainer_state_step(checkpoint: Path) -> int:
+    """The optimizer step a checkpoint was written at."""
+    state = Path(checkpoint) / "trainer_state.json"
+    if state.is_file():
+        return int(json.loads(state.read_text()).get("global_step", 0))
+    suffix = Path(checkpoint).name.rsplit("-", 1)[-1]
+    return int(suffix) if suffix.isdigit() else 0
+
+
+__all__ = [
+    "PadCollator",
+    "SFTStageConfig",
+    "build_dataset",
+    "build_example",
+    "class_weights",
+    "completion_ids",
+    "completion_loss",
+    "data_hash",
+    "fast_head_supported",
+    "field_help",
+    "last_checkpoint",
+    "train_sft",
+    "validate_records",
+]

@@ -1,0 +1,352 @@
+"""LoRA SFT stage: example building, masked loss, training, manifest, reload, resume and input validation."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+torch = pytest.importorskip("torch")
+
+pytestmark = pytest.mark.filterwarnings("ignore:`is_gradient_checkpointing` is deprecated:FutureWarning")
+
+from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback  # noqa: E402
+
+from lref.data.records import DataError, Record  # noqa: E402
+from lref.labels import get_scheme  # noqa: E402
+from lref.models.loading import MANIFEST_NAME, load_causal_lm  # noqa: E402
+from lref.prompts import PROMPT_VERSION, direct_prompt, encode_prompt, label_completion, label_token_ids  # noqa: E402
+from lref.stages.sft import (  # noqa: E402
+    PadCollator,
+    SFTStageConfig,
+    build_example,
+    class_weights,
+    completion_loss,
+    data_hash,
+    last_checkpoint,
+    train_sft,
+)
+from lref.testing import build_tiny_causal_lm  # noqa: E402
+
+SCHEME = get_scheme("graded3")
+WORDS = ["drill", "hose", "fan", "brass", "steel", "white", "black", "pack"]
+
+
+def make_records(n: int = 8) -> list[Record]:
+    labels = SCHEME.labels
+    return [
+        Record(id=f"r{i}", query=f"{WORDS[i % len(WORDS)]} {i}", title=f"{WORDS[i % len(WORDS)]} product {i}",
+               label=labels[i % len(labels)])
+        for i in range(n)
+    ]
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    """The tiny random Gemma, with its (tied) embeddings scaled up so the frozen LM head can express confident
+    predictions: at the default init scale the logits stay within about ±1 whatever LoRA does."""
+    torch.set_num_threads(1)
+    folder = build_tiny_causal_lm(tmp_path_factory.mktemp("tiny"))
+    model = AutoModelForCausalLM.from_pretrained(str(folder))
+    with torch.no_grad():
+        model.get_input_embeddings().weight.mul_(10.0)
+    model.save_pretrained(str(folder))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tiny_model):
+    return AutoTokenizer.from_pretrained(str(tiny_model))
+
+
+def config(tiny_model, out, **overrides) -> SFTStageConfig:
+    settings = dict(
+        model=str(tiny_model), output_dir=str(out), learning_rate=1e-2, warmup_ratio=0.0, max_steps=30,
+        batch_size=8, save_steps=1000, logging_steps=5, progress=False, threads=1,
+    )
+    settings.update(overrides)
+    return SFTStageConfig(**settings)
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_model, tmp_path_factory):
+    out = tmp_path_factory.mktemp("sft") / "adapter"
+    records = make_records(8)
+    folder = train_sft(config(tiny_model, out), records, eval_records=records[:4])
+    return folder, records
+
+
+# -- examples and loss masking ----------------------------------------------------------------------------------------
+
+
+def test_example_masks_the_prompt_and_ends_with_label_and_eos(tokenizer):
+    record = make_records(3)[2]  # Irrelevant
+    example = build_example(tokenizer, record, SCHEME)
+    prefix_ids, pair_ids = encode_prompt(tokenizer, direct_prompt(record, SCHEME))
+    prompt = prefix_ids + pair_ids
+    answer = tokenizer(label_completion("Irrelevant"), add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+
+    assert example["input_ids"] == prompt + answer  # the very ids the scorer builds, then the answer
+    assert example["labels"][: len(prompt)] == [-100] * len(prompt)
+    assert example["labels"][len(prompt):] == answer
+    assert all(label != -100 for label in example["labels"][len(prompt):])
+    assert example["input_ids"][0] == tokenizer.bos_token_id and example["input_ids"].count(tokenizer.bos_token_id) == 1
+    assert answer[0] == label_token_ids(tokenizer, SCHEME)[2]
+
+
+def test_long_pairs_are_cut_in_the_middle_keeping_cue_and_label(tokenizer):
+    record = make_records(1)[0]
+    record.description = "a sturdy product for home use " * 40
+    full = build_example(tokenizer, record, SCHEME)
+    cut = build_example(tokenizer, record, SCHEME, max_length=len(full["input_ids"]) - 20)
+    assert cut["truncated"] and len(cut["input_ids"]) == len(full["input_ids"]) - 20
+    n_answer = sum(label != -100 for label in full["labels"])
+    assert cut["input_ids"][-(n_answer + 8):] == full["input_ids"][-(n_answer + 8):]
+    with pytest.raises(DataError, match="max_length"):
+        build_example(tokenizer, record, SCHEME, max_length=20)
+
+
+@pytest.mark.parametrize("softcap", [None, 3.0])
+def test_fast_loss_equals_full_logits_loss(tiny_model, tokenizer, softcap):
+    model = AutoModelForCausalLM.from_pretrained(str(tiny_model))
+    model.config.final_logit_softcapping = softcap
+    batch = PadCollator(tokenizer.pad_token_id)([build_example(tokenizer, r, SCHEME) for r in make_records(5)])
+    batch["weights"] = torch.ones(5)
+    fast, n_fast = completion_loss(model, batch, logits_at_labels_only=True)
+    full, n_full = completion_loss(model, batch, logits_at_labels_only=False)
+    reference = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"]).loss
+    assert n_fast == n_full == int((batch["labels"] != -100).sum())
+    torch.testing.assert_close(fast, full, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(fast, reference, rtol=1e-5, atol=1e-5)
+
+
+def test_class_weights():
+    labels = ["Exact"] * 6 + ["Partial"] * 3 + ["Irrelevant"]
+    assert class_weights(labels, SCHEME, "none") == {"Exact": 1.0, "Partial": 1.0, "Irrelevant": 1.0}
+    for mode in ("sqrt", "inverse"):
+        weights = class_weights(labels, SCHEME, mode)
+        assert weights["Irrelevant"] > weights["Partial"] > weights["Exact"]
+        assert sum(weights[label] for label in labels) / len(labels) == pytest.approx(1.0)
+    inverse = class_weights(labels, SCHEME, "inverse")
+    assert inverse["Irrelevant"] / inverse["Exact"] == pytest.approx(6.0)
+
+
+# -- training, manifest, reload ---------------------------------------------------------------------------------------
+
+
+def test_training_memorises_a_small_set(trained):
+    folder, records = trained
+    manifest = json.loads((folder / MANIFEST_NAME).read_text())
+    history = manifest["train_metrics"]
+    assert history["steps"] == 30
+    assert history["final_loss"] < 0.5
+    model, tokenizer, _ = load_causal_lm(folder)
+    ids = label_token_ids(tokenizer, SCHEME)
+    correct = 0
+    for record in records:
+        prefix_ids, pair_ids = encode_prompt(tokenizer, direct_prompt(record, SCHEME))
+        with torch.no_grad():
+            logits = model(torch.tensor([prefix_ids + pair_ids])).logits[0, -1]
+        correct += SCHEME.labels[int(logits[ids].argmax())] == record.label
+    assert correct == len(records)
+
+
+def test_loss_drops(tiny_model, tmp_path):
+    seen = []
+
+    class Losses(TrainerCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if logs and "loss" in logs:
+                seen.append(float(logs["loss"]))
+
+    train_sft(config(tiny_model, tmp_path / "a", max_steps=20), make_records(8), callbacks=[Losses()])
+    assert len(seen) == 4
+    assert seen[-1] < 0.25 * seen[0]
+
+
+def test_manifest_and_reload(trained, tiny_model):
+    folder, records = trained
+    manifest = json.loads((folder / MANIFEST_NAME).read_text())
+    assert manifest["base_model"] == str(tiny_model.resolve())
+    assert manifest["scheme"] == {"name": "graded3", "labels": list(SCHEME.labels)}
+    assert manifest["prompt_version"] == PROMPT_VERSION
+    assert manifest["data_hash"] == data_hash(records)
+    assert manifest["n_train"] == 8 and manifest["n_eval"] == 4
+    assert manifest["config"]["lora_r"] == 16 and manifest["config"]["target_modules"] == "all-linear"
+    metrics = manifest["train_metrics"]
+    assert {"final_loss", "steps", "wall_time_s", "eval_loss"} <= set(metrics)
+    assert {"torch", "transformers", "peft"} <= set(manifest["versions"])
+    assert manifest["created"]
+    assert (folder / "adapter_config.json").is_file() and (folder / "tokenizer_config.json").is_file()
+
+    tuned, tokenizer, loaded_manifest = load_causal_lm(folder)
+    assert loaded_manifest == manifest
+    base = AutoModelForCausalLM.from_pretrained(str(tiny_model)).eval()
+    prefix_ids, pair_ids = encode_prompt(tokenizer, direct_prompt(records[0], SCHEME))
+    ids = label_token_ids(tokenizer, SCHEME)
+    with torch.no_grad():
+        x = torch.tensor([prefix_ids + pair_ids])
+        tuned_logits, base_logits = tuned(x).logits[0, -1, ids], base(x).logits[0, -1, ids]
+    assert not torch.allclose(tuned_logits, base_logits, atol=1e-3)
+
+
+def test_data_hash_depends_on_labels():
+    records = make_records(4)
+    changed = [Record(**{**r.__dict__}) for r in records]
+    changed[0].label = "Partial"
+    assert data_hash(records) == data_hash(make_records(4))
+    assert data_hash(records) != data_hash(changed)
+
+
+# -- checkpoints and resume -------------------------------------------------------------------------------------------
+
+
+class _Crash(RuntimeError):
+    pass
+
+
+class _CrashAtStep(TrainerCallback):
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        if state.global_step == self.step:
+            raise _Crash(f"simulated crash before step {self.step + 1}")
+
+
+class _Steps(TrainerCallback):
+    def __init__(self):
+        self.steps = []
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.steps.append(state.global_step)
+
+
+def test_resume_continues_from_the_last_checkpoint(tiny_model, tmp_path):
+    out = tmp_path / "run"
+    cfg = config(tiny_model, out, max_steps=6, save_steps=2, logging_steps=1)
+    with pytest.raises(_Crash):
+        train_sft(cfg, make_records(8), callbacks=[_CrashAtStep(3)])  # crashes after step 3, past checkpoint-2
+    assert last_checkpoint(out).name == "checkpoint-2"
+    assert not (out / MANIFEST_NAME).exists()
+
+    with pytest.raises(FileExistsError, match="resume"):
+        train_sft(cfg, make_records(8))
+    cfg.resume = True
+    with pytest.raises(DataError, match="other data"):
+        train_sft(cfg, make_records(7))
+
+    steps = _Steps()
+    folder = train_sft(cfg, make_records(8), callbacks=[steps])
+    assert steps.steps == [3, 4, 5, 6]  # continued, did not restart at step 1
+    metrics = json.loads((folder / MANIFEST_NAME).read_text())["train_metrics"]
+    assert metrics["steps"] == 6 and metrics["resumed_from_step"] == 2 and metrics["steps_this_run"] == 4
+
+
+# -- input validation -------------------------------------------------------------------------------------------------
+
+
+def test_bad_inputs(tiny_model, tmp_path):
+    cfg = config(tiny_model, tmp_path / "bad", max_steps=1)
+    with pytest.raises(DataError, match="no training records"):
+        train_sft(cfg, [])
+    unlabelled = make_records(3)
+    unlabelled[1].label = None
+    with pytest.raises(DataError, match="'r1' has no label"):
+        train_sft(cfg, unlabelled)
+    foreign = make_records(3)
+    foreign[2].label = "Substitute"
+    with pytest.raises(DataError, match="'r2'.*Substitute"):
+        train_sft(cfg, foreign)
+    bad_eval = make_records(2)
+    bad_eval[0].label = None
+    with pytest.raises(DataError, match="evaluation record 'r0'"):
+        train_sft(cfg, make_records(3), eval_records=bad_eval)
+    with pytest.raises(ValueError, match="class_balance"):
+        SFTStageConfig(class_balance="median")
+    assert not (tmp_path / "bad").exists()
+
+
+def test_labels_are_canonicalised(tiny_model, tmp_path):
+    records = make_records(3)
+    records[0].label = "exact"
+    folder = train_sft(config(tiny_model, tmp_path / "case", max_steps=1), records)
+    manifest = json.loads((folder / MANIFEST_NAME).read_text())
+    assert manifest["label_counts"] == {"Exact": 1, "Partial": 1, "Irrelevant": 1}
+
+
+def test_class_balance_weights_scale_each_example_loss(tiny_model, tokenizer, tmp_path):
+    model = AutoModelForCausalLM.from_pretrained(str(tiny_model))
+    examples = [build_example(tokenizer, r, SCHEME) for r in make_records(3)]
+    batch = PadCollator(tokenizer.pad_token_id)(examples)
+    per_example = []
+    for i in range(3):
+        one = PadCollator(tokenizer.pad_token_id)([examples[i]])
+        loss, count = completion_loss(model, one, num_items=1)
+        per_example.append(loss.item())
+    batch["weights"] = torch.tensor([2.0, 0.0, 1.0])
+    loss, count = completion_loss(model, batch, num_items=1)
+    assert loss.item() == pytest.approx(2 * per_example[0] + per_example[2], rel=1e-4)
+
+    records = make_records(8)[:7] + [Record(id="x", query="fan 9", title="fan product 9", label="Exact")]
+    folder = train_sft(config(tiny_model, tmp_path / "bal", max_steps=1, class_balance="sqrt"), records)
+    weights = json.loads((folder / MANIFEST_NAME).read_text())["class_weights"]
+    assert weights == pytest.approx(class_weights([r.label for r in records], SCHEME, "sqrt"))
+    assert weights["Irrelevant"] > weights["Exact"]
+
+
+# -- command line -----------------------------------------------------------------------------------------------------
+
+
+def test_cli_train_sft(tiny_model, tmp_path):
+    from typer.testing import CliRunner
+
+    from lref.cli import app
+
+    train = tmp_path / "train.jsonl"
+    train.write_text("".join(json.dumps(r.to_dict()) + "\n" for r in make_records(6)))
+    out = tmp_path / "cli"
+    args = ["train", "sft", "--model", str(tiny_model), "--train", str(train), "--eval", str(train), "--out", str(out),
+            "--max-steps", "2", "--batch-size", "4", "--lora-r", "4", "--lr", "1e-3", "--threads", "1"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((out / MANIFEST_NAME).read_text())
+    assert manifest["config"]["lora_r"] == 4 and manifest["train_metrics"]["steps"] == 2
+    assert manifest["n_eval"] == 6 and manifest["scheme"]["name"] == "graded3"
+    again = CliRunner().invoke(app, args)
+    assert isinstance(again.exception, FileExistsError)
+    resumed = CliRunner().invoke(app, [*args, "--resume"])
+    assert resumed.exit_code == 0, resumed.output
+
+
+# -- real weights -----------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.smoke
+def test_real_gemma_two_steps(tmp_path):
+    from lref.models import zoo
+
+    try:
+        base = zoo.resolve_model("gemma-3-270m")
+    except ImportError as error:  # the weights package is an optional extra (lref[models])
+        pytest.skip(f"gemma-3-270m is not available: {error}")
+    words = ["drill", "hose", "ceiling fan", "paint", "faucet", "lumber", "tile", "mower"]
+    records = [
+        Record(id=f"g{i}", query=f"{words[i % 8]} {i}", title=f"{words[(i * 3) % 8]} model {i} by Acme",
+               label=SCHEME.labels[i % 3])
+        for i in range(16)
+    ]
+    cfg = SFTStageConfig(model="gemma-3-270m", output_dir=str(tmp_path / "gemma"), max_steps=2, batch_size=8,
+                         save_steps=1000, progress=False)
+    folder = train_sft(cfg, records)
+    manifest = json.loads((folder / MANIFEST_NAME).read_text())
+    assert manifest["base_model"] == "gemma-3-270m" and manifest["train_metrics"]["steps"] == 2
+    model, tokenizer, _ = load_causal_lm(folder)
+    prefix_ids, pair_ids = encode_prompt(tokenizer, direct_prompt(records[0], SCHEME))
+    with torch.no_grad():
+        logits = model(torch.tensor([prefix_ids + pair_ids])).logits[0, -1]
+    assert torch.isfinite(logits).all()
+    assert base.is_dir()
