@@ -19,6 +19,7 @@ from lref.data.records import DataError, Record  # noqa: E402
 from lref.labels import get_scheme  # noqa: E402
 from lref.models.loading import MANIFEST_NAME, load_causal_lm  # noqa: E402
 from lref.prompts import PROMPT_VERSION, direct_prompt, encode_prompt, label_completion, label_token_ids  # noqa: E402
+import lref.stages.sft as sft_module  # noqa: E402
 from lref.stages.sft import (  # noqa: E402
     PadCollator,
     SFTStageConfig,
@@ -27,6 +28,7 @@ from lref.stages.sft import (  # noqa: E402
     completion_loss,
     data_hash,
     last_checkpoint,
+    shared_prefix_length,
     train_sft,
 )
 from lref.testing import build_tiny_causal_lm  # noqa: E402
@@ -123,6 +125,118 @@ def test_fast_loss_equals_full_logits_loss(tiny_model, tokenizer, softcap):
     torch.testing.assert_close(fast, reference, rtol=1e-5, atol=1e-5)
 
 
+# -- shared-prefix forward -------------------------------------------------------------------------------------------
+
+
+def _spy_shared_path(monkeypatch) -> list[bool]:
+    """Record every shared-prefix forward (True: it ran on the shared cache)."""
+    calls = []
+    original = sft_module._forward_with_shared_prefix
+
+    def spy(*args):
+        out = original(*args)
+        calls.append(out is not None)
+        return out
+
+    monkeypatch.setattr(sft_module, "_forward_with_shared_prefix", spy)
+    return calls
+
+
+def _lora_model(tiny_model, **overrides):
+    from peft import LoraConfig, get_peft_model
+
+    base = AutoModelForCausalLM.from_pretrained(str(tiny_model), **overrides)
+    torch.manual_seed(0)
+    # init_lora_weights=False: B is random too, so every LoRA matrix gets a non-zero gradient.
+    lora = LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM",
+                      init_lora_weights=False)
+    return get_peft_model(base, lora).train()
+
+
+def _varied_records() -> list[Record]:
+    """Pairs from a few tokens to well over the tiny model's sliding window (64), so rows differ by > 64 tokens."""
+    return [
+        Record(id=f"v{i}", query=f"{WORDS[i]} " * (1 + 6 * i), title=f"{WORDS[i + 1]} pack " * (1 + 8 * i),
+               description=("a sturdy product for home use " * (3 * i)) or None, label=SCHEME.labels[i % 3])
+        for i in range(5)
+    ]
+
+
+def _loss_and_grads(model, batch, **kwargs):
+    model.zero_grad()
+    loss, count = completion_loss(model, batch, **kwargs)
+    loss.backward()
+    grads = {name: p.grad.detach().clone() for name, p in model.named_parameters() if p.requires_grad}
+    return loss.detach(), count, grads
+
+
+def _assert_same(shared, plain):
+    (loss_a, count_a, grads_a), (loss_b, count_b, grads_b) = shared, plain
+    assert count_a == count_b
+    assert abs(loss_a.item() - loss_b.item()) < 1e-5
+    assert grads_a.keys() == grads_b.keys() and len(grads_a) > 0
+    scale = max(1.0, max(g.abs().max().item() for g in grads_b.values()))
+    assert all(g.abs().max() > 0 for g in grads_b.values())
+    worst = max((grads_a[name] - grads_b[name]).abs().max().item() for name in grads_a)
+    assert worst < 1e-5 * scale, (worst, scale)
+
+
+@pytest.mark.parametrize("logits_at_labels_only", [True, False])
+@pytest.mark.parametrize(
+    "overrides",
+    [{}, {"layer_types": ["sliding_attention", "full_attention"]}, {"attn_implementation": "eager"}],
+    ids=["sliding-sdpa", "sliding+full-sdpa", "sliding-eager"],
+)
+def test_shared_prefix_matches_plain_forward(tiny_model, tokenizer, monkeypatch, overrides, logits_at_labels_only):
+    model = _lora_model(tiny_model, **overrides)
+    examples = [build_example(tokenizer, record, SCHEME) for record in _varied_records()]
+    lengths = [len(e["input_ids"]) for e in examples]
+    n_prefix = examples[0]["prefix_length"]
+    assert n_prefix > 64 and max(lengths) - min(lengths) > 64  # prefix alone and padding runs exceed the window
+    batch = PadCollator(tokenizer.pad_token_id)(examples)
+    batch["weights"] = torch.tensor([1.0, 2.0, 0.5, 1.0, 1.5])
+    assert shared_prefix_length(batch) == n_prefix
+    calls = _spy_shared_path(monkeypatch)
+    shared = _loss_and_grads(model, batch, share_prefix=True, logits_at_labels_only=logits_at_labels_only)
+    assert calls == [True]
+    plain = _loss_and_grads(model, batch, share_prefix=False, logits_at_labels_only=logits_at_labels_only)
+    assert calls == [True]
+    _assert_same(shared, plain)
+
+    # A prefix shorter than the window with prefix + pair longer than it: cut the shared part to its first 20 tokens.
+    short = dict(batch, prefix_lengths=torch.full((5,), 20))
+    assert shared_prefix_length(short) == 20
+    _assert_same(_loss_and_grads(model, short, logits_at_labels_only=logits_at_labels_only),
+                 _loss_and_grads(model, short, share_prefix=False, logits_at_labels_only=logits_at_labels_only))
+    assert calls == [True, True]
+
+
+def test_shared_prefix_falls_back_when_prefixes_differ(tiny_model, tokenizer, monkeypatch):
+    model = _lora_model(tiny_model)
+    records = make_records(3)
+    examples = [build_example(tokenizer, record, SCHEME) for record in records]
+    other = build_example(tokenizer, records[2], get_scheme("esci4"))  # another instruction (label definitions)
+    assert other["input_ids"][: other["prefix_length"]] != examples[0]["input_ids"][: examples[0]["prefix_length"]]
+    collate = PadCollator(tokenizer.pad_token_id)
+    n_prefix = examples[0]["prefix_length"]
+    assert shared_prefix_length(collate(examples)) == n_prefix
+
+    mixed = collate(examples[:2] + [other])
+    same_length = [dict(e) for e in examples]
+    same_length[1]["input_ids"] = list(same_length[1]["input_ids"])
+    same_length[1]["input_ids"][n_prefix // 2] += 1  # same prefix length, different ids
+    no_field = collate([{k: v for k, v in e.items() if k != "prefix_length"} for e in examples])
+    too_long = dict(collate(examples), prefix_lengths=torch.full((3,), n_prefix + 5))  # would cover label positions
+    for batch in (mixed, collate(same_length), no_field, too_long, collate(examples[:1])):
+        assert shared_prefix_length(batch) == 0
+    assert "prefix_lengths" not in no_field
+
+    calls = _spy_shared_path(monkeypatch)
+    for batch in (mixed, collate(same_length)):
+        _assert_same(_loss_and_grads(model, batch), _loss_and_grads(model, batch, share_prefix=False))
+    assert calls == []
+
+
 def test_class_weights():
     labels = ["Exact"] * 6 + ["Partial"] * 3 + ["Irrelevant"]
     assert class_weights(labels, SCHEME, "none") == {"Exact": 1.0, "Partial": 1.0, "Irrelevant": 1.0}
@@ -154,17 +268,21 @@ def test_training_memorises_a_small_set(trained):
     assert correct == len(records)
 
 
-def test_loss_drops(tiny_model, tmp_path):
+@pytest.mark.parametrize("share_prefix", [True, False])
+def test_loss_drops(tiny_model, tmp_path, monkeypatch, share_prefix):
     seen = []
+    shared = _spy_shared_path(monkeypatch)
 
     class Losses(TrainerCallback):
         def on_log(self, args, state, control, logs=None, **kwargs):
             if logs and "loss" in logs:
                 seen.append(float(logs["loss"]))
 
-    train_sft(config(tiny_model, tmp_path / "a", max_steps=20), make_records(8), callbacks=[Losses()])
+    cfg = config(tiny_model, tmp_path / "a", max_steps=20, share_prefix=share_prefix)
+    train_sft(cfg, make_records(8), callbacks=[Losses()])
     assert len(seen) == 4
     assert seen[-1] < 0.25 * seen[0]
+    assert shared == ([True] * 20 if share_prefix else [])  # every training batch took the shared-prefix path
 
 
 def test_manifest_and_reload(trained, tiny_model):

@@ -144,9 +144,9 @@ def data_split(
 def data_synth(
     out: str = typer.Option(..., "--out", "-o", help="Output file: canonical .jsonl (or .parquet)."),
     pairs: int = typer.Option(20000, "--pairs", min=1, help="Query–product pairs to generate."),
-    scheme: str = typer.Option("graded3", "--scheme", help="Label scheme preset (graded3, esci4, crowdflower4, lref5)."),
+    scheme: str = typer.Option("graded3", "--scheme", help="Label scheme preset: graded3, esci4, crowdflower4, lref5."),
     noise: float = typer.Option(
-        0.1, "--noise", min=0.0, max=1.0, help="Label noise rate (true label kept in meta.true_label); 0 for clean labels."
+        0.1, "--noise", min=0.0, max=1.0, help="Label noise rate (true label kept in meta.true_label); 0: clean labels."
     ),
     seed: int = typer.Option(0, "--seed", help="Random seed; the same options always give the same file."),
     queries: int | None = typer.Option(None, "--queries", min=1, help="Distinct queries (default: pairs / 10)."),
@@ -349,6 +349,20 @@ def train_sft_command(
     eval_records = _load_data(eval_path, fmt, scheme_name, None, option) if eval_path else None
     folder = train_sft(config, train_records, eval_records)
     typer.echo(str(folder))
+
+
+@app.command("demo")
+def demo(
+    out_dir: str = typer.Option("runs/demo", "--out-dir", help="Folder for every artefact of the run."),
+    model: str = typer.Option("gemma-3-270m", "--model", help="Base LLM: a zoo name or an HF folder."),
+    train_pairs: int = typer.Option(480, "--train-pairs", help="Training pairs sampled from the train split."),
+    test_pairs: int = typer.Option(300, "--test-pairs", help="Test pairs scored before and after tuning."),
+    seed: int = typer.Option(0, "--seed", help="Seed for the catalog, the samples and training."),
+) -> None:
+    """The embedded default job: synthetic catalog, real Gemma-3-270M, LoRA SFT, scoring and evaluation."""
+    from lref.demo import DemoConfig, run_demo
+
+    run_demo(DemoConfig(out_dir=out_dir, model=model, train_pairs=train_pairs, test_pairs=test_pairs, seed=seed))
 
 
 def main() -> None:
