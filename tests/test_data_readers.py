@@ -239,3 +239,19 @@ def test_scheme_name_is_resolved_and_unknown_scheme_refused(tmp_path):
     assert load_records(path, scheme=get_scheme("crowdflower4"))[0].label == "3"
     with pytest.raises(Exception, match="unknown label scheme 'five'"):
         load_records(path, scheme="five")
+
+
+def test_generic_file_without_query_column_lists_the_file_columns(tmp_path):
+    path = tmp_path / "pairs.csv"
+    path.write_text("search_term,product_title,label\ndrill,DeWalt drill,Exact\n")
+    with pytest.raises(DataError, match=r"missing column 'query' \(file columns: 'search_term'"):
+        load_records(path)
+    records = load_records(path, columns={"query": "search_term", "title": "product_title"})
+    assert records[0].query == "drill" and records[0].label == "Exact"
+
+
+def test_utf8_bom_is_dropped_even_when_reading_as_latin1(tmp_path):
+    path = tmp_path / "pairs.csv"
+    path.write_bytes(b"\xef\xbb\xbfquery,title,label\ncaf\xe9 table,bistro table,Partial\n")
+    (record,) = load_records(path, encoding="latin-1")
+    assert record.query == "café table" and record.label == "Partial"

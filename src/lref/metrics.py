@@ -77,7 +77,7 @@ def _join(
             problems.append(
                 f"{len(unmatched)} of {len(predictions)} prediction(s) have no gold record ({_examples(unmatched)})"
             )
-        raise DataError("; ".join(problems) + "; pass allow_missing=True to evaluate on the ids both sides share")
+        raise DataError("; ".join(problems) + "; pass allow_missing=True (CLI: --allow-missing) to evaluate on the ids both sides share")
     pairs = [(r, by_id[r.id]) for r in gold if r.id in by_id]
     if not pairs:
         raise DataError("no prediction id matches a gold record id")

@@ -58,6 +58,8 @@ def read_predictions(path: str | Path, scheme: LabelScheme | None = None) -> lis
                 topk = [scheme.parse(t) for t in topk]
             except LabelError as error:
                 raise DataError(str(error), path=str(path), row=row, column="label") from None
+            except (TypeError, ValueError, AttributeError):
+                raise DataError("probs must map labels to numbers", path=str(path), row=row, column="probs") from None
         else:
             label = str(item["label"])
         predictions.append(Prediction(str(item["id"]), label, probs, topk))

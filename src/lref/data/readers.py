@@ -6,6 +6,7 @@ JSONL, a row is the file's line number (blank lines count, so the number matches
 
 from __future__ import annotations
 
+import codecs
 import io
 import json
 import math
@@ -197,6 +198,8 @@ def _decode_message(error: UnicodeDecodeError, raw: bytes, encoding: str) -> str
 
 
 def _decode(raw: bytes, encoding: str) -> str:
+    if raw.startswith(codecs.BOM_UTF8):  # a UTF-8 byte-order mark is never part of a column name, whatever the encoding
+        raw = raw[len(codecs.BOM_UTF8):]
     text = raw.decode(encoding)
     return text[1:] if text.startswith("\ufeff") else text
 
@@ -369,7 +372,14 @@ def _resolve_columns(columns: Mapping[str, str] | None, present: list[str], *, p
     require_columns(present, columns.values(), path=path)
     mapping = {field: columns.get(field, field) for field in FIELDS}
     mapping = {field: source for field, source in mapping.items() if source in present}
-    require_columns(mapping, ("query", "title"), path=path)
+    missing = [field for field in ("query", "title") if field not in mapping]
+    if missing:
+        raise DataError(
+            f"missing column {missing[0]!r} (file columns: {', '.join(map(repr, present)) or 'none'}); "
+            f"map one with --column {missing[0]}=COLUMN",
+            path=str(path),
+            column=columns.get(missing[0], missing[0]),
+        )
     return mapping
 
 
