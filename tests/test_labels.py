@@ -29,3 +29,13 @@ def test_bad_schemes_are_refused():
         LabelScheme("x", ("A", "B"), ("a",))
     with pytest.raises(LabelError, match="unknown label scheme"):
         get_scheme("nope")
+
+
+def test_words_default_to_names_and_numeric_schemes_get_words():
+    graded = get_scheme("graded3")
+    assert graded.words == graded.labels and "- Exact: " in graded.describe()
+    crowdflower = get_scheme("crowdflower4")
+    assert crowdflower.word("4") == "Excellent" and crowdflower.word("1") == "Poor"
+    assert "- Excellent (4): " in crowdflower.describe()
+    with pytest.raises(ValueError, match="distinct words"):
+        LabelScheme("x", ("A", "B"), ("a", "b"), words=("same", "same"))

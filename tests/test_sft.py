@@ -89,7 +89,7 @@ def test_example_masks_the_prompt_and_ends_with_label_and_eos(tokenizer):
     example = build_example(tokenizer, record, SCHEME)
     prefix_ids, pair_ids = encode_prompt(tokenizer, direct_prompt(record, SCHEME))
     prompt = prefix_ids + pair_ids
-    answer = tokenizer(label_completion("Irrelevant"), add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    answer = tokenizer(label_completion(SCHEME, "Irrelevant"), add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
 
     assert example["input_ids"] == prompt + answer  # the very ids the scorer builds, then the answer
     assert example["labels"][: len(prompt)] == [-100] * len(prompt)

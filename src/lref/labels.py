@@ -22,6 +22,9 @@ class LabelScheme:
     definitions: tuple[str, ...]
     ratings: tuple[float, ...] = ()
     """Numeric value of each grade (used for expected ratings and RMSE); defaults to n, n-1, ..., 1."""
+    words: tuple[str, ...] = ()
+    """The word an LLM writes for each grade in prompts and answers; defaults to the label names. Numeric labels
+    need words, because digits share their first token in many tokenizers."""
 
     def __post_init__(self) -> None:
         if len(self.labels) < 2:
@@ -34,6 +37,10 @@ class LabelScheme:
             object.__setattr__(self, "ratings", tuple(float(len(self.labels) - i) for i in range(len(self.labels))))
         if len(self.ratings) != len(self.labels):
             raise ValueError(f"label scheme {self.name!r}: {len(self.labels)} labels but {len(self.ratings)} ratings")
+        if not self.words:
+            object.__setattr__(self, "words", self.labels)
+        if len(self.words) != len(self.labels) or len(set(self.words)) != len(self.words):
+            raise ValueError(f"label scheme {self.name!r}: needs {len(self.labels)} distinct words, got {self.words}")
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -56,8 +63,15 @@ class LabelScheme:
     def rating(self, label: str) -> float:
         return self.ratings[self.index(label)]
 
+    def word(self, label: str) -> str:
+        return self.words[self.index(label)]
+
     def describe(self) -> str:
-        return "\n".join(f"- {name}: {definition}" for name, definition in zip(self.labels, self.definitions))
+        """One line per grade, in the words an LLM is asked to answer with."""
+        return "\n".join(
+            f"- {word}{f' ({name})' if word != name else ''}: {definition}"
+            for name, word, definition in zip(self.labels, self.words, self.definitions)
+        )
 
 
 PRESETS: dict[str, LabelScheme] = {
@@ -102,6 +116,7 @@ PRESETS: dict[str, LabelScheme] = {
             "does not satisfy the search query",
         ),
         ratings=(4.0, 3.0, 2.0, 1.0),
+        words=("Excellent", "Good", "Fair", "Poor"),
     ),
 }
 

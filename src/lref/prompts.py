@@ -38,7 +38,7 @@ def instruction(scheme: LabelScheme) -> str:
         "You judge how relevant a product is to an e-commerce search query.\n"
         "Grades, from most to least relevant:\n"
         f"{scheme.describe()}\n"
-        f"Answer with one grade: {', '.join(scheme.labels)}.\n\n"
+        f"Answer with one grade: {', '.join(scheme.words)}.\n\n"
     )
 
 
@@ -62,9 +62,9 @@ def direct_prompt(record: Record, scheme: LabelScheme) -> Prompt:
     return Prompt(prefix=instruction(scheme), pair=pair)
 
 
-def label_completion(label: str) -> str:
-    """What the model should write after the cue: a space, then the label word."""
-    return f" {label}"
+def label_completion(scheme: LabelScheme, label: str) -> str:
+    """What the model should write after the cue: a space, then the grade's word."""
+    return f" {scheme.word(label)}"
 
 
 def encode_prompt(tokenizer, prompt: Prompt, add_bos: bool = True) -> tuple[list[int], list[int]]:
@@ -80,7 +80,7 @@ def label_token_ids(tokenizer, scheme: LabelScheme) -> list[int]:
     """First token id of each verbalised label; raises VerbalizationError when two labels share one."""
     ids = []
     for label in scheme.labels:
-        tokens = tokenizer(label_completion(label), add_special_tokens=False)["input_ids"]
+        tokens = tokenizer(label_completion(scheme, label), add_special_tokens=False)["input_ids"]
         if not tokens:
             raise VerbalizationError(f"label {label!r} tokenizes to nothing")
         ids.append(tokens[0])
@@ -89,7 +89,7 @@ def label_token_ids(tokenizer, scheme: LabelScheme) -> list[int]:
         if token in seen:
             raise VerbalizationError(
                 f"labels {seen[token]!r} and {label!r} of scheme {scheme.name!r} start with the same token "
-                f"({tokenizer.convert_ids_to_tokens(token)!r}) for this tokenizer; rename one of them"
+                f"({tokenizer.convert_ids_to_tokens(token)!r}) for this tokenizer; give the scheme distinct words"
             )
         seen[token] = label
     return ids

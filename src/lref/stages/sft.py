@@ -1,7 +1,7 @@
 """LoRA supervised fine-tuning on the direct prompt: (query, product) -> " Label" <eos>.
 
 Each example is the prompt exactly as the scorer sees it (`encode_prompt`: the instruction prefix and the pair part
-tokenized separately) followed by the completion, `label_completion(label)` plus EOS. The loss covers the completion
+tokenized separately) followed by the completion, `label_completion(scheme, label)` plus EOS. The loss covers the completion
 tokens only; prompt positions are labelled -100.
 
 Training runs on `transformers.Trainer` with one override, `compute_loss`: by default the LM head is applied only at
@@ -186,18 +186,18 @@ def class_weights(labels: Sequence[str], scheme: LabelScheme, mode: str = "none"
     return {label: raw.get(label, 0.0) / mean for label in scheme.labels}
 
 
-def completion_ids(tokenizer, label: str) -> list[int]:
+def completion_ids(tokenizer, scheme: LabelScheme, label: str) -> list[int]:
     """Token ids the model is trained to write after the prompt: the verbalised label, then EOS."""
     if tokenizer.eos_token_id is None:
         raise ValueError("the tokenizer has no EOS token")
-    return tokenizer(label_completion(label), add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    return tokenizer(label_completion(scheme, label), add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
 
 
 def build_example(tokenizer, record: Record, scheme: LabelScheme, max_length: int | None = None) -> dict[str, Any]:
     """One training example: `input_ids` = prompt + completion, `labels` = -100 on the prompt, the ids elsewhere,
     `prefix_length` = tokens of the pair-independent instruction prefix (BOS included) at the start of `input_ids`."""
     prefix_ids, pair_ids = encode_prompt(tokenizer, direct_prompt(record, scheme))
-    answer = completion_ids(tokenizer, scheme.parse(record.label))
+    answer = completion_ids(tokenizer, scheme, scheme.parse(record.label))
     truncated = False
     if max_length is not None and len(prefix_ids) + len(pair_ids) + len(answer) > max_length:
         budget = max_length - len(prefix_ids) - len(answer)
