@@ -22,6 +22,10 @@ Two paths, same numbers (tests hold them within 1e-4):
            follow at positions ``len(prefix) ...``. Sliding-window layers keep their own cache length, so prefixes
            and pairs longer than the window stay exact.
 
+The fast path assumes the usual Hugging Face causal-LM layout, ``logits = lm_head(decoder(...).last_hidden_state)``
+(optionally soft-capped), as in Gemma, Llama, Qwen and Mistral; for a model that scales its logits in other ways,
+use ``fast=False``.
+
 Example::
 
     scorer = LabelScorer(model, tokenizer, get_scheme("graded3"), ScorerConfig(batch_size=16))
