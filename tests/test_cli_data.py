@@ -7,21 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from lref.cli import main
+from helpers import run_lref
 from lref.data import load_records
-
-
-def run(monkeypatch, capsys, *args):
-    """Run `lref ARGS` in-process; returns (exit code, stdout, stderr)."""
-    monkeypatch.setattr(sys, "argv", ["lref", *args])
-    monkeypatch.setenv("COLUMNS", "200")  # keep rich from wrapping lines
-    try:
-        main()
-        code = 0
-    except SystemExit as done:
-        code = done.code
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 @pytest.fixture
@@ -39,7 +26,7 @@ def homedepot_csv(tmp_path):
 
 def test_inspect_prints_counts_floor_and_disagreement(monkeypatch, capsys, homedepot_csv, tmp_path):
     summary_path = tmp_path / "summary.json"
-    code, out, _ = run(
+    code, out, _ = run_lref(
         monkeypatch, capsys, "data", "inspect", str(homedepot_csv), "--format", "homedepot", "--json", str(summary_path)
     )
     assert code == 0
@@ -56,7 +43,7 @@ def test_convert_writes_canonical_jsonl_with_column_mapping(monkeypatch, capsys,
     source = tmp_path / "pairs.csv"
     source.write_text("term,name,grade\ndrill,DeWalt drill,Substitute\nsofa,Grey sofa,exact\n")
     out = tmp_path / "out" / "pairs.jsonl"
-    code, stdout, _ = run(
+    code, stdout, _ = run_lref(
         monkeypatch,
         capsys,
         "data",
@@ -84,7 +71,7 @@ def test_convert_failure_exits_2_names_the_row_and_writes_nothing(monkeypatch, c
     source = tmp_path / "pairs.csv"
     source.write_text("query,title,label\ndrill,DeWalt drill,Exact\nsofa,Grey sofa,Perfect\n")
     out = tmp_path / "pairs.jsonl"
-    code, _, err = run(monkeypatch, capsys, "data", "convert", str(source), "--out", str(out))
+    code, _, err = run_lref(monkeypatch, capsys, "data", "convert", str(source), "--out", str(out))
     assert code == 2
     assert f"error: file {source}, row 2, column 'label'" in err and "'Perfect'" in err
     assert list(tmp_path.iterdir()) == [source]  # no output and no temporary left behind
@@ -96,7 +83,7 @@ def test_split_writes_one_file_per_split_without_shared_queries(monkeypatch, cap
         "".join(json.dumps({"query": f"q{i % 40}", "title": f"t{i}", "label": "Exact"}) + "\n" for i in range(200))
     )
     out_dir = tmp_path / "splits"
-    code, out, _ = run(
+    code, out, _ = run_lref(
         monkeypatch,
         capsys,
         "data",
@@ -118,7 +105,7 @@ def test_split_writes_one_file_per_split_without_shared_queries(monkeypatch, cap
 
 
 def test_split_rejects_bad_fractions(monkeypatch, capsys, homedepot_csv, tmp_path):
-    code, _, err = run(
+    code, _, err = run_lref(
         monkeypatch,
         capsys,
         "data",
@@ -138,9 +125,9 @@ def test_split_rejects_bad_fractions(monkeypatch, capsys, homedepot_csv, tmp_pat
 def test_reader_options_pass_through(monkeypatch, capsys, tmp_path):
     source = tmp_path / "pairs.csv"
     source.write_bytes(b"query,title\ncaf\xe9,mug\n")
-    code, _, err = run(monkeypatch, capsys, "data", "inspect", str(source))
+    code, _, err = run_lref(monkeypatch, capsys, "data", "inspect", str(source))
     assert code == 2 and "not valid utf-8" in err and "row 1, column 'query'" in err
-    code, out, _ = run(monkeypatch, capsys, "data", "inspect", str(source), "--option", "encoding=latin-1")
+    code, out, _ = run_lref(monkeypatch, capsys, "data", "inspect", str(source), "--option", "encoding=latin-1")
     assert code == 0 and "1 pairs, 1 queries" in out and "unlabelled pairs: 1" in out
 
 

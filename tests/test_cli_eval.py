@@ -1,12 +1,11 @@
 """`lref data synth` and `lref eval`, run through lref.cli.main as the installed script runs it."""
 
 import json
-import sys
 from collections import Counter
 
 import pytest
 
-from lref.cli import main
+from helpers import run_lref
 from lref.data import load_records
 
 REQUIRED_KEYS = {
@@ -28,23 +27,10 @@ REQUIRED_KEYS = {
 }
 
 
-def run(monkeypatch, capsys, *args):
-    """Run `lref ARGS` in-process; returns (exit code, stdout, stderr)."""
-    monkeypatch.setattr(sys, "argv", ["lref", *args])
-    monkeypatch.setenv("COLUMNS", "200")
-    try:
-        main()
-        code = 0
-    except SystemExit as done:
-        code = done.code
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
 @pytest.fixture
 def catalog(tmp_path, monkeypatch, capsys):
     path = tmp_path / "synth.jsonl"
-    code, out, err = run(
+    code, out, err = run_lref(
         monkeypatch, capsys, "data", "synth", "--out", str(path), "--pairs", "400", "--noise", "0.25", "--seed", "5"
     )
     assert code == 0, err
@@ -61,7 +47,7 @@ def test_synth_writes_a_loadable_deterministic_catalog(catalog, tmp_path, monkey
     assert all(r.label != r.meta["true_label"] for r in noisy)
     again = tmp_path / "again.jsonl"
     assert (
-        run(
+        run_lref(
             monkeypatch,
             capsys,
             "data",
@@ -79,7 +65,7 @@ def test_synth_writes_a_loadable_deterministic_catalog(catalog, tmp_path, monkey
     )
     assert again.read_bytes() == catalog.read_bytes()
     lref5 = tmp_path / "lref5.jsonl"
-    assert run(monkeypatch, capsys, "data", "synth", "--out", str(lref5), "--pairs", "300", "--scheme", "lref5")[0] == 0
+    assert run_lref(monkeypatch, capsys, "data", "synth", "--out", str(lref5), "--pairs", "300", "--scheme", "lref5")[0] == 0
     assert {r.label for r in load_records(lref5, scheme="lref5")} == {
         "Exact",
         "Significant",
@@ -90,7 +76,7 @@ def test_synth_writes_a_loadable_deterministic_catalog(catalog, tmp_path, monkey
 
 
 def test_synth_refuses_impossible_sizes(tmp_path, monkeypatch, capsys):
-    code, _, err = run(
+    code, _, err = run_lref(
         monkeypatch, capsys, "data", "synth", "--out", str(tmp_path / "x.jsonl"), "--pairs", "100", "--queries", "50"
     )
     assert code == 2
@@ -110,7 +96,7 @@ def test_eval_end_to_end(catalog, tmp_path, monkeypatch, capsys):
     rows = [{"id": r.id, "label": p, "probs": {}, "topk": [p]} for r, p in zip(gold, predicted, strict=True)]
     _write_predictions(tmp_path / "pred.jsonl", list(reversed(rows)))  # joined by id, not by position
     metrics_path = tmp_path / "out" / "metrics.json"
-    code, out, err = run(
+    code, out, err = run_lref(
         monkeypatch,
         capsys,
         "eval",
@@ -160,7 +146,7 @@ def test_eval_reports_a_bad_prediction_label_with_file_and_row(catalog, tmp_path
     pred = tmp_path / "pred.jsonl"
     _write_predictions(pred, rows)
     metrics_path = tmp_path / "metrics.json"
-    code, _, err = run(
+    code, _, err = run_lref(
         monkeypatch, capsys, "eval", "--pred", str(pred), "--gold", str(catalog), "--out", str(metrics_path)
     )
     assert code == 2
@@ -174,10 +160,10 @@ def test_eval_missing_ids(catalog, tmp_path, monkeypatch, capsys):
     gold = load_records(catalog, scheme="graded3")
     pred = tmp_path / "pred.jsonl"
     _write_predictions(pred, [{"id": r.id, "label": r.label} for r in gold[:-3]])
-    code, _, err = run(monkeypatch, capsys, "eval", "--pred", str(pred), "--gold", str(catalog), "--bootstrap", "0")
+    code, _, err = run_lref(monkeypatch, capsys, "eval", "--pred", str(pred), "--gold", str(catalog), "--bootstrap", "0")
     assert code == 2
     assert f"3 of 400 gold record(s) have no prediction ('{gold[-3].id}'" in err
-    code, out, _ = run(
+    code, out, _ = run_lref(
         monkeypatch, capsys, "eval", "--pred", str(pred), "--gold", str(catalog), "--bootstrap", "0", "--allow-missing"
     )
     assert code == 0
