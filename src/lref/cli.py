@@ -15,9 +15,11 @@ app = typer.Typer(help="LLM relevance judges for e-commerce search (LREF).", no_
 data_app = typer.Typer(help="Inspect, convert and split labelled data.", no_args_is_help=True)
 models_app = typer.Typer(help="The model zoo: list and prepare real weights.", no_args_is_help=True)
 train_app = typer.Typer(help="Train models.", no_args_is_help=True)
+serve_app = typer.Typer(help="Serve models over HTTP.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 app.add_typer(models_app, name="models")
 app.add_typer(train_app, name="train")
+app.add_typer(serve_app, name="serve")
 
 
 _FORMAT_HELP = "auto (by extension), jsonl, csv, parquet, homedepot, esci, wands or crowdflower."
@@ -349,6 +351,162 @@ def train_sft_command(
     eval_records = _load_data(eval_path, fmt, scheme_name, None, option) if eval_path else None
     folder = train_sft(config, train_records, eval_records)
     typer.echo(str(folder))
+
+
+def _dpo_help(name: str) -> str:
+    from lref.stages.dpo import DPOStageConfig
+    from lref.stages.sft import field_help
+
+    return field_help(name, DPOStageConfig)
+
+
+@train_app.command("dpo")
+def train_dpo_command(
+    model: str = typer.Option(..., "--model", "-m", help=_dpo_help("model")),
+    pool: str = typer.Option(..., "--pool", help="Labelled pairs to mine preference pairs from (file or folder)."),
+    fmt: str = typer.Option("auto", "--format", "-f", help=_FORMAT_HELP),
+    scheme: str | None = typer.Option(
+        None, "--scheme", help="Label scheme preset; default: the one in the model's manifest, else the format's own."
+    ),
+    out: str = typer.Option(..., "--out", "-o", help=_dpo_help("output_dir")),
+    top_k: int = typer.Option(3, "--top-k", min=1, help=_dpo_help("top_k")),
+    over_estimates_only: bool = typer.Option(False, "--over-estimates-only", help=_dpo_help("over_estimates_only")),
+    min_pairs: int = typer.Option(16, "--min-pairs", min=1, help=_dpo_help("min_pairs")),
+    beta: float = typer.Option(0.1, "--beta", min=0.0, help=_dpo_help("beta")),
+    alpha: float = typer.Option(0.65, "--alpha", min=0.0, help=_dpo_help("sft_weight")),
+    epochs: float = typer.Option(2.0, "--epochs", min=0.0, help=_dpo_help("epochs")),
+    max_steps: int = typer.Option(-1, "--max-steps", help=_dpo_help("max_steps")),
+    lr: float = typer.Option(5e-5, "--lr", min=0.0, help=_dpo_help("learning_rate")),
+    lora_r: int = typer.Option(16, "--lora-r", min=1, help=_dpo_help("lora_r")),
+    lora_alpha: int = typer.Option(32, "--lora-alpha", min=1, help=_dpo_help("lora_alpha")),
+    batch_size: int = typer.Option(8, "--batch-size", min=1, help=_dpo_help("batch_size")),
+    grad_accum: int = typer.Option(1, "--grad-accum", min=1, help=_dpo_help("grad_accum")),
+    max_length: int = typer.Option(512, "--max-length", min=16, help=_dpo_help("max_length")),
+    collapse_tolerance: float | None = typer.Option(
+        1.0, "--collapse-tolerance", min=0.0, help=_dpo_help("collapse_tolerance")
+    ),
+    save_steps: int = typer.Option(100, "--save-steps", min=1, help=_dpo_help("save_steps")),
+    seed: int = typer.Option(0, "--seed", help=_dpo_help("seed")),
+    threads: int | None = typer.Option(None, "--threads", min=1, help=_dpo_help("threads")),
+    resume: bool = typer.Option(False, "--resume", help=_dpo_help("resume")),
+    option: list[str] | None = typer.Option(None, "--option", help=_OPTION_HELP),
+) -> None:
+    """DPO de-biasing: mine near misses (gold in top-k, top-1 wrong), train DPO + alpha*SFT; prints the model to use."""
+    from lref.data import default_scheme
+    from lref.models.loading import read_manifest
+    from lref.models.scorer import scheme_for_model
+    from lref.models.zoo import resolve_model
+    from lref.stages.dpo import DPOStageConfig, train_dpo
+
+    label_scheme = scheme_for_model(read_manifest(resolve_model(model)), scheme, default=default_scheme(fmt))
+    try:
+        config = DPOStageConfig(
+            model=model, scheme=label_scheme.name, output_dir=out, top_k=top_k,
+            over_estimates_only=over_estimates_only, min_pairs=min_pairs, beta=beta, sft_weight=alpha, epochs=epochs,
+            max_steps=max_steps, learning_rate=lr, lora_r=lora_r, lora_alpha=lora_alpha, batch_size=batch_size,
+            grad_accum=grad_accum, max_length=max_length, collapse_tolerance=collapse_tolerance,
+            save_steps=save_steps, seed=seed, threads=threads, resume=resume,
+        )
+    except ValueError as error:
+        raise typer.BadParameter(str(error)) from None
+    records = _load_data(pool, fmt, label_scheme.name, None, option)
+    result = train_dpo(config, records)
+    if str(result) == model:
+        typer.echo(f"DPO skipped (too few preference pairs, see {out}/lref_manifest.json); model unchanged:", err=True)
+    typer.echo(str(result))
+
+
+def _select_help(name: str) -> str:
+    from lref.stages.select import field_help
+
+    return field_help(name)
+
+
+@app.command("select")
+def select_command(
+    pool: str = typer.Option(..., "--pool", help="The labelled pool to select from (a data file, or a dataset folder)."),
+    out_dir: str = typer.Option(..., "--out-dir", "-o", help=_select_help("output_dir")),
+    fmt: str = typer.Option("auto", "--format", "-f", help=_FORMAT_HELP),
+    scheme: str | None = typer.Option(None, "--scheme", help=_SCHEME_HELP),
+    backbone: str = typer.Option("llm", "--backbone", help=_select_help("backbone")),
+    model: str | None = typer.Option(None, "--model", "-m", help=_select_help("model")),
+    im_sample: int = typer.Option(2000, "--im-sample", min=1, help=_select_help("im_sample")),
+    ci_sample: int = typer.Option(2000, "--ci-sample", min=1, help=_select_help("ci_sample")),
+    ms_sample: int = typer.Option(2000, "--ms-sample", min=1, help=_select_help("ms_sample")),
+    ci_oversample: bool = typer.Option(True, "--ci-oversample/--no-ci-oversample", help=_select_help("ci_oversample")),
+    confusion_source: str = typer.Option("im_confusion", "--confusion-source", help=_select_help("confusion_source")),
+    confusion_slice: int = typer.Option(1000, "--confusion-slice", min=1, help=_select_help("confusion_slice")),
+    ms_rule: str = typer.Option("differs", "--ms-rule", help=_select_help("ms_rule")),
+    use_im: bool = typer.Option(True, "--im/--no-im", help=_select_help("use_im")),
+    use_ci: bool = typer.Option(True, "--ci/--no-ci", help=_select_help("use_ci")),
+    use_ms: bool = typer.Option(True, "--ms/--no-ms", help=_select_help("use_ms")),
+    folds: int = typer.Option(2, "--folds", min=1, help=_select_help("folds")),
+    ensemble_rest: bool = typer.Option(True, "--ensemble-rest/--first-model-rest", help=_select_help("ensemble_rest")),
+    head_share: float = typer.Option(0.2, "--head-share", help=_select_help("head_share")),
+    torso_share: float = typer.Option(0.3, "--torso-share", help=_select_help("torso_share")),
+    epochs: float = typer.Option(1.0, "--epochs", min=0.0, help=_select_help("epochs")),
+    max_steps: int = typer.Option(-1, "--max-steps", help=_select_help("max_steps")),
+    lr: float | None = typer.Option(None, "--lr", min=0.0, help=_select_help("learning_rate")),
+    batch_size: int = typer.Option(8, "--batch-size", min=1, help=_select_help("batch_size")),
+    max_length: int | None = typer.Option(None, "--max-length", min=16, help=_select_help("max_length")),
+    score_batch_size: int = typer.Option(16, "--score-batch-size", min=1, help=_select_help("score_batch_size")),
+    seed: int = typer.Option(0, "--seed", help=_select_help("seed")),
+    threads: int | None = typer.Option(None, "--threads", min=1, help=_select_help("threads")),
+    option: list[str] | None = typer.Option(None, "--option", help=_OPTION_HELP),
+) -> None:
+    """Stage 1: keep the pairs that are learnable (CI), not easy (IM) and not likely mislabelled (MS)."""
+    from rich.console import Console
+
+    from lref.data import default_scheme
+    from lref.stages.select import REPORT_NAME, SELECTED_NAME, SelectConfig, funnel_table, select
+
+    scheme_name = scheme or default_scheme(fmt).name
+    try:
+        config = SelectConfig(
+            output_dir=out_dir, scheme=scheme_name, backbone=backbone, model=model, im_sample=im_sample,
+            ci_sample=ci_sample, ci_oversample=ci_oversample, ms_sample=ms_sample, confusion_source=confusion_source,
+            confusion_slice=confusion_slice, use_im=use_im, use_ci=use_ci, use_ms=use_ms, ms_rule=ms_rule,
+            folds=folds, ensemble_rest=ensemble_rest, head_share=head_share, torso_share=torso_share, epochs=epochs,
+            max_steps=max_steps, learning_rate=lr, batch_size=batch_size, max_length=max_length,
+            score_batch_size=score_batch_size, seed=seed, threads=threads,
+        )
+    except ValueError as error:
+        raise typer.BadParameter(str(error)) from None
+    result = select(config, _load_data(pool, fmt, scheme_name, None, option))
+    console = Console()
+    console.print(funnel_table(result.report))
+    console.print(f"selected pairs: {result.output_dir / SELECTED_NAME}; report: {result.output_dir / REPORT_NAME}")
+
+
+def _serve_llm_help(name: str) -> str:
+    from lref.serve.llm import LLMServerConfig
+    from lref.stages.sft import field_help
+
+    return field_help(name, LLMServerConfig)
+
+
+@serve_app.command("llm")
+def serve_llm_command(
+    model: str = typer.Option("gemma-3-270m", "--model", "-m", help=_serve_llm_help("model")),
+    host: str = typer.Option("127.0.0.1", "--host", help=_serve_llm_help("host")),
+    port: int = typer.Option(8000, "--port", "-p", help=_serve_llm_help("port")),
+    served_name: str | None = typer.Option(None, "--served-name", help=_serve_llm_help("served_name")),
+    default_max_tokens: int = typer.Option(256, "--default-max-tokens", help=_serve_llm_help("default_max_tokens")),
+    max_tokens_limit: int = typer.Option(2048, "--max-tokens-limit", help=_serve_llm_help("max_tokens_limit")),
+    threads: int | None = typer.Option(None, "--threads", min=1, help=_serve_llm_help("threads")),
+    log_level: str = typer.Option("info", "--log-level", help=_serve_llm_help("log_level")),
+) -> None:
+    """An OpenAI-compatible /v1/chat/completions endpoint over a local LLM (zoo name, folder or lref adapter)."""
+    from lref.serve.llm import LLMServerConfig, serve_llm
+
+    try:
+        config = LLMServerConfig(
+            model=model, host=host, port=port, served_name=served_name, default_max_tokens=default_max_tokens,
+            max_tokens_limit=max_tokens_limit, threads=threads, log_level=log_level,
+        )
+    except ValueError as error:
+        raise typer.BadParameter(str(error)) from None
+    serve_llm(config)
 
 
 @app.command("demo")

@@ -1,0 +1,169 @@
+"""Stage 3 DPO de-biasing on Home Depot: the same model on dev before and after DPO.
+
+Mines preference pairs (gold in the top-k, top-1 wrong) from a pool of train.csv pairs with the given model (by
+default the SFT adapter of benchmarks/sft_quality.py, whose own training sample is left out of the pool when its
+manifest lets us rebuild it), trains DPO + alpha * SFT, and scores dev with both models. Reports accuracy, macro-F1,
+weighted-F1, per-class precision/recall, over/under-estimate rates, the confusion matrix and the mining statistics.
+
+Requires ../shared/datasets/homedepot/. Writes benchmarks/results/dpo.json.
+
+    .venv/bin/python benchmarks/dpo.py --model runs/sft_quality/adapter --pool 3000             # the full run
+    .venv/bin/python benchmarks/dpo.py --model gemma-3-270m --pool 64 --dev 64 --steps 2 --out /tmp/dpo.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import random
+import shutil
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from lref.data import load_records
+from lref.io import write_json
+from lref.metrics import evaluate
+from lref.models.loading import load_causal_lm, read_manifest
+from lref.models.scorer import LabelScorer, ScorerConfig
+from lref.models.zoo import resolve_model
+from lref.stages.dpo import DPOStageConfig, train_dpo
+from lref.stages.sft import data_hash
+
+ROOT = Path(__file__).resolve().parent.parent
+DATA = ROOT.parent / "shared" / "datasets" / "homedepot"
+SCHEME = "graded3"
+
+
+def sft_training_ids(model: str, train_all) -> set[str]:
+    """Ids of the train sample an sft_quality.py adapter was trained on, rebuilt from its manifest (seeded sample of
+    n_train pairs) and confirmed by the data hash; empty when it cannot be confirmed."""
+    manifest = read_manifest(resolve_model(model)) or {}
+    n_train, seed = manifest.get("n_train"), (manifest.get("config") or {}).get("seed")
+    if not n_train or seed is None:
+        return set()
+    sample = random.Random(seed).sample(train_all, min(n_train, len(train_all)))
+    if data_hash(sample) != manifest.get("data_hash"):
+        print("note: could not rebuild the SFT training sample; the pool may overlap it", file=sys.stderr)
+        return set()
+    return {record.id for record in sample}
+
+
+def summary(metrics: dict) -> dict:
+    keys = ("accuracy", "macro_f1", "weighted_f1", "over_estimate_share", "under_estimate_share", "confusion", "n")
+    out = {key: metrics[key] for key in keys}
+    out["per_class"] = {
+        label: {"precision": row["precision"], "recall": row["recall"], "f1": row["f1"], "support": row["support"]}
+        for label, row in metrics["per_class"].items()
+    }
+    out["predicted_counts"] = dict(zip(metrics["labels"], (sum(col) for col in zip(*metrics["confusion"]))))
+    return out
+
+
+def score_dev(model_ref: str | Path, dev, batch_size: int) -> tuple[dict, float]:
+    model, tokenizer, _ = load_causal_lm(model_ref)
+    scorer = LabelScorer(model, tokenizer, SCHEME, ScorerConfig(batch_size=batch_size, progress=True))
+    started = time.perf_counter()
+    predictions = scorer.predict(dev)
+    seconds = time.perf_counter() - started
+    return summary(evaluate(dev, predictions, SCHEME, bootstrap=0)), seconds
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default=str(ROOT / "runs" / "sft_quality" / "adapter"),
+                        help="model to de-bias (an SFT/CoT adapter folder, or a zoo name)")
+    parser.add_argument("--pool", type=int, default=3000, help="train.csv pairs to mine from (seeded sample)")
+    parser.add_argument("--dev", type=int, default=0, help="dev.csv pairs to evaluate on (seeded sample); 0 = all")
+    parser.add_argument("--top-k", type=int, default=3)
+    parser.add_argument("--over-estimates-only", action="store_true")
+    parser.add_argument("--beta", type=float, default=0.1)
+    parser.add_argument("--alpha", type=float, default=0.65, help="weight of the SFT loss on chosen")
+    parser.add_argument("--lr", type=float, default=5e-5)
+    parser.add_argument("--epochs", type=float, default=2.0)
+    parser.add_argument("--steps", type=int, default=-1, help="stop after this many optimizer steps (-1: the epochs)")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--lora-r", type=int, default=16)
+    parser.add_argument("--min-pairs", type=int, default=16)
+    parser.add_argument("--collapse-tolerance", type=float, default=1.0)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--run-dir", default=str(ROOT / "runs" / "dpo"))
+    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "dpo.json"))
+    args = parser.parse_args()
+    if not DATA.is_dir():
+        sys.exit(f"this benchmark needs the Home Depot data in {DATA}")
+
+    train_all = load_records(DATA / "train.csv", format="homedepot")
+    dev_all = load_records(DATA / "dev.csv", format="homedepot")
+    excluded = sft_training_ids(args.model, train_all)
+    rng = random.Random(args.seed + 1)  # another draw than the SFT sample's
+    candidates = [record for record in train_all if record.id not in excluded]
+    pool = rng.sample(candidates, min(args.pool, len(candidates)))
+    dev = dev_all if args.dev <= 0 else random.Random(args.seed).sample(dev_all, min(args.dev, len(dev_all)))
+
+    adapter_dir = Path(args.run_dir) / "adapter"
+    shutil.rmtree(adapter_dir, ignore_errors=True)  # each run starts afresh
+    config = DPOStageConfig(
+        model=args.model, scheme=SCHEME, output_dir=str(adapter_dir), top_k=args.top_k,
+        over_estimates_only=args.over_estimates_only, min_pairs=args.min_pairs, beta=args.beta,
+        sft_weight=args.alpha, learning_rate=args.lr, epochs=args.epochs, max_steps=args.steps,
+        batch_size=args.batch_size, lora_r=args.lora_r, lora_alpha=2 * args.lora_r,
+        collapse_tolerance=args.collapse_tolerance, seed=args.seed, save_steps=200, logging_steps=5,
+    )
+
+    before, before_s = score_dev(args.model, dev, 16)
+    started = time.perf_counter()
+    result_model = train_dpo(config, pool)
+    dpo_seconds = time.perf_counter() - started
+    manifest = read_manifest(adapter_dir) or {}
+    skipped = manifest.get("kind") == "skipped"
+    after, after_s = (before, before_s) if skipped else score_dev(result_model, dev, 16)
+
+    mining = manifest.get("mining", {})
+    result = {
+        "model": args.model,
+        "beta": args.beta,
+        "alpha": args.alpha,
+        "top_k": args.top_k,
+        "over_estimates_only": args.over_estimates_only,
+        "learning_rate": args.lr,
+        "epochs": args.epochs,
+        "max_steps": args.steps,
+        "pool_pairs": len(pool),
+        "pool_excludes_sft_sample": bool(excluded),
+        "dev_pairs": len(dev),
+        "skipped": skipped,
+        "before": before,
+        "after": after,
+        "delta": {key: after[key] - before[key] for key in
+                  ("accuracy", "macro_f1", "weighted_f1", "over_estimate_share", "under_estimate_share")},
+        "mining": mining,
+        "train_metrics": manifest.get("train_metrics"),
+        "collapse_guard": {k: v for k, v in (manifest.get("collapse_guard") or {}).items() if k != "log"},
+        "dpo_seconds": round(dpo_seconds, 1),
+        "dev_pairs_per_s": round(len(dev) / max(after_s, 1e-9), 1),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "command": "python " + " ".join(sys.argv),
+    }
+    write_json(args.out, result)
+
+    labels = list(before["per_class"])
+    print(f"mining: {mining.get('errors')} errors in {mining.get('scored')} pool pairs, over-estimates "
+          f"{mining.get('over_estimate_share')}, gold at rank 2 {mining.get('gold_at_rank2_share')}, "
+          f"{mining.get('pairs')} pairs" + (" (DPO skipped)" if skipped else ""))
+    for name, metrics in (("before", before), ("after", after)):
+        per_class = ", ".join(f"{label} P {metrics['per_class'][label]['precision']:.3f} "
+                              f"R {metrics['per_class'][label]['recall']:.3f}" for label in labels)
+        print(f"{name:>6}: acc {metrics['accuracy']:.3f}, macro-F1 {metrics['macro_f1']:.3f}, wF1 "
+              f"{metrics['weighted_f1']:.3f}, over {metrics['over_estimate_share']:.3f}, under "
+              f"{metrics['under_estimate_share']:.3f}; {per_class}; confusion {metrics['confusion']}")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,400 @@
+"""A BERT-class cross-encoder over the scheme's labels: (query, product text) -> K logits.
+
+The fast selector backbone for large pools (stage 1) and the base of the deployable student. Training is
+`transformers.Trainer` on `AutoModelForSequenceClassification(num_labels=len(scheme))`; the folder written holds the
+model, its tokenizer and `lref_manifest.json` (scheme, base model, data hash, config, metrics).
+
+The loss is pluggable: `train_cross_encoder(..., loss_fn=...)` takes any `loss_fn(logits, batch) -> scalar`, and each
+example may carry a target distribution (`targets=`, N x K), which the collator stacks into `batch["targets"]`. The
+default loss, `label_loss`, is the (optionally class-weighted) cross-entropy on the hard labels and ignores targets.
+
+    >>> from lref.models.cross_encoder import CrossEncoderConfig
+    >>> CrossEncoderConfig(output_dir="runs/ce").model
+    'minilm-l6'
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lref.data.records import DataError, Record
+from lref.labels import LabelScheme, get_scheme
+from lref.models.scorer import ScoreResult, ScorerConfig, scheme_for_model
+from lref.prompts import product_fields
+
+logger = logging.getLogger(__name__)
+
+KIND = "cross-encoder"
+LossFn = Callable[[Any, dict[str, Any]], Any]
+"""loss_fn(logits N x K, batch) -> scalar tensor; the batch holds labels, weights and, when given, targets."""
+
+
+@dataclass
+class CrossEncoderConfig:
+    """Settings of cross-encoder training. Every field's help text can feed a command line (`field_help`)."""
+
+    model: str = field(
+        default="minilm-l6", metadata={"help": "Base encoder: a zoo name (minilm-l6, mpnet-base) or an HF folder."}
+    )
+    scheme: str = field(default="graded3", metadata={"help": "Label scheme (preset name) the records are labelled in."})
+    output_dir: str = field(
+        default="runs/cross-encoder",
+        metadata={"help": "Folder for the model, tokenizer and manifest; checkpoints go to its checkpoints/."},
+    )
+    learning_rate: float = field(default=5e-5, metadata={"help": "Peak learning rate (linear decay)."})
+    epochs: float = field(default=1.0, metadata={"help": "Training epochs; ignored when max_steps > 0."})
+    max_steps: int = field(default=-1, metadata={"help": "Stop after this many optimizer steps (-1: run the epochs)."})
+    batch_size: int = field(default=16, metadata={"help": "Pairs per optimizer step."})
+    max_length: int = field(default=128, metadata={"help": "Most tokens per (query, product) pair; the product is cut."})
+    warmup_ratio: float = field(default=0.1, metadata={"help": "Fraction of the steps spent warming up the rate."})
+    weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay."})
+    class_balance: str = field(
+        default="none",
+        metadata={"help": "Per-example loss weights by label frequency: 'none', 'sqrt' or 'inverse' (as in SFT)."},
+    )
+    save_steps: int = field(default=200, metadata={"help": "Write a resumable checkpoint every this many steps."})
+    save_total_limit: int = field(default=1, metadata={"help": "Checkpoints kept on disk (the newest ones)."})
+    resume: bool = field(
+        default=False, metadata={"help": "Continue from the last checkpoint in output_dir instead of starting anew."}
+    )
+    seed: int = field(default=0, metadata={"help": "Seed for the classifier head, shuffling and dropout."})
+    threads: int | None = field(default=None, metadata={"help": "CPU threads for torch (default: torch's choice)."})
+    use_cpu: bool | None = field(
+        default=None, metadata={"help": "Train on the CPU (default: CPU unless a CUDA device is available)."}
+    )
+    logging_steps: int = field(default=20, metadata={"help": "Log the training loss every this many steps."})
+    progress: bool = field(default=True, metadata={"help": "Show progress bars."})
+
+    def __post_init__(self) -> None:
+        from lref.stages.sft import CLASS_BALANCE
+
+        if self.class_balance not in CLASS_BALANCE:
+            raise ValueError(f"class_balance must be one of {', '.join(CLASS_BALANCE)}, not {self.class_balance!r}")
+        if not 0 <= self.warmup_ratio < 1:
+            raise ValueError(f"warmup_ratio must lie in [0, 1), not {self.warmup_ratio}")
+        for name in ("batch_size", "save_steps", "logging_steps", "max_length"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, not {getattr(self, name)}")
+
+
+def pair_texts(record: Record) -> tuple[str, str]:
+    """The two segments the encoder reads: the query, and the product text the LLM prompt shows."""
+    return record.query, product_fields(record)
+
+
+def label_loss(logits, batch: dict[str, Any]):
+    """Cross-entropy on the hard labels, weighted per example when the batch has `weights` (mean over the batch)."""
+    import torch.nn.functional as F
+
+    loss = F.cross_entropy(logits.float(), batch["labels"], reduction="none")
+    weights = batch.get("weights")
+    if weights is not None:
+        loss = loss * weights.to(loss.dtype)
+    return loss.mean()
+
+
+class _Examples:
+    def __init__(self, examples: list[dict[str, Any]]):
+        self.examples = examples
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        return self.examples[index]
+
+
+class EncoderCollator:
+    """Pads the token fields with the tokenizer and stacks `labels`, `weights` and (when present) `targets`."""
+
+    TOKEN_KEYS = ("input_ids", "attention_mask", "token_type_ids")
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+
+    def __call__(self, batch: list[dict[str, Any]]) -> dict[str, Any]:
+        import torch
+
+        tokens = [{k: example[k] for k in self.TOKEN_KEYS if k in example} for example in batch]
+        out = dict(self.tokenizer.pad(tokens, return_tensors="pt"))
+        out["labels"] = torch.tensor([example["labels"] for example in batch], dtype=torch.long)
+        out["weights"] = torch.tensor([float(example.get("weight", 1.0)) for example in batch])
+        if all("targets" in example for example in batch):
+            out["targets"] = torch.tensor([example["targets"] for example in batch], dtype=torch.float32)
+        return out
+
+
+def _make_trainer_class():
+    from transformers import Trainer
+
+    class CrossEncoderTrainer(Trainer):
+        """`Trainer` whose loss is `loss_fn(logits, batch)` (default: `label_loss`)."""
+
+        def __init__(self, *args, loss_fn: LossFn = label_loss, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.loss_fn = loss_fn
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            model_inputs = {k: inputs[k] for k in EncoderCollator.TOKEN_KEYS if k in inputs}
+            outputs = model(**model_inputs)
+            loss = self.loss_fn(outputs.logits, inputs)
+            return (loss, outputs) if return_outputs else loss
+
+    return CrossEncoderTrainer
+
+
+def _tokenize(tokenizer, records: Sequence[Record], scheme: LabelScheme, max_length: int):
+    queries, products = zip(*(pair_texts(r) for r in records)) if records else ((), ())
+    encoded = tokenizer(list(queries), list(products), truncation="only_second", max_length=max_length)
+    keys = [k for k in EncoderCollator.TOKEN_KEYS if k in encoded]
+    return [{k: encoded[k][i] for k in keys} for i in range(len(records))]
+
+
+def train_cross_encoder(
+    config: CrossEncoderConfig,
+    records: Sequence[Record],
+    eval_records: Sequence[Record] | None = None,
+    *,
+    targets: np.ndarray | None = None,
+    loss_fn: LossFn = label_loss,
+    callbacks: list | None = None,
+) -> Path:
+    """Fine-tune `config.model` as a K-way classifier on labelled records and return the model folder.
+
+    `targets` (N x K, scheme order, optional) rides along in every batch as `batch["targets"]` for a `loss_fn` that
+    uses it; the default loss does not.
+    """
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer, TrainingArguments, set_seed
+
+    from lref.io import write_json
+    from lref.models.loading import MANIFEST_NAME
+    from lref.models.zoo import resolve_model
+    from lref.stages.sft import (
+        CHECKPOINT_DIR,
+        RUN_FILE,
+        _library_versions,
+        _stored_model_reference,
+        class_weights,
+        data_hash,
+        last_checkpoint,
+        trainer_state_step,
+        validate_records,
+    )
+
+    scheme = get_scheme(config.scheme)
+    records = validate_records(records, scheme, "training")
+    eval_records = validate_records(eval_records, scheme, "evaluation") if eval_records else None
+    if targets is not None:
+        targets = np.asarray(targets, dtype=np.float32)
+        if targets.shape != (len(records), len(scheme)):
+            raise ValueError(f"targets must be {len(records)} x {len(scheme)}, got {targets.shape}")
+    output_dir = Path(config.output_dir)
+    checkpoint = last_checkpoint(output_dir)
+    if checkpoint is not None and not config.resume:
+        raise FileExistsError(
+            f"{output_dir} already holds checkpoints of a run ({checkpoint.name}); resume it or choose another folder"
+        )
+    run_file = output_dir / CHECKPOINT_DIR / RUN_FILE
+    train_hash = data_hash(records)
+    if checkpoint is not None:
+        previous = json.loads(run_file.read_text()) if run_file.is_file() else {}
+        if previous.get("data_hash", train_hash) != train_hash:
+            raise DataError(f"cannot resume {output_dir}: its checkpoints were trained on other data")
+    else:
+        write_json(run_file, {"data_hash": train_hash, "n_train": len(records), "config": asdict(config)})
+
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    use_cpu = config.use_cpu if config.use_cpu is not None else not torch.cuda.is_available()
+    set_seed(config.seed)
+    folder = resolve_model(config.model)
+    tokenizer = AutoTokenizer.from_pretrained(str(folder))
+    model = AutoModelForSequenceClassification.from_pretrained(
+        str(folder),
+        num_labels=len(scheme),
+        id2label=dict(enumerate(scheme.labels)),
+        label2id={label: i for i, label in enumerate(scheme.labels)},
+        dtype=torch.float32,
+    )
+
+    weights = class_weights([r.label for r in records], scheme, config.class_balance)
+    examples = _tokenize(tokenizer, records, scheme, config.max_length)
+    for i, (example, record) in enumerate(zip(examples, records)):
+        example["labels"] = scheme.index(record.label)
+        example["weight"] = weights[record.label]
+        if targets is not None:
+            example["targets"] = targets[i].tolist()
+    eval_examples = None
+    if eval_records:
+        eval_examples = _tokenize(tokenizer, eval_records, scheme, config.max_length)
+        for example, record in zip(eval_examples, eval_records):
+            example["labels"] = scheme.index(record.label)
+
+    args = TrainingArguments(
+        output_dir=str(output_dir / CHECKPOINT_DIR),
+        per_device_train_batch_size=config.batch_size,
+        per_device_eval_batch_size=config.batch_size,
+        learning_rate=config.learning_rate,
+        weight_decay=config.weight_decay,
+        num_train_epochs=config.epochs,
+        max_steps=config.max_steps,
+        warmup_steps=config.warmup_ratio,
+        lr_scheduler_type="linear",
+        logging_steps=config.logging_steps,
+        save_strategy="steps",
+        save_steps=config.save_steps,
+        save_total_limit=config.save_total_limit,
+        eval_strategy="no",
+        prediction_loss_only=True,
+        label_names=["labels"],
+        remove_unused_columns=False,
+        seed=config.seed,
+        use_cpu=use_cpu,
+        bf16=False,
+        fp16=False,
+        dataloader_num_workers=0,
+        report_to="none",
+        disable_tqdm=not config.progress,
+    )
+    trainer = _make_trainer_class()(
+        model=model,
+        args=args,
+        train_dataset=_Examples(examples),
+        eval_dataset=_Examples(eval_examples) if eval_examples else None,
+        data_collator=EncoderCollator(tokenizer),
+        processing_class=tokenizer,
+        callbacks=callbacks,
+        loss_fn=loss_fn,
+    )
+    started = time.perf_counter()
+    result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint is not None else None)
+    wall = time.perf_counter() - started
+    resumed_from = trainer_state_step(checkpoint) if checkpoint is not None else 0
+    losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+    metrics: dict[str, Any] = {
+        "final_loss": losses[-1] if losses else result.training_loss,
+        "mean_loss": result.training_loss,
+        "steps": result.global_step,
+        "resumed_from_step": resumed_from,
+        "wall_time_s": round(wall, 2),
+    }
+    if eval_examples:
+        metrics["eval_loss"] = trainer.evaluate()["eval_loss"]
+
+    model.save_pretrained(str(output_dir))
+    tokenizer.save_pretrained(str(output_dir))
+    write_json(
+        output_dir / MANIFEST_NAME,
+        {
+            "kind": KIND,
+            "stage": "cross-encoder",
+            "base_model": _stored_model_reference(config.model),
+            "scheme": {"name": scheme.name, "labels": list(scheme.labels)},
+            "data_hash": train_hash,
+            "n_train": len(records),
+            "label_counts": dict(Counter(r.label for r in records)),
+            "class_weights": weights,
+            "config": asdict(config),
+            "train_metrics": metrics,
+            "versions": _library_versions(),
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        },
+    )
+    logger.info("cross-encoder written to %s (%d steps)", output_dir, result.global_step)
+    return output_dir
+
+
+def load_cross_encoder(name_or_path: str | Path):
+    """Return (model, tokenizer, manifest) of a trained cross-encoder folder."""
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from lref.models.loading import read_manifest
+    from lref.models.zoo import resolve_model
+
+    folder = resolve_model(name_or_path)
+    model = AutoModelForSequenceClassification.from_pretrained(str(folder), dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(str(folder))
+    model.eval()
+    return model, tokenizer, read_manifest(folder)
+
+
+class CrossEncoderScorer:
+    """Scores pairs with a trained cross-encoder; the same `ScoreResult` as `LabelScorer` (logits in scheme order).
+
+    Uses `ScorerConfig`'s batch_size, top_k, max_length, progress and num_threads (`fast` does not apply)."""
+
+    def __init__(self, model, tokenizer, scheme: LabelScheme | str, config: ScorerConfig | None = None):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.scheme = get_scheme(scheme)
+        self.config = config or ScorerConfig(max_length=128)
+        if model.config.num_labels != len(self.scheme):
+            raise ValueError(
+                f"the model has {model.config.num_labels} outputs, scheme {self.scheme.name!r} has {len(self.scheme)}"
+            )
+
+    @classmethod
+    def from_pretrained(cls, folder: str | Path, scheme: str | None = None, config: ScorerConfig | None = None):
+        model, tokenizer, manifest = load_cross_encoder(folder)
+        return cls(model, tokenizer, scheme_for_model(manifest, scheme), config)
+
+    def score(self, records: Sequence[Record]) -> ScoreResult:
+        import sys
+
+        import torch
+        from tqdm.auto import tqdm
+
+        ids = [r.id for r in records]
+        logits = np.zeros((len(records), len(self.scheme)), dtype=np.float32)
+        if not records:
+            return ScoreResult(ids, self.scheme.labels, logits, self.config.top_k)
+        if self.config.num_threads is not None:
+            torch.set_num_threads(self.config.num_threads)
+        max_length = self.config.max_length or 512
+        examples = _tokenize(self.tokenizer, records, self.scheme, max_length)
+        order = sorted(range(len(examples)), key=lambda i: -len(examples[i]["input_ids"]))
+        collate = EncoderCollator(self.tokenizer)
+        was_training = self.model.training
+        self.model.eval()
+        size = self.config.batch_size
+        try:
+            with torch.inference_mode(), tqdm(
+                total=len(order), unit="pair", file=sys.stderr, disable=not self.config.progress, desc="scoring"
+            ) as bar:
+                for start in range(0, len(order), size):
+                    batch_index = order[start : start + size]
+                    batch = collate([{**examples[i], "labels": 0} for i in batch_index])
+                    inputs = {k: batch[k].to(self.model.device) for k in EncoderCollator.TOKEN_KEYS if k in batch}
+                    logits[batch_index] = self.model(**inputs).logits.float().cpu().numpy()
+                    bar.update(len(batch_index))
+        finally:
+            if was_training:
+                self.model.train()
+        return ScoreResult(ids, self.scheme.labels, logits, self.config.top_k)
+
+    def predict(self, records: Sequence[Record]):
+        return self.score(records).predictions()
+
+
+__all__ = [
+    "CrossEncoderConfig",
+    "CrossEncoderScorer",
+    "EncoderCollator",
+    "LossFn",
+    "label_loss",
+    "load_cross_encoder",
+    "pair_texts",
+    "train_cross_encoder",
+]

@@ -1,0 +1,1 @@
+"""HTTP services: an OpenAI-compatible endpoint over a local LLM (``lref serve llm``)."""

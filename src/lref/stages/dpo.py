@@ -1,0 +1,611 @@
+"""Stage 3, DPO de-biasing: preference pairs mined from the model's own near misses, trained with TRL's DPOTrainer.
+
+LLM judges are optimistic: most of their errors grade a product as more relevant than it is. The paper's remedy:
+
+1. **Mining** (`mine_pairs`). Score a labelled pool with :class:`lref.models.scorer.LabelScorer` and keep the pairs
+   whose top-1 label is wrong while the gold label is among the top-k (the "beam"). chosen = gold, rejected = the
+   wrong top-1. `over_estimates_only` keeps only the pairs whose top-1 is more relevant than gold. Pairs whose gold
+   label lies outside the top-k produce no pair; the report counts them.
+2. **Training** (`train_dpo`). TRL's `DPOTrainer` with a fresh LoRA on the (merged) input model: loss = DPO sigmoid
+   (β) + α · SFT on chosen, via `loss_type=["sigmoid", "sft"]`, `loss_weights=[1, α]` (TRL 1.x has no `rpo_alpha`).
+   The reference model is the policy with its adapter disabled (TRL does this for a PEFT model with
+   `ref_model=None`). The prompt is tokenized by `lref.stages.sft.build_example`, i.e. `encode_prompt`'s prefix and
+   pair ids, exactly what the scorer and the SFT stage see; TRL receives the token ids, not text, so its own
+   tokenization (which would tokenize prefix + pair in one piece) never applies.
+3. **Collapse guard** (`ChosenCollapseGuard`). A known DPO failure lowers the chosen answer's log-prob too, only less
+   than the rejected one's. TRL logs `rewards/chosen` = β · (log p_policy(chosen) - log p_ref(chosen)), batch-matched;
+   with a fresh LoRA the reference *is* the starting model, so rewards/chosen / β is how far the chosen log-prob has
+   moved from its start. Training stops once it falls below `-collapse_tolerance`.
+
+Too few pairs (fewer than `min_pairs`, e.g. when the model is already right) skip training: the stage writes the
+pairs and a manifest of kind ``"skipped"`` into `output_dir` and returns the input model reference unchanged.
+
+    >>> from lref.stages.dpo import DPOStageConfig
+    >>> config = DPOStageConfig(model="runs/sft/adapter", output_dir="runs/dpo")
+    >>> config.beta, config.sft_weight, config.top_k, config.epochs
+    (0.1, 0.65, 3, 2.0)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+import logging
+import os
+import shutil
+import time
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, replace
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lref.data.records import DataError, Record
+from lref.labels import LabelScheme, get_scheme
+from lref.prompts import PROMPT_VERSION
+
+logger = logging.getLogger(__name__)
+
+PAIRS_FILE = "dpo_pairs.jsonl"
+CHECKPOINT_DIR = "checkpoints"
+RUN_FILE = "lref_run.json"
+
+
+@dataclass
+class DPOStageConfig:
+    """Settings of the DPO de-biasing stage. Every field's help text also feeds the command line (`lref train dpo`)."""
+
+    model: str = field(
+        default="gemma-3-270m",
+        metadata={
+            "help": "Model to de-bias: a zoo name, an HF folder, or an lref adapter folder (merged, then a fresh LoRA "
+            "is trained on top; the merged model is also the DPO reference)."
+        },
+    )
+    scheme: str = field(default="graded3", metadata={"help": "Label scheme (preset name) the pool is labelled in."})
+    output_dir: str = field(
+        default="runs/dpo",
+        metadata={"help": "Folder for the adapter, tokenizer, manifest and mined pairs (dpo_pairs.jsonl)."},
+    )
+    top_k: int = field(
+        default=3, metadata={"help": "Beam width: a wrong top-1 gives a pair only when gold is among the top-k labels."}
+    )
+    over_estimates_only: bool = field(
+        default=False,
+        metadata={"help": "Keep only pairs whose wrong top-1 is more relevant than gold (the optimistic errors)."},
+    )
+    min_pairs: int = field(
+        default=16,
+        metadata={"help": "Fewer mined pairs than this skip training; the input model is returned unchanged."},
+    )
+    beta: float = field(default=0.1, metadata={"help": "DPO β: higher keeps the policy closer to the reference."})
+    sft_weight: float = field(
+        default=0.65,
+        metadata={"help": "α: weight of the SFT (negative log-likelihood) loss on chosen; 0.65 in the paper."},
+    )
+    lora_r: int = field(default=16, metadata={"help": "LoRA rank."})
+    lora_alpha: int = field(default=32, metadata={"help": "LoRA scaling alpha."})
+    target_modules: str | list[str] = field(
+        default="all-linear",
+        metadata={"help": "Modules that get LoRA: 'all-linear' or a list of module names, e.g. ['q_proj', 'v_proj']."},
+    )
+    learning_rate: float = field(default=5e-5, metadata={"help": "Peak learning rate (linear decay)."})
+    epochs: float = field(
+        default=2.0, metadata={"help": "Training epochs over the mined pairs; ignored when max_steps > 0."}
+    )
+    max_steps: int = field(default=-1, metadata={"help": "Stop after this many optimizer steps (-1: run the epochs)."})
+    batch_size: int = field(default=8, metadata={"help": "Preference pairs per forward pass (each pair is 2 rows)."})
+    grad_accum: int = field(default=1, metadata={"help": "Forward passes accumulated per optimizer step."})
+    max_length: int = field(
+        default=512,
+        metadata={
+            "help": "Longest prompt + answer in tokens; longer pairs lose the middle of their product text (the "
+            "instruction, the answer cue and the label are kept)."
+        },
+    )
+    warmup_ratio: float = field(default=0.1, metadata={"help": "Fraction of the steps spent warming up the rate."})
+    logits_at_labels_only: bool = field(
+        default=True,
+        metadata={
+            "help": "Project only the answer positions through the LM head off GPU too (TRL does so only on Triton "
+            "devices, and scores every position elsewhere): same loss, several times faster on CPU."
+        },
+    )
+    collapse_tolerance: float | None = field(
+        default=1.0,
+        metadata={
+            "help": "Stop when the chosen answer's log-prob (nats, summed over its tokens, mean over the logged "
+            "batches) falls more than this below its value under the starting model; None: never stop."
+        },
+    )
+    scorer_batch_size: int = field(default=16, metadata={"help": "Pairs per forward pass when mining."})
+    save_steps: int = field(default=100, metadata={"help": "Write a resumable checkpoint every this many steps."})
+    save_total_limit: int = field(default=2, metadata={"help": "Checkpoints kept on disk (the newest ones)."})
+    resume: bool = field(
+        default=False,
+        metadata={
+            "help": "Continue from the last checkpoint in output_dir, reusing its mined pairs instead of re-scoring."
+        },
+    )
+    seed: int = field(default=0, metadata={"help": "Seed for LoRA initialisation and shuffling."})
+    threads: int | None = field(default=None, metadata={"help": "CPU threads for torch (default: torch's choice)."})
+    use_cpu: bool | None = field(
+        default=None, metadata={"help": "Train on the CPU (default: CPU unless a CUDA device is available)."}
+    )
+    bf16: bool = field(default=False, metadata={"help": "bfloat16 mixed precision (GPU only); float32 otherwise."})
+    logging_steps: int = field(
+        default=10,
+        metadata={
+            "help": "Log losses, chosen/rejected log-probs and margins (and check for collapse) every this many steps."
+        },
+    )
+    progress: bool = field(default=True, metadata={"help": "Show progress bars."})
+
+    def __post_init__(self) -> None:
+        for name in ("top_k", "lora_r", "batch_size", "grad_accum", "save_steps", "logging_steps", "max_length",
+                     "scorer_batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, not {getattr(self, name)}")
+        if self.min_pairs < 1:
+            raise ValueError(f"min_pairs must be at least 1, not {self.min_pairs}")
+        if self.beta <= 0:
+            raise ValueError(f"beta must be positive, not {self.beta}")
+        if self.sft_weight < 0:
+            raise ValueError(f"sft_weight must be >= 0, not {self.sft_weight}")
+        if not 0 <= self.warmup_ratio < 1:
+            raise ValueError(f"warmup_ratio must lie in [0, 1), not {self.warmup_ratio}")
+        if self.collapse_tolerance is not None and self.collapse_tolerance < 0:
+            raise ValueError(f"collapse_tolerance must be >= 0 or None, not {self.collapse_tolerance}")
+        if isinstance(self.target_modules, tuple):
+            self.target_modules = list(self.target_modules)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Mining
+
+
+@dataclass
+class PreferencePair:
+    """One mined pair: the record, the gold label (chosen), the wrong top-1 label (rejected), gold's rank."""
+
+    record: Record
+    chosen: str
+    rejected: str
+    gold_rank: int
+    """1-based rank of the gold label in the model's label distribution (2 = runner-up)."""
+    probs: dict[str, float]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"chosen": self.chosen, "rejected": self.rejected, "gold_rank": self.gold_rank, "probs": self.probs,
+                "record": self.record.to_dict()}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> PreferencePair:
+        return cls(record=Record.from_dict(data["record"]), chosen=data["chosen"], rejected=data["rejected"],
+                   gold_rank=int(data["gold_rank"]), probs=dict(data["probs"]))
+
+
+def mine_pairs(
+    records: Sequence[Record],
+    scores,
+    scheme: LabelScheme | str,
+    top_k: int = 3,
+    over_estimates_only: bool = False,
+) -> tuple[list[PreferencePair], dict[str, Any]]:
+    """Preference pairs from scored records, and the mining report.
+
+    `scores` is the :class:`lref.models.scorer.ScoreResult` of `records` (same order). A record gives a pair when its
+    top-1 label is not its gold label and gold ranks within `top_k` (ranks by probability, ties in scheme order,
+    as `ScoreResult.topk_indices`). The report's shares are shares of the errors: `over_estimate_share` (top-1 more
+    relevant than gold), `gold_at_rank2_share`, `gold_outside_topk_share` (no pair possible).
+    """
+    scheme = get_scheme(scheme)
+    if top_k < 1:
+        raise ValueError(f"top_k must be at least 1, not {top_k}")
+    if len(scores.ids) != len(records) or any(str(r.id) != str(i) for r, i in zip(records, scores.ids)):
+        raise ValueError("scores do not belong to these records (ids differ or are in another order)")
+    if tuple(scores.labels) != scheme.labels:
+        raise ValueError(f"scores are over labels {list(scores.labels)}, the scheme has {list(scheme.labels)}")
+    order = np.argsort(-scores.probs, axis=1, kind="stable")  # label indices by decreasing probability
+    pairs: list[PreferencePair] = []
+    errors = over = rank2 = outside = 0
+    transitions: Counter[str] = Counter()
+    for record, ranking, probs in zip(records, order, scores.probs):
+        gold = scheme.index(scheme.parse(record.label))
+        top1 = int(ranking[0])
+        if top1 == gold:
+            continue
+        errors += 1
+        over += top1 < gold
+        rank = int(np.nonzero(ranking == gold)[0][0]) + 1
+        rank2 += rank == 2
+        if rank > top_k:
+            outside += 1
+            continue
+        if over_estimates_only and top1 > gold:
+            continue
+        chosen, rejected = scheme.labels[gold], scheme.labels[top1]
+        transitions[f"{rejected}->{chosen}"] += 1
+        pairs.append(PreferencePair(
+            record=record if record.label == chosen else replace(record, label=chosen),
+            chosen=chosen, rejected=rejected, gold_rank=rank,
+            probs={label: float(p) for label, p in zip(scheme.labels, probs)},
+        ))
+
+    def share(count: int) -> float | None:
+        return count / errors if errors else None
+
+    report = {
+        "scored": len(records),
+        "errors": errors,
+        "error_rate": errors / len(records) if records else None,
+        "over_estimate_share": share(over),
+        "under_estimate_share": share(errors - over),
+        "gold_at_rank2_share": share(rank2),
+        "gold_outside_topk_share": share(outside),
+        "pairs": len(pairs),
+        "pair_transitions": dict(sorted(transitions.items())),
+        "top_k": top_k,
+        "over_estimates_only": over_estimates_only,
+    }
+    return pairs, report
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Collapse guard
+
+
+def chosen_logp_change(logs: dict[str, float], beta: float) -> float | None:
+    """How far the chosen answer's log-prob has moved from the reference (= the starting model), from one TRL log
+    entry: `rewards/chosen` / β. None when the entry has no reward (e.g. the end-of-training summary)."""
+    reward = logs.get("rewards/chosen")
+    return None if reward is None else float(reward) / beta
+
+
+def chosen_collapsed(logs: dict[str, float], beta: float, tolerance: float | None) -> bool:
+    """The guard's rule: the chosen log-prob has fallen more than `tolerance` nats below its start."""
+    change = chosen_logp_change(logs, beta)
+    return tolerance is not None and change is not None and change < -tolerance
+
+
+@functools.cache
+def _make_guard_class():
+    from transformers import TrainerCallback
+
+    class ChosenCollapseGuard(TrainerCallback):
+        """Stops training when the chosen log-prob falls more than `tolerance` below its start (`chosen_collapsed`);
+        keeps the per-log history of chosen/rejected log-probs and margins for the manifest."""
+
+        def __init__(self, beta: float, tolerance: float | None):
+            self.beta = beta
+            self.tolerance = tolerance
+            self.history: list[dict[str, float]] = []
+            self.stopped_at_step: int | None = None
+            self.stopped_change: float | None = None
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            logs = logs or {}
+            if "rewards/chosen" not in logs:
+                return control
+            entry = {"step": state.global_step, "chosen_logp_change": chosen_logp_change(logs, self.beta)}
+            for key in ("loss", "logps/chosen", "logps/rejected", "rewards/margins", "rewards/accuracies"):
+                if key in logs:
+                    entry[key] = float(logs[key])
+            self.history.append(entry)
+            if self.stopped_at_step is None and chosen_collapsed(logs, self.beta, self.tolerance):
+                self.stopped_at_step = state.global_step
+                self.stopped_change = entry["chosen_logp_change"]
+                logger.warning(
+                    "DPO collapse guard: the chosen log-prob fell %.3f nats below its start at step %d (tolerance "
+                    "%.3f); stopping", -self.stopped_change, state.global_step, self.tolerance,
+                )
+                control.should_training_stop = True
+            return control
+
+        def report(self) -> dict[str, Any]:
+            return {
+                "tolerance": self.tolerance,
+                "triggered": self.stopped_at_step is not None,
+                "stopped_at_step": self.stopped_at_step,
+                "chosen_logp_change_at_stop": self.stopped_change,
+                "log": self.history,
+            }
+
+    return ChosenCollapseGuard
+
+
+def __getattr__(name: str):
+    # The guard subclasses transformers' TrainerCallback; build it on first use so importing this module stays light.
+    if name == "ChosenCollapseGuard":
+        return _make_guard_class()
+    raise AttributeError(name)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Examples
+
+
+def preference_example(
+    tokenizer, pair: PreferencePair, scheme: LabelScheme, max_length: int | None
+) -> dict[str, list[int]]:
+    """Token ids in TRL's pre-tokenized preference format. `prompt_ids` are the prompt ids of the SFT stage
+    (`build_example`: `encode_prompt`'s prefix + pair, BOS included, the pair cut in its middle to fit), `chosen_ids`
+    and `rejected_ids` the verbalised labels plus EOS (`completion_ids`)."""
+    from lref.stages.sft import build_example, completion_ids
+
+    chosen = completion_ids(tokenizer, scheme, pair.chosen)
+    rejected = completion_ids(tokenizer, scheme, pair.rejected)
+    # Leave room for the longer of the two answers.
+    budget = None if max_length is None else max_length - max(0, len(rejected) - len(chosen))
+    example = build_example(tokenizer, replace(pair.record, label=pair.chosen), scheme, budget)
+    prompt = [t for t, label in zip(example["input_ids"], example["labels"]) if label == -100]
+    assert example["input_ids"][len(prompt):] == chosen  # the answer follows the prompt
+    return {"prompt_ids": prompt, "chosen_ids": chosen, "rejected_ids": rejected}
+
+
+@contextlib.contextmanager
+def compact_lm_head(enabled: bool = True):
+    """While active, TRL's fused LM head projects only the positions with a label (the answer tokens) on every
+    device. TRL 1.16 decides this with `trl.trainer.utils._use_triton` and, off CUDA/XPU, projects every position
+    (to keep tile shapes fixed for Neuron's compiler), i.e. ~140 x 262k logits per row for a 3-token answer."""
+    from trl.trainer import utils as trl_utils
+
+    original = getattr(trl_utils, "_use_triton", None)
+    if not enabled or original is None:
+        yield
+        return
+    trl_utils._use_triton = lambda device: device.type != "neuron" or original(device)
+    try:
+        yield
+    finally:
+        trl_utils._use_triton = original
+
+
+@functools.cache
+def _make_trainer_class():
+    from trl import DPOTrainer
+
+    class PretokenizedDPOTrainer(DPOTrainer):
+        """`DPOTrainer` that takes datasets already holding `prompt_ids`, `chosen_ids` and `rejected_ids` as they are
+        (TRL 1.16 would re-derive them from text and tokenize prompt + answer as one string)."""
+
+        def __init__(self, *args, logits_at_labels_only: bool = True, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.logits_at_labels_only = logits_at_labels_only
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            with compact_lm_head(self.logits_at_labels_only):
+                return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+
+        def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
+            if {"prompt_ids", "chosen_ids", "rejected_ids"} <= set(next(iter(dataset))):
+                return dataset
+            return super()._prepare_dataset(dataset, processing_class, args, dataset_name)
+
+    return PretokenizedDPOTrainer
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Entry point
+
+
+def _read_pairs(path: Path) -> list[PreferencePair]:
+    with path.open(encoding="utf-8") as handle:
+        return [PreferencePair.from_dict(json.loads(line)) for line in handle if line.strip()]
+
+
+def _base_manifest(config: DPOStageConfig, scheme: LabelScheme, pool_hash: str, n_pool: int,
+                   report: dict[str, Any]) -> dict[str, Any]:
+    from lref.stages.sft import _library_versions, _stored_model_reference
+
+    return {
+        "stage": "dpo",
+        "base_model": _stored_model_reference(config.model),
+        "scheme": {"name": scheme.name, "labels": list(scheme.labels)},
+        "prompt_version": PROMPT_VERSION,
+        "data_hash": pool_hash,
+        "n_pool": n_pool,
+        "mining": report,
+        "pairs_file": PAIRS_FILE,
+        "config": asdict(config),
+        "versions": {**_library_versions(), **_trl_version()},
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def _trl_version() -> dict[str, str]:
+    import importlib.metadata as md
+
+    try:
+        return {"trl": md.version("trl")}
+    except md.PackageNotFoundError:
+        return {}
+
+
+def _save_atomically(output_dir: Path, model, tokenizer) -> None:
+    """Write adapter and tokenizer into a scratch folder, then move each file into place, so a crash never leaves a
+    half-written adapter beside the manifest (which is written last)."""
+    scratch = output_dir / ".saving"
+    shutil.rmtree(scratch, ignore_errors=True)
+    model.save_pretrained(str(scratch))
+    tokenizer.save_pretrained(str(scratch))
+    for item in scratch.iterdir():
+        os.replace(item, output_dir / item.name)
+    scratch.rmdir()
+
+
+def train_dpo(config: DPOStageConfig, records: Sequence[Record], *, callbacks: list | None = None) -> Path | str:
+    """Mine preference pairs from `records` with `config.model`, train a LoRA with DPO + α·SFT, return its folder.
+
+    The folder holds the PEFT adapter, the tokenizer, `lref_manifest.json` (base_model = the input model, so
+    `load_causal_lm(folder)` loads input + adapter; mining report, collapse guard, train metrics) and the mined pairs
+    (`dpo_pairs.jsonl`). With fewer than `min_pairs` pairs nothing is trained: the folder gets the pairs and a manifest
+    of kind "skipped", and the input model reference `config.model` is returned as given.
+    """
+    import torch
+    from datasets import Dataset
+    from peft import LoraConfig
+    from transformers import set_seed
+    from trl import DPOConfig
+
+    from lref.io import write_json, write_jsonl
+    from lref.models.loading import MANIFEST_NAME, load_causal_lm
+    from lref.models.scorer import LabelScorer, ScorerConfig
+    from lref.prompts import label_token_ids
+    from lref.stages.sft import data_hash, last_checkpoint, trainer_state_step, validate_records
+
+    scheme = get_scheme(config.scheme)
+    if not records:
+        raise DataError("no records to mine: DPO needs a labelled pool of pairs")
+    records = validate_records(records, scheme, "DPO pool")
+    output_dir = Path(config.output_dir)
+    checkpoint = last_checkpoint(output_dir)
+    if checkpoint is not None and not config.resume:
+        raise FileExistsError(
+            f"{output_dir} already holds checkpoints of a run ({checkpoint.name}); resume it (--resume) or choose "
+            "another output folder"
+        )
+    pool_hash = data_hash(records)
+    run_file = output_dir / CHECKPOINT_DIR / RUN_FILE
+    pairs_path = output_dir / PAIRS_FILE
+    resuming = config.resume and checkpoint is not None
+    if config.resume and checkpoint is None:
+        logger.warning("resume asked for, but %s holds no checkpoint: starting from scratch", output_dir)
+
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    use_cpu = config.use_cpu if config.use_cpu is not None else not torch.cuda.is_available()
+    if config.bf16 and use_cpu:
+        raise ValueError("bf16 mixed precision is only supported on a GPU here; train on the CPU in float32")
+
+    set_seed(config.seed)
+    model, tokenizer, _ = load_causal_lm(config.model, merge_adapter=True, dtype=torch.float32)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    label_token_ids(tokenizer, scheme)  # fail early when two labels share their first token
+
+    if resuming:
+        previous = json.loads(run_file.read_text()) if run_file.is_file() else {}
+        if previous.get("data_hash") != pool_hash or previous.get("model") != config.model:
+            raise DataError(
+                f"cannot resume {output_dir}: its checkpoints come from another pool or model; use another output "
+                "folder"
+            )
+        pairs, report = _read_pairs(pairs_path), previous["mining"]
+        logger.info("resuming %s: reusing %d mined pairs", output_dir, len(pairs))
+    else:
+        scorer = LabelScorer(model, tokenizer, scheme, ScorerConfig(
+            batch_size=config.scorer_batch_size, top_k=config.top_k, max_length=config.max_length,
+            progress=config.progress,
+        ))
+        started = time.perf_counter()
+        scores = scorer.score(records)
+        pairs, report = mine_pairs(records, scores, scheme, config.top_k, config.over_estimates_only)
+        report["scoring_s"] = round(time.perf_counter() - started, 2)
+        write_jsonl(pairs_path, (pair.to_dict() for pair in pairs))
+    logger.info(
+        "mining: %d errors in %d pairs, %d preference pairs (top-%d%s)", report["errors"], report["scored"],
+        report["pairs"], config.top_k, ", over-estimates only" if config.over_estimates_only else "",
+    )
+
+    manifest = _base_manifest(config, scheme, pool_hash, len(records), report)
+    if len(pairs) < config.min_pairs:
+        reason = (f"mining gave {len(pairs)} preference pairs, fewer than min_pairs={config.min_pairs}: DPO skipped, "
+                  f"the model is unchanged ({config.model})")
+        logger.warning(reason)
+        write_json(output_dir / MANIFEST_NAME, {**manifest, "kind": "skipped", "skipped_reason": reason,
+                                                "model": config.model})
+        return config.model
+
+    if not resuming:
+        write_json(run_file, {"data_hash": pool_hash, "model": config.model, "mining": report})
+    dataset = Dataset.from_list([preference_example(tokenizer, pair, scheme, config.max_length) for pair in pairs])
+    model.config.use_cache = False
+    args = DPOConfig(
+        output_dir=str(output_dir / CHECKPOINT_DIR),
+        loss_type=["sigmoid", "sft"],
+        loss_weights=[1.0, config.sft_weight],
+        beta=config.beta,
+        max_length=None,  # prompts are already cut to fit, in their middle (TRL would cut the answer off)
+        per_device_train_batch_size=config.batch_size,
+        gradient_accumulation_steps=config.grad_accum,
+        learning_rate=config.learning_rate,
+        num_train_epochs=config.epochs,
+        max_steps=config.max_steps,
+        warmup_steps=config.warmup_ratio,
+        lr_scheduler_type="linear",
+        logging_steps=config.logging_steps,
+        save_strategy="steps",
+        save_steps=config.save_steps,
+        save_total_limit=config.save_total_limit,
+        seed=config.seed,
+        use_cpu=use_cpu,
+        bf16=config.bf16,
+        fp16=False,
+        gradient_checkpointing=False,  # TRL's default is on; on 270M-class models it only costs time
+        dataloader_num_workers=0,
+        report_to="none",
+        disable_tqdm=not config.progress,
+    )
+    guard = _make_guard_class()(config.beta, config.collapse_tolerance)
+    trainer = _make_trainer_class()(
+        model=model,
+        ref_model=None,  # the reference is the policy with the adapter disabled
+        args=args,
+        train_dataset=dataset,
+        processing_class=tokenizer,
+        peft_config=LoraConfig(
+            r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=0.0, target_modules=config.target_modules,
+            task_type="CAUSAL_LM",
+        ),
+        callbacks=[guard, *(callbacks or [])],
+        logits_at_labels_only=config.logits_at_labels_only,
+    )
+    started = time.perf_counter()
+    result = trainer.train(resume_from_checkpoint=str(checkpoint) if resuming else None)
+    wall = time.perf_counter() - started
+    resumed_from = trainer_state_step(checkpoint) if resuming else 0
+    steps_run = result.global_step - resumed_from
+    logged = [entry for entry in trainer.state.log_history if "rewards/margins" in entry]
+    metrics: dict[str, Any] = {
+        "mean_loss": result.training_loss,
+        "steps": result.global_step,
+        "resumed_from_step": resumed_from,
+        "epochs": trainer.state.epoch,
+        "wall_time_s": round(wall, 2),
+        "s_per_step": round(wall / steps_run, 4) if steps_run > 0 else None,
+    }
+    if logged:
+        first, last = logged[0], logged[-1]
+        for key in ("loss", "logps/chosen", "logps/rejected", "rewards/chosen", "rewards/rejected", "rewards/margins",
+                    "rewards/accuracies"):
+            if key in last:
+                metrics[f"first_{key}"], metrics[f"final_{key}"] = first.get(key), last[key]
+
+    _save_atomically(output_dir, trainer.model, tokenizer)
+    write_json(output_dir / MANIFEST_NAME, {
+        **manifest,
+        "kind": "lora-adapter",
+        "n_train": len(pairs),
+        "label_counts": dict(Counter(pair.chosen for pair in pairs)),
+        "collapse_guard": guard.report(),
+        "train_metrics": metrics,
+    })
+    logger.info("DPO adapter written to %s (%d steps)", output_dir, result.global_step)
+    return output_dir
+
+
+__all__ = [
+    "DPOStageConfig",
+    "PreferencePair",
+    "chosen_collapsed",
+    "chosen_logp_change",
+    "compact_lm_head",
+    "mine_pairs",
+    "preference_example",
+    "train_dpo",
+]

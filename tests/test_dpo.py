@@ -1,0 +1,349 @@
+"""Stage 3 DPO: mining on hand-built scores, the collapse rule, TRL inputs, training on a tiny model, skip, CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+torch = pytest.importorskip("torch")
+
+pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning", "ignore::UserWarning")
+
+from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerControl, TrainerState  # noqa: E402
+
+from helpers import run_lref  # noqa: E402
+from lref.data import write_records  # noqa: E402
+from lref.data.records import DataError, Record  # noqa: E402
+from lref.labels import get_scheme  # noqa: E402
+from lref.models.loading import MANIFEST_NAME, load_causal_lm  # noqa: E402
+from lref.models.scorer import LabelScorer, ScorerConfig, ScoreResult  # noqa: E402
+from lref.prompts import direct_prompt, encode_prompt  # noqa: E402
+from lref.stages.dpo import (  # noqa: E402
+    PAIRS_FILE,
+    DPOStageConfig,
+    PreferencePair,
+    chosen_collapsed,
+    mine_pairs,
+    preference_example,
+    train_dpo,
+)
+from lref.stages.sft import SFTStageConfig, completion_ids, train_sft  # noqa: E402
+from lref.testing import build_tiny_causal_lm  # noqa: E402
+
+SCHEME = get_scheme("graded3")  # Exact, Partial, Irrelevant
+WORDS = ["drill", "hose", "fan", "brass", "steel", "white", "black", "pack"]
+
+
+# -- mining on hand-built scores ---------------------------------------------------------------------------------------
+
+
+def _hand_built():
+    """Five records and their label probabilities (scheme order Exact, Partial, Irrelevant)."""
+    rows = [
+        ("ok", "Exact", [0.7, 0.2, 0.1]),        # right
+        ("over2", "Partial", [0.6, 0.3, 0.1]),   # Exact > gold Partial (rank 2): over-estimate
+        ("over3", "Irrelevant", [0.5, 0.3, 0.2]),  # Exact, gold at rank 3: over-estimate
+        ("under2", "Exact", [0.35, 0.45, 0.2]),  # Partial < gold Exact (rank 2): under-estimate
+        ("over2b", "Irrelevant", [0.1, 0.5, 0.4]),  # Partial > gold Irrelevant (rank 2): over-estimate
+    ]
+    records = [Record(id=i, query=f"q {i}", title=f"t {i}", label=label) for i, label, _ in rows]
+    scores = ScoreResult([i for i, _, _ in rows], SCHEME.labels, np.log(np.array([p for _, _, p in rows])))
+    return records, scores
+
+
+def test_mining_report_and_pairs_with_top2():
+    records, scores = _hand_built()
+    pairs, report = mine_pairs(records, scores, SCHEME, top_k=2)
+    assert report["errors"] == 4 and report["scored"] == 5
+    assert report["over_estimate_share"] == pytest.approx(3 / 4)
+    assert report["under_estimate_share"] == pytest.approx(1 / 4)
+    assert report["gold_at_rank2_share"] == pytest.approx(3 / 4)
+    assert report["gold_outside_topk_share"] == pytest.approx(1 / 4)  # over3: gold at rank 3 makes no pair
+    assert [(p.record.id, p.chosen, p.rejected, p.gold_rank) for p in pairs] == [
+        ("over2", "Partial", "Exact", 2),
+        ("under2", "Exact", "Partial", 2),
+        ("over2b", "Irrelevant", "Partial", 2),
+    ]
+    assert report["pairs"] == 3
+    assert report["pair_transitions"] == {"Exact->Partial": 1, "Partial->Exact": 1, "Partial->Irrelevant": 1}
+
+
+def test_mining_top3_keeps_rank3_and_over_estimate_filter_drops_under_estimates():
+    records, scores = _hand_built()
+    pairs, report = mine_pairs(records, scores, SCHEME, top_k=3)
+    assert report["gold_outside_topk_share"] == 0 and report["pairs"] == 4
+    assert ("over3", 3) in [(p.record.id, p.gold_rank) for p in pairs]
+
+    pairs, report = mine_pairs(records, scores, SCHEME, top_k=3, over_estimates_only=True)
+    assert [p.record.id for p in pairs] == ["over2", "over3", "over2b"]
+    assert all(SCHEME.index(p.rejected) < SCHEME.index(p.chosen) for p in pairs)
+    assert report["errors"] == 4 and report["over_estimate_share"] == pytest.approx(3 / 4)
+
+
+def test_mining_of_a_perfect_model_reports_no_errors():
+    records, scores = _hand_built()
+    right = [Record(id=r.id, query=r.query, title=r.title, label=SCHEME.labels[int(np.argmax(p))])
+             for r, p in zip(records, scores.probs)]
+    pairs, report = mine_pairs(right, scores, SCHEME)
+    assert pairs == [] and report["errors"] == 0 and report["over_estimate_share"] is None
+
+
+def test_mining_refuses_scores_of_other_records():
+    records, scores = _hand_built()
+    with pytest.raises(ValueError, match="do not belong"):
+        mine_pairs(records[::-1], scores, SCHEME)
+
+
+def test_pairs_round_trip_through_json():
+    records, scores = _hand_built()
+    pairs, _ = mine_pairs(records, scores, SCHEME)
+    again = [PreferencePair.from_dict(json.loads(json.dumps(p.to_dict()))) for p in pairs]
+    assert again == pairs
+
+
+# -- collapse guard ---------------------------------------------------------------------------------------------------
+
+
+def test_collapse_rule():
+    # rewards/chosen = beta * (log p(chosen) - log p_ref(chosen)): -0.15 at beta 0.1 is a 1.5-nat fall.
+    assert chosen_collapsed({"rewards/chosen": -0.15}, beta=0.1, tolerance=1.0)
+    assert not chosen_collapsed({"rewards/chosen": -0.05}, beta=0.1, tolerance=1.0)
+    assert not chosen_collapsed({"rewards/chosen": 0.3}, beta=0.1, tolerance=0.0)
+    assert not chosen_collapsed({"rewards/chosen": -5.0}, beta=0.1, tolerance=None)
+    assert not chosen_collapsed({"loss": 1.0}, beta=0.1, tolerance=1.0)
+
+
+def test_collapse_guard_stops_training_and_reports():
+    from lref.stages.dpo import ChosenCollapseGuard
+
+    guard = ChosenCollapseGuard(beta=0.5, tolerance=0.2)
+    state, control = TrainerState(), TrainerControl()
+    state.global_step = 3
+    guard.on_log(None, state, control, logs={"rewards/chosen": -0.05, "logps/chosen": -1.1, "rewards/margins": 0.2})
+    assert not control.should_training_stop
+    state.global_step = 6
+    guard.on_log(None, state, control, logs={"rewards/chosen": -0.2, "logps/chosen": -1.5, "rewards/margins": 0.4})
+    assert control.should_training_stop
+    report = guard.report()
+    assert report["triggered"] and report["stopped_at_step"] == 6
+    assert report["chosen_logp_change_at_stop"] == pytest.approx(-0.4)
+    assert [entry["logps/chosen"] for entry in report["log"]] == [-1.1, -1.5]
+
+
+def test_config_validation():
+    with pytest.raises(ValueError, match="beta"):
+        DPOStageConfig(beta=0)
+    with pytest.raises(ValueError, match="top_k"):
+        DPOStageConfig(top_k=0)
+    with pytest.raises(ValueError, match="collapse_tolerance"):
+        DPOStageConfig(collapse_tolerance=-1)
+
+
+# -- tiny model -------------------------------------------------------------------------------------------------------
+
+
+def make_records(n: int, offset: int = 0) -> list[Record]:
+    return [
+        Record(id=f"r{i}", query=f"{WORDS[i % 8]} {i}", title=f"{WORDS[(3 * i) % 8]} product {i}",
+               label=SCHEME.labels[(i * 7 // 3) % 3])
+        for i in range(offset, offset + n)
+    ]
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    """Tiny random Gemma with scaled embeddings (as in test_sft.py) so LoRA can move its predictions."""
+    torch.set_num_threads(1)
+    folder = build_tiny_causal_lm(tmp_path_factory.mktemp("tiny"))
+    model = AutoModelForCausalLM.from_pretrained(str(folder))
+    with torch.no_grad():
+        model.get_input_embeddings().weight.mul_(10.0)
+    model.save_pretrained(str(folder))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def sft_adapter(tiny_model, tmp_path_factory):
+    """A briefly SFT-tuned adapter: DPO then runs adapter-on-adapter, as after Stage 2."""
+    out = tmp_path_factory.mktemp("sft") / "adapter"
+    config = SFTStageConfig(model=str(tiny_model), output_dir=str(out), learning_rate=1e-2, warmup_ratio=0.0,
+                            max_steps=4, batch_size=8, save_steps=1000, progress=False, threads=1)
+    return train_sft(config, make_records(16, offset=100))
+
+
+def dpo_config(model, out, **overrides) -> DPOStageConfig:
+    settings = dict(model=str(model), output_dir=str(out), learning_rate=1e-2, warmup_ratio=0.0, batch_size=4,
+                    min_pairs=4, logging_steps=1, save_steps=1000, progress=False, threads=1, collapse_tolerance=None)
+    settings.update(overrides)
+    return DPOStageConfig(**settings)
+
+
+@pytest.fixture(scope="module")
+def trained(sft_adapter, tmp_path_factory):
+    out = tmp_path_factory.mktemp("dpo") / "adapter"
+    pool = make_records(24)
+    folder = train_dpo(dpo_config(sft_adapter, out), pool)
+    return folder, pool
+
+
+def _log_margins(model_ref, pairs) -> np.ndarray:
+    """log p(chosen label) - log p(rejected label) per pair, from the scorer."""
+    model, tokenizer, _ = load_causal_lm(model_ref)
+    scores = LabelScorer(model, tokenizer, SCHEME, ScorerConfig(batch_size=8)).score([p.record for p in pairs])
+    rows = np.arange(len(pairs))
+    chosen = np.array([SCHEME.index(p.chosen) for p in pairs])
+    rejected = np.array([SCHEME.index(p.rejected) for p in pairs])
+    logp = np.log(scores.probs)
+    return logp[rows, chosen] - logp[rows, rejected]
+
+
+def test_preference_example_uses_the_scorers_prompt_ids(tiny_model):
+    tokenizer = AutoTokenizer.from_pretrained(str(tiny_model))
+    record = make_records(1)[0]
+    pair = PreferencePair(record=record, chosen="Partial", rejected="Exact", gold_rank=2, probs={})
+    example = preference_example(tokenizer, pair, SCHEME, max_length=512)
+    prefix_ids, pair_ids = encode_prompt(tokenizer, direct_prompt(record, SCHEME))
+    assert example["prompt_ids"] == prefix_ids + pair_ids
+    assert example["chosen_ids"] == completion_ids(tokenizer, SCHEME, "Partial")
+    assert example["rejected_ids"] == completion_ids(tokenizer, SCHEME, "Exact")
+    assert example["chosen_ids"][-1] == example["rejected_ids"][-1] == tokenizer.eos_token_id
+
+    long = PreferencePair(record=Record(id="x", query="drill", title="drill " * 300, label="Exact"),
+                          chosen="Exact", rejected="Irrelevant", gold_rank=2, probs={})
+    cut = preference_example(tokenizer, long, SCHEME, max_length=200)
+    longest = max(len(cut["chosen_ids"]), len(cut["rejected_ids"]))
+    assert len(cut["prompt_ids"]) + longest <= 200
+    assert cut["prompt_ids"][: len(prefix_ids)] == prefix_ids  # the instruction is never cut
+
+
+def test_dpo_raises_the_chosen_over_rejected_margin(trained, sft_adapter):
+    folder, _ = trained
+    pairs = [PreferencePair.from_dict(json.loads(line)) for line in (folder / PAIRS_FILE).read_text().splitlines()]
+    assert len(pairs) >= 4
+    before = _log_margins(sft_adapter, pairs)
+    after = _log_margins(folder, pairs)
+    assert np.all(before < 0)  # mined pairs: the rejected label was the top-1
+    assert after.mean() > before.mean() + 1.0
+    assert (after > 0).mean() > 0.5  # most near misses now rank gold first
+
+
+def test_manifest_records_mining_config_and_training(trained, sft_adapter):
+    folder, pool = trained
+    manifest = json.loads((folder / MANIFEST_NAME).read_text())
+    assert manifest["kind"] == "lora-adapter" and manifest["stage"] == "dpo"
+    assert manifest["base_model"] == str(sft_adapter.resolve())
+    assert manifest["scheme"] == {"name": "graded3", "labels": list(SCHEME.labels)}
+    mining = manifest["mining"]
+    assert mining["scored"] == len(pool) and mining["pairs"] == manifest["n_train"] >= 4
+    assert mining["pairs"] == len((folder / PAIRS_FILE).read_text().splitlines())
+    assert {"errors", "over_estimate_share", "gold_at_rank2_share", "gold_outside_topk_share"} <= set(mining)
+    assert manifest["config"]["beta"] == 0.1 and manifest["config"]["sft_weight"] == 0.65
+    guard = manifest["collapse_guard"]
+    assert not guard["triggered"] and len(guard["log"]) == manifest["train_metrics"]["steps"]
+    assert all({"logps/chosen", "logps/rejected", "rewards/margins"} <= set(entry) for entry in guard["log"])
+    assert manifest["train_metrics"]["final_rewards/margins"] > 0
+    assert (folder / "adapter_config.json").is_file() and not (folder / ".saving").exists()
+
+
+def test_too_few_pairs_skips_and_keeps_the_model(sft_adapter, tmp_path):
+    out = tmp_path / "dpo"
+    result = train_dpo(dpo_config(sft_adapter, out, min_pairs=10_000), make_records(12))
+    assert result == str(sft_adapter)
+    manifest = json.loads((out / MANIFEST_NAME).read_text())
+    assert manifest["kind"] == "skipped" and "min_pairs=10000" in manifest["skipped_reason"]
+    assert manifest["mining"]["scored"] == 12
+    assert not (out / "adapter_config.json").exists()
+
+
+def test_bad_pool(tiny_model, tmp_path):
+    with pytest.raises(DataError, match="no records"):
+        train_dpo(dpo_config(tiny_model, tmp_path / "a"), [])
+    with pytest.raises(DataError, match="no label"):
+        train_dpo(dpo_config(tiny_model, tmp_path / "b"), [Record(id="1", query="q", title="t")])
+
+
+def test_cli_train_dpo(tiny_model, tmp_path, monkeypatch, capsys):
+    pool = tmp_path / "pool.jsonl"
+    write_records(pool, make_records(12))
+    code, out, err = run_lref(monkeypatch, capsys, "train", "dpo", "--help")
+    assert code == 0 and "--over-estimates-only" in out and "0.65 in the paper" in out
+    code, out, err = run_lref(
+        monkeypatch, capsys, "train", "dpo", "--model", str(tiny_model), "--pool", str(pool), "--scheme", "graded3",
+        "--out", str(tmp_path / "dpo"), "--min-pairs", "1000", "--threads", "1",
+    )
+    assert code == 0, err
+    assert out.strip() == str(tiny_model) and "DPO skipped" in err
+    code, out, err = run_lref(
+        monkeypatch, capsys, "train", "dpo", "--model", str(tiny_model), "--pool", str(pool), "--out",
+        str(tmp_path / "x"), "--beta", "0",
+    )
+    assert code == 2 and "beta" in err
+
+
+@pytest.mark.smoke
+def test_dpo_steps_on_real_gemma(tmp_path):
+    from lref.data.synthetic import SyntheticCatalogConfig, generate_catalog
+
+    try:
+        load_causal_lm("gemma-3-270m")
+    except (FileNotFoundError, ImportError) as error:
+        pytest.skip(f"real Gemma-3-270M not available: {error}")
+    pool = generate_catalog(SyntheticCatalogConfig(n_pairs=24, scheme="graded3", seed=3))
+    out = tmp_path / "dpo"
+    result = train_dpo(DPOStageConfig(model="gemma-3-270m", output_dir=str(out), max_steps=2, batch_size=2,
+                                      min_pairs=2, logging_steps=1, progress=False), pool)
+    manifest = json.loads((out / MANIFEST_NAME).read_text())
+    assert result == out and manifest["train_metrics"]["steps"] == 2
+    assert np.isfinite(manifest["train_metrics"]["final_logps/chosen"])
+    load_causal_lm(out)  # base + adapter loads back
+
+
+def test_resume_reuses_the_mined_pairs(tiny_model, tmp_path, monkeypatch):
+    out = tmp_path / "dpo"
+    pool = make_records(16)
+    train_dpo(dpo_config(tiny_model, out, max_steps=2, save_steps=1), pool)
+    with pytest.raises(FileExistsError, match="resume"):
+        train_dpo(dpo_config(tiny_model, out, max_steps=4, save_steps=1), pool)
+
+    def no_scoring(*args, **kwargs):
+        raise AssertionError("resuming must not score the pool again")
+
+    monkeypatch.setattr(LabelScorer, "score", no_scoring)
+    train_dpo(dpo_config(tiny_model, out, max_steps=4, save_steps=1, resume=True), pool)
+    metrics = json.loads((out / MANIFEST_NAME).read_text())["train_metrics"]
+    assert metrics["resumed_from_step"] == 2 and metrics["steps"] == 4
+    with pytest.raises(DataError, match="another pool"):
+        train_dpo(dpo_config(tiny_model, out, max_steps=6, resume=True), make_records(16, offset=50))
+
+
+def test_compact_lm_head_gives_the_same_log_probs(tiny_model):
+    from trl.trainer import utils as trl_utils
+    from trl.trainer.utils import add_fused_lm_head
+
+    from lref.stages.dpo import compact_lm_head
+
+    tokenizer = AutoTokenizer.from_pretrained(str(tiny_model))
+    model = AutoModelForCausalLM.from_pretrained(str(tiny_model))
+    add_fused_lm_head(model)
+    example = preference_example(
+        tokenizer, PreferencePair(make_records(1)[0], "Partial", "Exact", 2, {}), SCHEME, max_length=512
+    )
+    ids = torch.tensor([example["prompt_ids"] + example["chosen_ids"]])
+    labels = torch.full_like(ids, -100)
+    labels[0, -len(example["chosen_ids"]):] = torch.tensor(example["chosen_ids"])
+    with torch.no_grad():
+        every = model(input_ids=ids, labels=labels, fused_lm_head=True).log_probs
+        with compact_lm_head():
+            assert trl_utils._use_triton(torch.device("cpu"))  # the switch TRL reads is flipped on CPU
+            compact = model(input_ids=ids, labels=labels, fused_lm_head=True).log_probs
+        assert not trl_utils._use_triton(torch.device("cpu"))
+        reference = torch.log_softmax(model(input_ids=ids).logits[0, :-1].float(), -1)
+    positions = torch.nonzero(labels[0, 1:] != -100).squeeze(1)
+    expected = reference[positions, labels[0, 1:][positions]]
+    torch.testing.assert_close(compact[0, positions], expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(compact, every, rtol=1e-5, atol=1e-5)

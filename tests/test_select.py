@@ -1,0 +1,448 @@
+"""Stage 1 data selection: bands, confusion, the rule, out-of-fold scoring, the funnel report, checkpoint reuse,
+bad input, both real backbones on tiny models, the cross-encoder module and `lref select`."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+torch = pytest.importorskip("torch")
+
+pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning", "ignore::UserWarning")
+
+from lref.data import load_records  # noqa: E402
+from lref.data.records import Record  # noqa: E402
+from lref.data.synthetic import SyntheticCatalogConfig, generate_catalog  # noqa: E402
+from lref.labels import get_scheme  # noqa: E402
+from lref.models.scorer import ScoreResult  # noqa: E402
+from lref.stages.select import (  # noqa: E402
+    REPORT_NAME,
+    SCORES_NAME,
+    SELECTED_NAME,
+    SelectConfig,
+    SelectionError,
+    apply_rule,
+    balanced_sample,
+    confusion_map,
+    make_folds,
+    noise_audit,
+    ordinal_neighbour,
+    query_bands,
+    select,
+)
+
+SCHEME = get_scheme("graded3")
+E, P, I = SCHEME.labels
+
+
+@pytest.fixture(scope="module")
+def pool() -> list[Record]:
+    return generate_catalog(SyntheticCatalogConfig(n_pairs=600, label_noise=0.15, seed=3))
+
+
+class FakeBackbone:
+    """Trains nothing: remembers each model's training ids and answers with `predict(role, record, trained_label)`,
+    logging every (model, scored id) so tests can check who scored what."""
+
+    name = "fake"
+
+    def __init__(self, predict):
+        self.predict = predict
+        self.fits: list[Path] = []
+        self.scored: list[tuple[Path, set[str], list[str]]] = []
+
+    def settings(self):
+        return {"backbone": "fake"}
+
+    def fit(self, records, out_dir, seed):
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "trained.json").write_text(json.dumps({r.id: r.label for r in records}))
+        self.fits.append(out_dir)
+        return out_dir
+
+    def score(self, model_dir, records):
+        trained = json.loads((Path(model_dir) / "trained.json").read_text())
+        role = Path(model_dir).parent.name
+        self.scored.append((Path(model_dir), set(trained), [r.id for r in records]))
+        logits = np.full((len(records), len(SCHEME)), -5.0)
+        for row, record in enumerate(records):
+            logits[row, SCHEME.index(self.predict(role, record, trained))] = 5.0
+        return ScoreResult([r.id for r in records], SCHEME.labels, logits)
+
+
+def truthful(role, record, trained):
+    """IM and CI answer the true label; MS answers the label confusable with the true one (neighbour)."""
+    true = record.meta["true_label"]
+    return ordinal_neighbour(SCHEME)[true] if role == "ms" else true
+
+
+def small_config(tmp_path, **overrides) -> SelectConfig:
+    settings = dict(output_dir=str(tmp_path / "select"), im_sample=120, ci_sample=90, ms_sample=120,
+                    confusion_slice=100, progress=False, examples=2)
+    settings.update(overrides)
+    return SelectConfig(**settings)
+
+
+# -- pure parts -------------------------------------------------------------------------------------------------------
+
+
+def test_apply_rule_each_condition_and_switches():
+    labels = [E, E, P, I]
+    preds = {"ci": [E, P, P, I], "im": [P, E, E, I], "ms": [P, P, P, I]}
+    passes, kept = apply_rule(labels, preds)
+    assert passes["ci"].tolist() == [True, False, True, True]
+    assert passes["im"].tolist() == [True, False, True, False]
+    assert passes["ms"].tolist() == [True, True, False, False]
+    assert kept.tolist() == [True, False, False, False]
+    _, kept_agrees = apply_rule(labels, preds, ms_rule="agrees")
+    assert kept_agrees.tolist() == [False, False, True, False]
+    passes, kept = apply_rule(labels, {"ci": preds["ci"]}, use_im=False, use_ms=False)
+    assert set(passes) == {"ci"} and kept.tolist() == [True, False, True, True]
+
+
+def test_query_bands_match_the_synthetic_catalog_and_fall_back_to_query_frequency(pool):
+    bands, source = query_bands(pool)
+    assert source == "exposure"
+    assert bands == [r.meta["query_band"] for r in pool]
+    records = [Record(id=f"{q}{i}", query=q, title="t", label=E) for q, n in (("a", 10), ("B ", 6), ("c", 4))
+               for i in range(n)]
+    records.append(Record(id="b-upper", query="b", title="t", label=E))  # same normalised query as "B "
+    bands, source = query_bands(records, head_share=0.2, torso_share=0.4)
+    assert source == "query_frequency"
+    assert dict(zip((r.query for r in records), bands)) == {"a": "head", "B ": "torso", "b": "torso", "c": "tail"}
+
+
+def test_confusion_map_takes_the_most_frequent_error_and_falls_back_to_the_neighbour():
+    gold = [E, E, E, E, P, P, I, I]
+    pred = [P, I, I, E, E, P, I, I]  # Exact mostly confused with Irrelevant; Irrelevant never wrong
+    mapping, fallbacks, counts = confusion_map(gold, pred, SCHEME)
+    assert mapping == {E: I, P: E, I: P}
+    assert fallbacks == [I] and counts[E][I] == 2
+    assert ordinal_neighbour(SCHEME) == {E: P, P: I, I: P}
+
+
+def test_balanced_sample_and_folds():
+    import random
+
+    bands = ["head"] * 10 + ["torso"] * 10 + ["tail"] * 5
+    chosen = balanced_sample(bands, 13, random.Random(0))
+    assert [bands[i] for i in chosen].count("tail") == 4 and [bands[i] for i in chosen].count("head") == 5
+    with pytest.raises(SelectionError, match="tail pairs but the pool has only 5"):
+        balanced_sample(bands, 18, random.Random(0))
+    repeated = balanced_sample(bands, 18, random.Random(0), oversample=True)
+    tail = [i for i in repeated if bands[i] == "tail"]
+    assert len(tail) == 6 and set(tail) == set(range(20, 25))  # all five tail pairs, one of them twice
+    with pytest.raises(SelectionError, match="0 torso|only 0"):
+        balanced_sample(["head"] * 6 + ["tail"] * 6, 6, random.Random(0), oversample=True)
+    folds = make_folds(range(11), 3, random.Random(0))
+    assert sorted(i for fold in folds for i in fold) == list(range(11)) and {len(f) for f in folds} == {3, 4}
+
+
+def test_noise_audit_precision_and_recall():
+    audit = noise_audit([True, True, False, False, True], np.array([True, False, True, False, True]))
+    assert audit["precision"] == pytest.approx(2 / 3, abs=1e-4) and audit["recall"] == pytest.approx(2 / 3, abs=1e-4)
+
+
+# -- the stage with a fake backbone -----------------------------------------------------------------------------------
+
+
+def test_each_condition_reads_its_own_selector(tmp_path, pool):
+    """IM = CI = the true label, MS = its neighbour: CI passes the clean pairs, IM the noisy ones, so the rule keeps
+    nothing; the per-pair scores file shows which selector fed which condition."""
+    with pytest.raises(SelectionError, match="kept nothing"):
+        select(small_config(tmp_path), pool, backbone=FakeBackbone(truthful))
+    neighbour = ordinal_neighbour(SCHEME)
+    rows = [json.loads(line) for line in (tmp_path / "select" / SCORES_NAME).read_text().splitlines()]
+    noisy = [r.meta["label_noise"] for r in pool]
+    assert [row["id"] for row in rows] == [r.id for r in pool]
+    assert [row["pass_ci"] for row in rows] == [not n for n in noisy]
+    assert [row["pass_im"] for row in rows] == noisy
+    assert [row["pass_ms"] for row in rows] == [r.label != neighbour[r.meta["true_label"]] for r in pool]
+    report = json.loads((tmp_path / "select" / REPORT_NAME).read_text())
+    assert report["selected"] == 0 and 0 < report["noise_audit"]["recall"] < 1.0
+
+
+def test_select_writes_selected_pairs_report_and_scores(tmp_path, pool):
+    def predict(role, record, trained):
+        true = record.meta["true_label"]
+        if role == "ci":
+            return record.label  # CI fits every human label
+        if role == "im":
+            return E  # IM always says Exact: the non-Exact pairs are "not easy"
+        return ordinal_neighbour(SCHEME)[true]
+
+    result = select(small_config(tmp_path), pool, backbone=FakeBackbone(predict))
+    out = tmp_path / "select"
+    expected = [r.id for r in pool if r.label != E and r.label != ordinal_neighbour(SCHEME)[r.meta["true_label"]]]
+    assert [r.id for r in result.selected] == expected and expected
+    assert [r.id for r in load_records(out / SELECTED_NAME)] == expected
+    report = json.loads((out / REPORT_NAME).read_text())
+    assert report["pool_size"] == len(pool) and report["selected"] == len(expected)
+    assert [step["remaining"] for step in report["funnel"]] == [
+        len(pool), len(pool), sum(r.label != E for r in pool), len(expected)]
+    assert report["label_distribution"]["selected"][E]["count"] == 0
+    assert sum(c["count"] for c in report["band_mix"]["selected"].values()) == len(expected)
+    assert report["band_source"] == "exposure" and report["samples"] == {"im": 120, "ci": 90, "ms": 120}
+    for name in ("ci", "im", "ms"):
+        assert len(report["examples"][name]["kept"]) == 2
+    assert all(example["label"] == E for example in report["examples"]["im"]["dropped"])
+    assert report["noise_audit"]["noise_rate"] == pytest.approx(np.mean([r.meta["label_noise"] for r in pool]), abs=1e-3)
+    rows = [json.loads(line) for line in (out / SCORES_NAME).read_text().splitlines()]
+    assert len(rows) == len(pool) and sum(row["kept"] for row in rows) == len(expected)
+
+
+def test_out_of_fold_no_model_scores_its_own_training_pairs(tmp_path, pool):
+    backbone = FakeBackbone(truthful)
+    with pytest.raises(SelectionError):
+        select(small_config(tmp_path, folds=3, ci_sample=120), pool, backbone=backbone)
+    assert len(backbone.fits) == 9  # 3 roles x 3 folds
+    scored_ids = set()
+    for model_dir, trained, scored in backbone.scored:
+        assert not trained & set(scored), model_dir
+        scored_ids |= set(scored)
+    assert scored_ids == {r.id for r in pool}
+    ci_train = [json.loads((d / "trained.json").read_text()) for d in backbone.fits if d.parent.name == "ci"]
+    # 40 head pairs wanted, 30 exist: repeats of a pair share its id and its fold, so the 3 models (2/3 of the
+    # sample each) hold fewer distinct ids than 2 x 120
+    assert len(ci_train) == 3 and sum(len(t) for t in ci_train) < 2 * 120
+    # folds=1 is the in-sample reading: the one model scores its own training pairs too
+    backbone = FakeBackbone(truthful)
+    with pytest.raises(SelectionError):
+        select(small_config(tmp_path / "one", folds=1), pool, backbone=backbone)
+    assert all(trained <= set(scored) for _, trained, scored in backbone.scored)
+
+
+def test_ms_is_trained_on_confusable_labels(tmp_path, pool):
+    backbone = FakeBackbone(truthful)
+    with pytest.raises(SelectionError):
+        select(small_config(tmp_path, confusion_source="neighbour", folds=1), pool, backbone=backbone)
+    ms_dir = next(d for d in backbone.fits if d.parent.name == "ms")
+    trained = json.loads((ms_dir / "trained.json").read_text())
+    gold = {r.id: r.label for r in pool}
+    assert trained and all(label == ordinal_neighbour(SCHEME)[gold[i]] for i, label in trained.items())
+
+
+def test_empty_selection_explains_the_condition_and_writes_no_training_set(tmp_path, pool):
+    stale = tmp_path / "select" / SELECTED_NAME
+    stale.parent.mkdir(parents=True)
+    stale.write_text("{}\n")
+    easy = FakeBackbone(lambda role, record, trained: record.label if role != "ms" else E)
+    with pytest.raises(SelectionError, match=r"kept nothing.*IM\(x\) ≠ L\(x\) removed the last pairs"):
+        select(small_config(tmp_path, confusion_source="neighbour"), pool, backbone=easy)
+    assert not stale.exists() and (tmp_path / "select" / REPORT_NAME).is_file()
+
+
+def test_selectors_are_reused_on_rerun_and_retrained_when_their_inputs_change(tmp_path, pool):
+    backbone = FakeBackbone(truthful)
+    config = small_config(tmp_path, use_ci=False, confusion_source="neighbour", ms_rule="agrees")
+    select(config, pool, backbone=backbone)
+    assert len(backbone.fits) == 4
+    select(small_config(tmp_path, use_ci=False, confusion_source="neighbour", ms_rule="agrees"), pool,
+           backbone=backbone)
+    assert len(backbone.fits) == 4 and len(backbone.scored) == 4  # scores came from the cache
+    select(small_config(tmp_path, use_ci=False, confusion_source="neighbour", ms_rule="agrees", seed=1), pool,
+           backbone=backbone)
+    assert len(backbone.fits) == 8
+
+
+def test_bad_input_gets_clear_errors(tmp_path, pool):
+    backbone = FakeBackbone(truthful)
+    with pytest.raises(SelectionError, match="IM sample needs 5000 pairs but the pool has only 600"):
+        select(small_config(tmp_path, im_sample=5000), pool, backbone=backbone)
+    no_partial = [r for r in pool if r.label != P]
+    with pytest.raises(SelectionError, match="'Partial' of scheme 'graded3' has no pair in the pool"):
+        select(small_config(tmp_path), no_partial, backbone=backbone)
+    with pytest.raises(SelectionError, match="confusion source 'teacher' is not configured"):
+        select(small_config(tmp_path, confusion_source="teacher"), pool, backbone=backbone)
+    with pytest.raises(SelectionError, match="confusion slice needs 590 pairs"):
+        select(small_config(tmp_path, confusion_slice=590), pool, backbone=backbone)
+    with pytest.raises(ValueError, match="ms_rule must be one of"):
+        SelectConfig(ms_rule="maybe")
+
+
+def test_teacher_hook_supplies_confusable_labels_and_is_checked(tmp_path, pool):
+    calls = []
+
+    def teacher(records, scheme):
+        calls.append(len(records))
+        return [I if r.label != I else P for r in records]
+
+    backbone = FakeBackbone(truthful)
+    with pytest.raises(SelectionError, match="kept nothing"):
+        select(small_config(tmp_path, confusion_source="teacher"), pool, backbone=backbone, teacher=teacher)
+    report = json.loads((tmp_path / "select" / REPORT_NAME).read_text())
+    assert calls == [120] and set(report["confusion"]["teacher_pairs"]) <= {"Exact -> Irrelevant",
+                                                                          "Partial -> Irrelevant",
+                                                                          "Irrelevant -> Partial"}
+    with pytest.raises(SelectionError, match="named the pair's own label"):
+        select(small_config(tmp_path, confusion_source="teacher"), pool, backbone=backbone,
+               teacher=lambda records, scheme: [r.label for r in records])
+
+
+# -- real backbones on tiny models ------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_encoder(tmp_path_factory):
+    from lref.testing import build_tiny_encoder
+
+    torch.set_num_threads(1)
+    return build_tiny_encoder(tmp_path_factory.mktemp("encoder"))
+
+
+@pytest.fixture(scope="module")
+def tiny_lm(tmp_path_factory):
+    from transformers import AutoModelForCausalLM
+
+    from lref.testing import build_tiny_causal_lm
+
+    folder = build_tiny_causal_lm(tmp_path_factory.mktemp("lm"))
+    model = AutoModelForCausalLM.from_pretrained(str(folder))
+    with torch.no_grad():
+        model.get_input_embeddings().weight.mul_(10.0)  # as in test_sft: lets the tiny model learn
+    model.save_pretrained(str(folder))
+    return folder
+
+
+def separable(n: int) -> list[Record]:
+    words = {E: "drill", P: "hose", I: "fan"}
+    return [Record(id=f"s{i}", query=f"{words[SCHEME.labels[i % 3]]} {i}", title="white steel pack",
+                   label=SCHEME.labels[i % 3]) for i in range(n)]
+
+
+def test_cross_encoder_learns_saves_manifest_and_scores(tmp_path, tiny_encoder):
+    from lref.models.cross_encoder import CrossEncoderConfig, CrossEncoderScorer, train_cross_encoder
+    from lref.models.loading import MANIFEST_NAME
+    from lref.stages.sft import data_hash
+
+    records = separable(24)
+    config = CrossEncoderConfig(model=str(tiny_encoder), output_dir=str(tmp_path / "ce"), learning_rate=5e-3,
+                                max_steps=40, batch_size=8, warmup_ratio=0.0, progress=False, threads=1)
+    before = CrossEncoderScorer.from_pretrained(train_cross_encoder(
+        CrossEncoderConfig(**{**config.__dict__, "output_dir": str(tmp_path / "ce0"), "max_steps": 1,
+                              "learning_rate": 1e-9}), records)).score(records)
+    folder = train_cross_encoder(config, records)
+    manifest = json.loads((folder / MANIFEST_NAME).read_text())
+    assert manifest["kind"] == "cross-encoder" and manifest["scheme"]["labels"] == list(SCHEME.labels)
+    assert manifest["data_hash"] == data_hash(records) and manifest["n_train"] == 24
+    result = CrossEncoderScorer.from_pretrained(folder).score(records)
+    assert result.probs.shape == (24, 3) and np.allclose(result.probs.sum(axis=1), 1.0)
+    accuracy = np.mean([p == r.label for p, r in zip(result.predicted, records)])
+    assert accuracy > np.mean([p == r.label for p, r in zip(before.predicted, records)]) and accuracy >= 0.6
+    assert [list(row) for row in result.topk_indices][:1] and result.ids == [r.id for r in records]
+
+
+def test_cross_encoder_loss_is_pluggable_and_receives_targets(tmp_path, tiny_encoder):
+    from lref.models.cross_encoder import CrossEncoderConfig, label_loss, train_cross_encoder
+
+    seen = []
+
+    def loss_fn(logits, batch):
+        seen.append(batch["targets"].shape)
+        return label_loss(logits, batch)
+
+    records = separable(6)
+    targets = np.full((6, 3), 1 / 3)
+    config = CrossEncoderConfig(model=str(tiny_encoder), output_dir=str(tmp_path / "ce"), max_steps=2, batch_size=3,
+                                progress=False, threads=1)
+    train_cross_encoder(config, records, targets=targets, loss_fn=loss_fn)
+    assert seen and seen[0] == (3, 3)
+    with pytest.raises(ValueError, match="targets must be 6 x 3"):
+        train_cross_encoder(CrossEncoderConfig(**{**config.__dict__, "output_dir": str(tmp_path / "x")}), records,
+                            targets=targets[:2])
+
+
+def test_encoder_backbone_select_end_to_end_and_model_reuse(tmp_path, tiny_encoder, pool):
+    config = small_config(tmp_path, backbone="encoder", model=str(tiny_encoder), max_steps=3, batch_size=8,
+                          learning_rate=1e-3, threads=1, score_batch_size=64)
+    try:
+        result = select(config, pool)
+    except SelectionError as error:  # a tiny random model may keep nothing; the report must still exist
+        assert "kept nothing" in str(error)
+        result = None
+    report = json.loads((tmp_path / "select" / REPORT_NAME).read_text())
+    assert report["backbone"] == "encoder" and set(report["timings"]) == {"im", "ci", "ms"}
+    weights = tmp_path / "select" / "selectors" / "im" / "fold0" / "model.safetensors"
+    assert weights.is_file()
+    if result is not None:
+        assert len(result.selected) == report["selected"]
+    # models are reused even when the score cache is gone
+    stamp = weights.stat().st_mtime_ns
+    for cache in (tmp_path / "select" / "selectors").glob("*/scores.npz"):
+        cache.unlink()
+    try:
+        select(config, pool)
+    except SelectionError:
+        pass
+    assert weights.stat().st_mtime_ns == stamp
+
+
+def test_llm_backbone_select_end_to_end(tmp_path, tiny_lm, pool):
+    config = small_config(tmp_path, backbone="llm", model=str(tiny_lm), max_steps=2, batch_size=8,
+                          learning_rate=1e-2, threads=1, score_batch_size=64, max_length=256, lora_r=4)
+    try:
+        select(config, pool[:300])
+    except SelectionError as error:
+        assert "kept nothing" in str(error)
+    report = json.loads((tmp_path / "select" / REPORT_NAME).read_text())
+    assert report["backbone"] == "llm" and report["pool_size"] == 300
+    assert (tmp_path / "select" / "selectors" / "ms" / "fold1" / "adapter_config.json").is_file()
+    assert all(not t["reused"] for t in report["timings"].values())
+    adapter = tmp_path / "select" / "selectors" / "ms" / "fold1" / "adapter_model.safetensors"
+    stamp = adapter.stat().st_mtime_ns
+    (tmp_path / "select" / "selectors" / "ms" / "scores.npz").unlink()
+    try:
+        select(config, pool[:300])
+    except SelectionError:
+        pass
+    report = json.loads((tmp_path / "select" / REPORT_NAME).read_text())
+    assert report["timings"]["im"]["reused"] and not report["timings"]["ms"]["reused"]
+    assert adapter.stat().st_mtime_ns == stamp  # the adapter was reused, only the scores recomputed
+
+
+def test_cli_select(tmp_path, tiny_encoder, pool):
+    from typer.testing import CliRunner
+
+    from lref.cli import app
+    from lref.data import write_records
+
+    data = tmp_path / "pool.jsonl"
+    write_records(data, pool)
+    out = tmp_path / "run"
+    common = ["select", "--pool", str(data), "--out-dir", str(out), "--backbone", "encoder", "--model",
+              str(tiny_encoder), "--im-sample", "120", "--ci-sample", "90", "--ms-sample", "120",
+              "--confusion-slice", "100", "--max-steps", "2", "--threads", "1", "--score-batch-size", "64"]
+    result = CliRunner().invoke(app, common + ["--no-ms", "--lr", "1e-3"])
+    report = json.loads((out / REPORT_NAME).read_text())
+    if result.exit_code == 0:
+        assert "selection:" in result.output and (out / SELECTED_NAME).is_file()
+    else:
+        assert isinstance(result.exception, SelectionError)
+    assert set(report["conditions"]) == {"ci", "im"}
+    bad = CliRunner().invoke(app, common + ["--confusion-source", "teacher"])
+    assert isinstance(bad.exception, SelectionError) and "not configured" in str(bad.exception)
+
+
+@pytest.mark.smoke
+def test_smoke_real_minilm_cross_encoder(tmp_path):
+    """Real all-MiniLM-L6-v2: a few training steps and scoring through the selector backbone."""
+    from lref.models.zoo import is_prepared, resolve_model
+
+    if not is_prepared("minilm-l6"):
+        pytest.skip("minilm-l6 is not prepared")
+    from lref.stages.select import make_backbone
+
+    records = generate_catalog(SyntheticCatalogConfig(n_pairs=200, seed=1))
+    config = SelectConfig(backbone="encoder", model=str(resolve_model("minilm-l6")), max_steps=4, batch_size=16,
+                          progress=False, threads=2)
+    backbone = make_backbone(config)
+    folder = backbone.fit(records[:64], tmp_path / "m", seed=0)
+    result = backbone.score(folder, records[64:128])
+    assert result.probs.shape == (64, 3) and np.isfinite(result.probs).all()
