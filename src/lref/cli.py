@@ -11,6 +11,8 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 import click
 import typer
 
+from lref.config import field_help
+
 app = typer.Typer(help="LLM relevance judges for e-commerce search (LREF).", no_args_is_help=True, add_completion=False)
 data_app = typer.Typer(help="Inspect, convert and split labelled data.", no_args_is_help=True)
 models_app = typer.Typer(help="The model zoo: list and prepare real weights.", no_args_is_help=True)
@@ -304,9 +306,9 @@ def evaluate_command(
 
 
 def _sft_help(name: str) -> str:
-    from lref.stages.sft import field_help
+    from lref.stages.sft import SFTStageConfig
 
-    return field_help(name)
+    return field_help(SFTStageConfig, name)
 
 
 @train_app.command("sft")
@@ -355,9 +357,8 @@ def train_sft_command(
 
 def _dpo_help(name: str) -> str:
     from lref.stages.dpo import DPOStageConfig
-    from lref.stages.sft import field_help
 
-    return field_help(name, DPOStageConfig)
+    return field_help(DPOStageConfig, name)
 
 
 @train_app.command("dpo")
@@ -417,9 +418,9 @@ def train_dpo_command(
 
 
 def _select_help(name: str) -> str:
-    from lref.stages.select import field_help
+    from lref.stages.select import SelectConfig
 
-    return field_help(name)
+    return field_help(SelectConfig, name)
 
 
 @app.command("select")
@@ -480,9 +481,8 @@ def select_command(
 
 def _serve_llm_help(name: str) -> str:
     from lref.serve.llm import LLMServerConfig
-    from lref.stages.sft import field_help
 
-    return field_help(name, LLMServerConfig)
+    return field_help(LLMServerConfig, name)
 
 
 @serve_app.command("llm")

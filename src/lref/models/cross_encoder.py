@@ -41,7 +41,7 @@ LossFn = Callable[[Any, dict[str, Any]], Any]
 
 @dataclass
 class CrossEncoderConfig:
-    """Settings of cross-encoder training. Every field's help text can feed a command line (`field_help`)."""
+    """Settings of cross-encoder training. Every field's help text can feed a command line (`lref.config.field_help`)."""
 
     model: str = field(
         default="minilm-l6", metadata={"help": "Base encoder: a zoo name (minilm-l6, mpnet-base) or an HF folder."}

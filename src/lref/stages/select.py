@@ -190,13 +190,6 @@ class SelectConfig:
         return self.model or (DEFAULT_LLM if self.backbone == "llm" else DEFAULT_ENCODER)
 
 
-def field_help(name: str) -> str:
-    """The help text of one `SelectConfig` field (used by the command line)."""
-    from lref.stages.sft import field_help as sft_field_help
-
-    return sft_field_help(name, SelectConfig)
-
-
 @dataclass
 class SelectionResult:
     """What `select` returns: the kept pairs and the funnel report, plus every selector's pool predictions."""
@@ -743,7 +736,6 @@ __all__ = [
     "apply_rule",
     "balanced_sample",
     "confusion_map",
-    "field_help",
     "funnel_table",
     "make_backbone",
     "make_folds",

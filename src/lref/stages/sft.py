@@ -30,7 +30,7 @@ import platform
 import time
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -132,14 +132,6 @@ class SFTStageConfig:
                 raise ValueError(f"{name} must be at least 1, not {getattr(self, name)}")
         if isinstance(self.target_modules, tuple):
             self.target_modules = list(self.target_modules)
-
-
-def field_help(name: str, config_cls: type = SFTStageConfig) -> str:
-    """The help text of one config field (used by the command line)."""
-    for f in fields(config_cls):
-        if f.name == name:
-            return f.metadata.get("help", "")
-    raise KeyError(name)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -672,7 +664,6 @@ __all__ = [
     "completion_loss",
     "data_hash",
     "fast_head_supported",
-    "field_help",
     "last_checkpoint",
     "shared_prefix_length",
     "train_sft",
