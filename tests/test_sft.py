@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 
+import numpy as np
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -468,3 +469,11 @@ def test_real_gemma_two_steps(tmp_path):
         logits = model(torch.tensor([prefix_ids + pair_ids])).logits[0, -1]
     assert torch.isfinite(logits).all()
     assert base.is_dir()
+
+    # The tuned model through the one scoring entry point: all 16 pairs, in order, with a full top-k.
+    from lref.models.scorer import LabelScorer, ScorerConfig
+
+    result = LabelScorer(model, tokenizer, SCHEME, ScorerConfig(batch_size=8)).score(records)
+    assert list(result.ids) == [r.id for r in records]
+    assert np.allclose(result.probs.sum(axis=1), 1.0, atol=1e-5)
+    assert all(len(top) == 3 and top[0] == label for top, label in zip(result.topk_labels(), result.predicted))
