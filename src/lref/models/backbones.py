@@ -11,7 +11,7 @@
 from __future__ import annotations
 
 import shutil
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
@@ -99,6 +99,29 @@ class _RunFileMarker:
         self.out_dir, self.settings, self.callback = out_dir, settings, Callback()
 
 
+_RUN_ONLY_FIELDS = ("output_dir", "resume", "progress", "threads", "logging_steps", "save_steps", "save_total_limit")
+"""Config fields that do not change the trained model, so they are left out of the settings a folder is matched on."""
+
+
+def _settings(config: Any, name: str) -> dict[str, Any]:
+    settings = {key: value for key, value in asdict(config).items() if key not in _RUN_ONLY_FIELDS}
+    return {"backbone": name, **settings}
+
+
+def _fit(train: Callable[..., Path], config: Any, name: str, records: Sequence[Record], out_dir: Path, seed: int) -> Path:
+    """Train with `train(config, records, callbacks=...)` into `out_dir`, reusing or resuming what is there."""
+    out_dir = Path(out_dir)
+    settings = {**_settings(config, name), "seed": seed}
+    if _finished(out_dir, records, settings):
+        return out_dir
+    resume = _prepare_folder(out_dir, records, settings)
+    marker = _RunFileMarker(out_dir, settings)
+    folder = train(replace(config, output_dir=str(out_dir), seed=seed, resume=resume), records, callbacks=[marker.callback])
+    _mark(folder, settings)
+    _drop_checkpoints(folder)
+    return folder
+
+
 @dataclass
 class LLMBackbone:
     """LoRA SFT of a causal LM, scored through `LabelScorer` (one forward pass per pair)."""
@@ -108,25 +131,12 @@ class LLMBackbone:
     name: str = "llm"
 
     def settings(self) -> dict[str, Any]:
-        config = asdict(self.sft)
-        for key in ("output_dir", "resume", "progress", "threads", "logging_steps", "save_steps", "save_total_limit"):
-            config.pop(key, None)
-        return {"backbone": self.name, **config}
+        return _settings(self.sft, self.name)
 
     def fit(self, records: Sequence[Record], out_dir: Path, seed: int) -> Path:
         from lref.stages.sft import train_sft
 
-        out_dir = Path(out_dir)
-        settings = {**self.settings(), "seed": seed}
-        if _finished(out_dir, records, settings):
-            return out_dir
-        resume = _prepare_folder(out_dir, records, settings)
-        marker = _RunFileMarker(out_dir, settings)
-        config = replace(self.sft, output_dir=str(out_dir), seed=seed, resume=resume)
-        folder = train_sft(config, records, callbacks=[marker.callback])
-        _mark(folder, settings)
-        _drop_checkpoints(folder)
-        return folder
+        return _fit(train_sft, self.sft, self.name, records, out_dir, seed)
 
     def score(self, model_dir: Path, records: Sequence[Record]) -> ScoreResult:
         from lref.models.loading import load_causal_lm
@@ -145,25 +155,12 @@ class EncoderBackbone:
     name: str = "encoder"
 
     def settings(self) -> dict[str, Any]:
-        config = asdict(self.encoder)
-        for key in ("output_dir", "resume", "progress", "threads", "logging_steps", "save_steps", "save_total_limit"):
-            config.pop(key, None)
-        return {"backbone": self.name, **config}
+        return _settings(self.encoder, self.name)
 
     def fit(self, records: Sequence[Record], out_dir: Path, seed: int) -> Path:
         from lref.models.cross_encoder import train_cross_encoder
 
-        out_dir = Path(out_dir)
-        settings = {**self.settings(), "seed": seed}
-        if _finished(out_dir, records, settings):
-            return out_dir
-        resume = _prepare_folder(out_dir, records, settings)
-        marker = _RunFileMarker(out_dir, settings)
-        config = replace(self.encoder, output_dir=str(out_dir), seed=seed, resume=resume)
-        folder = train_cross_encoder(config, records, callbacks=[marker.callback])
-        _mark(folder, settings)
-        _drop_checkpoints(folder)
-        return folder
+        return _fit(train_cross_encoder, self.encoder, self.name, records, out_dir, seed)
 
     def score(self, model_dir: Path, records: Sequence[Record]) -> ScoreResult:
         from lref.models.cross_encoder import CrossEncoderScorer
