@@ -31,6 +31,7 @@ from lref.data.records import DataError, Record
 from lref.labels import LabelScheme, get_scheme
 from lref.models.scorer import ScoreResult, ScorerConfig, scheme_for_model
 from lref.prompts import product_fields
+from lref.training import prepare_device, training_arguments
 
 logger = logging.getLogger(__name__)
 
@@ -214,9 +215,7 @@ def train_cross_encoder(
     else:
         write_json(run_file, {"data_hash": train_hash, "n_train": len(records), "config": asdict(config)})
 
-    if config.threads:
-        torch.set_num_threads(config.threads)
-    use_cpu = config.use_cpu if config.use_cpu is not None else not torch.cuda.is_available()
+    use_cpu = prepare_device(config)
     set_seed(config.seed)
     folder = resolve_model(config.model)
     tokenizer = AutoTokenizer.from_pretrained(str(folder))
@@ -242,30 +241,15 @@ def train_cross_encoder(
             example["labels"] = scheme.index(record.label)
 
     args = TrainingArguments(
-        output_dir=str(output_dir / CHECKPOINT_DIR),
-        per_device_train_batch_size=config.batch_size,
-        per_device_eval_batch_size=config.batch_size,
-        learning_rate=config.learning_rate,
-        weight_decay=config.weight_decay,
-        num_train_epochs=config.epochs,
-        max_steps=config.max_steps,
-        warmup_steps=config.warmup_ratio,
-        lr_scheduler_type="linear",
-        logging_steps=config.logging_steps,
-        save_strategy="steps",
-        save_steps=config.save_steps,
-        save_total_limit=config.save_total_limit,
-        eval_strategy="no",
-        prediction_loss_only=True,
-        label_names=["labels"],
-        remove_unused_columns=False,
-        seed=config.seed,
-        use_cpu=use_cpu,
-        bf16=False,
-        fp16=False,
-        dataloader_num_workers=0,
-        report_to="none",
-        disable_tqdm=not config.progress,
+        **training_arguments(
+            config,
+            output_dir / CHECKPOINT_DIR,
+            use_cpu,
+            eval_strategy="no",
+            prediction_loss_only=True,
+            label_names=["labels"],
+            remove_unused_columns=False,
+        )
     )
     trainer = _make_trainer_class()(
         model=model,

@@ -47,6 +47,7 @@ import numpy as np
 from lref.data.records import DataError, Record
 from lref.labels import LabelScheme, get_scheme
 from lref.prompts import PROMPT_VERSION
+from lref.training import prepare_device, training_arguments
 
 logger = logging.getLogger(__name__)
 
@@ -476,11 +477,7 @@ def train_dpo(config: DPOStageConfig, records: Sequence[Record], *, callbacks: l
     if config.resume and checkpoint is None:
         logger.warning("resume asked for, but %s holds no checkpoint: starting from scratch", output_dir)
 
-    if config.threads:
-        torch.set_num_threads(config.threads)
-    use_cpu = config.use_cpu if config.use_cpu is not None else not torch.cuda.is_available()
-    if config.bf16 and use_cpu:
-        raise ValueError("bf16 mixed precision is only supported on a GPU here; train on the CPU in float32")
+    use_cpu = prepare_device(config)
 
     set_seed(config.seed)
     model, tokenizer, _ = load_causal_lm(config.model, merge_adapter=True, dtype=torch.float32)
@@ -526,30 +523,16 @@ def train_dpo(config: DPOStageConfig, records: Sequence[Record], *, callbacks: l
     dataset = Dataset.from_list([preference_example(tokenizer, pair, scheme, config.max_length) for pair in pairs])
     model.config.use_cache = False
     args = DPOConfig(
-        output_dir=str(output_dir / CHECKPOINT_DIR),
-        loss_type=["sigmoid", "sft"],
-        loss_weights=[1.0, config.sft_weight],
-        beta=config.beta,
-        max_length=None,  # prompts are already cut to fit, in their middle (TRL would cut the answer off)
-        per_device_train_batch_size=config.batch_size,
-        gradient_accumulation_steps=config.grad_accum,
-        learning_rate=config.learning_rate,
-        num_train_epochs=config.epochs,
-        max_steps=config.max_steps,
-        warmup_steps=config.warmup_ratio,
-        lr_scheduler_type="linear",
-        logging_steps=config.logging_steps,
-        save_strategy="steps",
-        save_steps=config.save_steps,
-        save_total_limit=config.save_total_limit,
-        seed=config.seed,
-        use_cpu=use_cpu,
-        bf16=config.bf16,
-        fp16=False,
-        gradient_checkpointing=False,  # TRL's default is on; on 270M-class models it only costs time
-        dataloader_num_workers=0,
-        report_to="none",
-        disable_tqdm=not config.progress,
+        **training_arguments(
+            config,
+            output_dir / CHECKPOINT_DIR,
+            use_cpu,
+            loss_type=["sigmoid", "sft"],
+            loss_weights=[1.0, config.sft_weight],
+            beta=config.beta,
+            max_length=None,  # prompts are already cut to fit, in their middle (TRL would cut the answer off)
+            gradient_checkpointing=False,  # TRL's default is on; on 270M-class models it only costs time
+        )
     )
     guard = _make_guard_class()(config.beta, config.collapse_tolerance)
     trainer = _make_trainer_class()(

@@ -38,6 +38,7 @@ from typing import Any
 from lref.data.records import DataError, Record
 from lref.labels import LabelError, LabelScheme, get_scheme
 from lref.prompts import PROMPT_VERSION, direct_prompt, encode_prompt, label_completion
+from lref.training import prepare_device, training_arguments
 
 logger = logging.getLogger(__name__)
 
@@ -534,11 +535,7 @@ def train_sft(
     else:
         write_json(run_file, {"data_hash": train_hash, "n_train": len(train_records), "config": asdict(config)})
 
-    if config.threads:
-        torch.set_num_threads(config.threads)
-    use_cpu = config.use_cpu if config.use_cpu is not None else not torch.cuda.is_available()
-    if config.bf16 and use_cpu:
-        raise ValueError("bf16 mixed precision is only supported on a GPU here; train on the CPU in float32")
+    use_cpu = prepare_device(config)
 
     set_seed(config.seed)
     model, tokenizer, _ = load_causal_lm(config.model, merge_adapter=True, dtype=torch.float32)
@@ -563,32 +560,16 @@ def train_sft(
 
     evaluate_during = eval_dataset is not None and config.eval_steps > 0
     args = TrainingArguments(
-        output_dir=str(output_dir / CHECKPOINT_DIR),
-        per_device_train_batch_size=config.batch_size,
-        per_device_eval_batch_size=config.batch_size,
-        gradient_accumulation_steps=config.grad_accum,
-        learning_rate=config.learning_rate,
-        weight_decay=config.weight_decay,
-        num_train_epochs=config.epochs,
-        max_steps=config.max_steps,
-        warmup_steps=config.warmup_ratio,
-        lr_scheduler_type="linear",
-        logging_steps=config.logging_steps,
-        save_strategy="steps",
-        save_steps=config.save_steps,
-        save_total_limit=config.save_total_limit,
-        eval_strategy="steps" if evaluate_during else "no",
-        eval_steps=config.eval_steps if evaluate_during else None,
-        prediction_loss_only=True,
-        label_names=["labels"],
-        remove_unused_columns=False,
-        seed=config.seed,
-        use_cpu=use_cpu,
-        bf16=config.bf16,
-        fp16=False,
-        dataloader_num_workers=0,
-        report_to="none",
-        disable_tqdm=not config.progress,
+        **training_arguments(
+            config,
+            output_dir / CHECKPOINT_DIR,
+            use_cpu,
+            eval_strategy="steps" if evaluate_during else "no",
+            eval_steps=config.eval_steps if evaluate_during else None,
+            prediction_loss_only=True,
+            label_names=["labels"],
+            remove_unused_columns=False,
+        )
     )
     trainer = _make_trainer_class()(
         model=model,

@@ -1,0 +1,50 @@
+"""What every trained stage (SFT, DPO, cross-encoders) sets up the same way around transformers' Trainer."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+
+def prepare_device(config: Any) -> bool:
+    """Apply `config.threads` and return whether to train on the CPU (default: unless CUDA is available).
+
+    Refuses bf16 on the CPU: TRL defaults to bf16, which silently degrades CPU training.
+    """
+    import torch
+
+    if getattr(config, "threads", None):
+        torch.set_num_threads(config.threads)
+    use_cpu = config.use_cpu if config.use_cpu is not None else not torch.cuda.is_available()
+    if getattr(config, "bf16", False) and use_cpu:
+        raise ValueError("bf16 mixed precision is only supported on a GPU here; train on the CPU in float32")
+    return use_cpu
+
+
+def training_arguments(config: Any, output_dir: str | Path, use_cpu: bool, **overrides: Any) -> dict[str, Any]:
+    """Keyword arguments for `TrainingArguments` (or a TRL subclass) from a stage config's common fields."""
+    arguments = dict(
+        output_dir=str(output_dir),
+        per_device_train_batch_size=config.batch_size,
+        per_device_eval_batch_size=config.batch_size,
+        gradient_accumulation_steps=getattr(config, "grad_accum", 1),
+        learning_rate=config.learning_rate,
+        weight_decay=getattr(config, "weight_decay", 0.0),
+        num_train_epochs=config.epochs,
+        max_steps=config.max_steps,
+        warmup_steps=config.warmup_ratio,  # transformers 5: a value below 1 is a fraction of the steps
+        lr_scheduler_type="linear",
+        logging_steps=config.logging_steps,
+        save_strategy="steps",
+        save_steps=config.save_steps,
+        save_total_limit=config.save_total_limit,
+        seed=config.seed,
+        use_cpu=use_cpu,
+        bf16=getattr(config, "bf16", False),
+        fp16=False,
+        dataloader_num_workers=0,
+        report_to="none",
+        disable_tqdm=not config.progress,
+    )
+    arguments.update(overrides)
+    return arguments
