@@ -157,14 +157,9 @@ def make_records(n: int, offset: int = 0) -> list[Record]:
 
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory):
-    """Tiny random Gemma with scaled embeddings (as in test_sft.py) so LoRA can move its predictions."""
+    """Tiny random Gemma whose embeddings are scaled so that LoRA can move its predictions."""
     torch.set_num_threads(1)
-    folder = build_tiny_causal_lm(tmp_path_factory.mktemp("tiny"))
-    model = AutoModelForCausalLM.from_pretrained(str(folder))
-    with torch.no_grad():
-        model.get_input_embeddings().weight.mul_(10.0)
-    model.save_pretrained(str(folder))
-    return folder
+    return build_tiny_causal_lm(tmp_path_factory.mktemp("tiny"), embedding_scale=10.0)
 
 
 @pytest.fixture(scope="module")

@@ -49,15 +49,9 @@ def make_records(n: int = 8) -> list[Record]:
 
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory):
-    """The tiny random Gemma, with its (tied) embeddings scaled up so the frozen LM head can express confident
-    predictions: at the default init scale the logits stay within about ±1 whatever LoRA does."""
+    """Tiny random Gemma whose embeddings are scaled so that LoRA can move its predictions."""
     torch.set_num_threads(1)
-    folder = build_tiny_causal_lm(tmp_path_factory.mktemp("tiny"))
-    model = AutoModelForCausalLM.from_pretrained(str(folder))
-    with torch.no_grad():
-        model.get_input_embeddings().weight.mul_(10.0)
-    model.save_pretrained(str(folder))
-    return folder
+    return build_tiny_causal_lm(tmp_path_factory.mktemp("tiny"), embedding_scale=10.0)
 
 
 @pytest.fixture(scope="module")

@@ -40,8 +40,11 @@ def build_tiny_tokenizer(save_dir: str | Path | None = None, vocab_size: int = 6
     return tokenizer
 
 
-def build_tiny_causal_lm(save_dir: str | Path, seed: int = 0) -> Path:
-    """Save a tiny random Gemma-3 causal LM plus its tokenizer to `save_dir` and return the folder."""
+def build_tiny_causal_lm(save_dir: str | Path, seed: int = 0, embedding_scale: float = 1.0) -> Path:
+    """Save a tiny random Gemma-3 causal LM plus its tokenizer to `save_dir` and return the folder.
+
+    `embedding_scale` multiplies the (tied) embeddings. Training tests use about 10: at the default init scale the
+    frozen LM head keeps the logits within about ±1, whatever LoRA does, so the model could not learn a label."""
     import torch
     from transformers import Gemma3ForCausalLM, Gemma3TextConfig
 
@@ -64,6 +67,8 @@ def build_tiny_causal_lm(save_dir: str | Path, seed: int = 0) -> Path:
     )
     torch.manual_seed(seed)
     model = Gemma3ForCausalLM(config)
+    with torch.no_grad():
+        model.get_input_embeddings().weight.mul_(embedding_scale)
     model.save_pretrained(str(save_dir))
     return save_dir
 
