@@ -473,7 +473,13 @@ def select_command(
         )
     except ValueError as error:
         raise typer.BadParameter(str(error)) from None
-    result = select(config, _load_data(pool, fmt, scheme_name, None, option))
+    records = _load_data(pool, fmt, scheme_name, None, option)
+    teacher = None
+    if confusion_source == "teacher":  # the offline rules teacher; other teachers are reachable from Python
+        from lref.teachers.rules import RulesTeacher
+
+        teacher = RulesTeacher().fit(records).confusable
+    result = select(config, records, teacher=teacher)
     console = Console()
     console.print(funnel_table(result.report))
     console.print(f"selected pairs: {result.output_dir / SELECTED_NAME}; report: {result.output_dir / REPORT_NAME}")

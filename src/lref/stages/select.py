@@ -22,7 +22,8 @@ Samples
         IM made no error on that class;
       * `neighbour`: the ordinal neighbour (the next less relevant grade; the most irrelevant grade maps to the one
         above it);
-      * `teacher`: a `ConfusionTeacher` passed to `select` (e.g. an OpenAI-compatible client), asked per pair.
+      * `teacher`: a `ConfusionTeacher` passed to `select` (a teacher's bound `confusable` method, e.g. of the rules
+        or OpenAI-compatible teacher; `lref select` uses the rules teacher), asked per pair.
 
 Out-of-fold scoring (`folds`, default 2)
     A selector that scores its own training pairs is biased: IM would call them easy, MS would repeat their
@@ -123,7 +124,8 @@ class SelectConfig:
     confusion_source: str = field(
         default="im_confusion",
         metadata={"help": "Where MS's confusable labels come from: 'im_confusion' (IM's most frequent error per "
-                  "gold class on a held-out slice), 'neighbour' (ordinal neighbour) or 'teacher' (a teacher hook)."},
+                  "gold class on a held-out slice), 'neighbour' (ordinal neighbour) or 'teacher' (a teacher's confusable "
+                  "labels; the command line uses the offline rules teacher)."},
     )
     confusion_slice: int = field(
         default=1000, metadata={"help": "Held-out pairs (outside IM's sample) for IM's confusion matrix."}
