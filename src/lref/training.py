@@ -48,3 +48,12 @@ def training_arguments(config: Any, output_dir: str | Path, use_cpu: bool, **ove
     )
     arguments.update(overrides)
     return arguments
+
+
+def check_training_fields(config: Any, at_least_one: tuple[str, ...]) -> None:
+    """The checks every trained stage's config shares: counts that must be >= 1 and a warm-up fraction in [0, 1)."""
+    for name in at_least_one:
+        if getattr(config, name) < 1:
+            raise ValueError(f"{name} must be at least 1, not {getattr(config, name)}")
+    if not 0 <= config.warmup_ratio < 1:
+        raise ValueError(f"warmup_ratio must lie in [0, 1), not {config.warmup_ratio}")

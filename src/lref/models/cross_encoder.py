@@ -31,7 +31,7 @@ from lref.data.records import DataError, Record
 from lref.labels import LabelScheme, get_scheme
 from lref.models.scorer import ScoreResult, ScorerConfig, scheme_for_model
 from lref.prompts import product_fields
-from lref.training import prepare_device, training_arguments
+from lref.training import check_training_fields, prepare_device, training_arguments
 
 logger = logging.getLogger(__name__)
 
@@ -81,11 +81,7 @@ class CrossEncoderConfig:
 
         if self.class_balance not in CLASS_BALANCE:
             raise ValueError(f"class_balance must be one of {', '.join(CLASS_BALANCE)}, not {self.class_balance!r}")
-        if not 0 <= self.warmup_ratio < 1:
-            raise ValueError(f"warmup_ratio must lie in [0, 1), not {self.warmup_ratio}")
-        for name in ("batch_size", "save_steps", "logging_steps", "max_length"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1, not {getattr(self, name)}")
+        check_training_fields(self, ("batch_size", "save_steps", "logging_steps", "max_length"))
 
 
 def pair_texts(record: Record) -> tuple[str, str]:

@@ -47,7 +47,7 @@ import numpy as np
 from lref.data.records import DataError, Record
 from lref.labels import LabelScheme, get_scheme
 from lref.prompts import PROMPT_VERSION
-from lref.training import prepare_device, training_arguments
+from lref.training import check_training_fields, prepare_device, training_arguments
 
 logger = logging.getLogger(__name__)
 
@@ -147,18 +147,12 @@ class DPOStageConfig:
     progress: bool = field(default=True, metadata={"help": "Show progress bars."})
 
     def __post_init__(self) -> None:
-        for name in ("top_k", "lora_r", "batch_size", "grad_accum", "save_steps", "logging_steps", "max_length",
-                     "scorer_batch_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1, not {getattr(self, name)}")
-        if self.min_pairs < 1:
-            raise ValueError(f"min_pairs must be at least 1, not {self.min_pairs}")
+        check_training_fields(self, ("top_k", "lora_r", "batch_size", "grad_accum", "save_steps", "logging_steps",
+                                     "max_length", "scorer_batch_size", "min_pairs"))
         if self.beta <= 0:
             raise ValueError(f"beta must be positive, not {self.beta}")
         if self.sft_weight < 0:
             raise ValueError(f"sft_weight must be >= 0, not {self.sft_weight}")
-        if not 0 <= self.warmup_ratio < 1:
-            raise ValueError(f"warmup_ratio must lie in [0, 1), not {self.warmup_ratio}")
         if self.collapse_tolerance is not None and self.collapse_tolerance < 0:
             raise ValueError(f"collapse_tolerance must be >= 0 or None, not {self.collapse_tolerance}")
         if isinstance(self.target_modules, tuple):

@@ -38,7 +38,7 @@ from typing import Any
 from lref.data.records import DataError, Record
 from lref.labels import LabelError, LabelScheme, get_scheme
 from lref.prompts import PROMPT_VERSION, direct_prompt, encode_prompt, label_completion
-from lref.training import prepare_device, training_arguments
+from lref.training import check_training_fields, prepare_device, training_arguments
 
 logger = logging.getLogger(__name__)
 
@@ -126,11 +126,7 @@ class SFTStageConfig:
     def __post_init__(self) -> None:
         if self.class_balance not in CLASS_BALANCE:
             raise ValueError(f"class_balance must be one of {', '.join(CLASS_BALANCE)}, not {self.class_balance!r}")
-        if not 0 <= self.warmup_ratio < 1:
-            raise ValueError(f"warmup_ratio must lie in [0, 1), not {self.warmup_ratio}")
-        for name in ("lora_r", "batch_size", "grad_accum", "save_steps", "logging_steps", "max_length"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1, not {getattr(self, name)}")
+        check_training_fields(self, ("lora_r", "batch_size", "grad_accum", "save_steps", "logging_steps", "max_length"))
         if isinstance(self.target_modules, tuple):
             self.target_modules = list(self.target_modules)
 
