@@ -90,6 +90,10 @@ def main() -> None:
     parser.add_argument("--lora-r", type=int, default=16)
     parser.add_argument("--min-pairs", type=int, default=16)
     parser.add_argument("--collapse-tolerance", type=float, default=1.0)
+    parser.add_argument("--guard-fraction", type=float, default=0.2, help="share of the pool held out as guard slice")
+    parser.add_argument("--guard-steps", type=int, default=10)
+    parser.add_argument("--guard-objective", default="over_estimate", choices=("over_estimate", "weighted_f1"))
+    parser.add_argument("--guard-tolerance", type=float, default=0.01)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--run-dir", default=str(ROOT / "runs" / "dpo"))
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "dpo.json"))
@@ -113,6 +117,8 @@ def main() -> None:
         sft_weight=args.alpha, learning_rate=args.lr, epochs=args.epochs, max_steps=args.steps,
         batch_size=args.batch_size, lora_r=args.lora_r, lora_alpha=2 * args.lora_r,
         collapse_tolerance=args.collapse_tolerance, seed=args.seed, save_steps=200, logging_steps=5,
+        guard_fraction=args.guard_fraction, guard_steps=args.guard_steps, guard_objective=args.guard_objective,
+        guard_tolerance=args.guard_tolerance,
     )
 
     before, before_s = score_dev(args.model, dev, 16)
@@ -133,6 +139,8 @@ def main() -> None:
         "learning_rate": args.lr,
         "epochs": args.epochs,
         "max_steps": args.steps,
+        "guard": {"fraction": args.guard_fraction, "steps": args.guard_steps, "objective": args.guard_objective,
+                  "tolerance": args.guard_tolerance},
         "pool_pairs": len(pool),
         "pool_excludes_sft_sample": bool(excluded),
         "dev_pairs": len(dev),
@@ -144,6 +152,7 @@ def main() -> None:
         "mining": mining,
         "train_metrics": manifest.get("train_metrics"),
         "collapse_guard": {k: v for k, v in (manifest.get("collapse_guard") or {}).items() if k != "log"},
+        "recall_guard": manifest.get("recall_guard"),
         "dpo_seconds": round(dpo_seconds, 1),
         "dev_pairs_per_s": round(len(dev) / max(after_s, 1e-9), 1),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores",

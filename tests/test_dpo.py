@@ -23,13 +23,16 @@ from lref.labels import get_scheme  # noqa: E402
 from lref.models.loading import MANIFEST_NAME, load_causal_lm  # noqa: E402
 from lref.models.scorer import LabelScorer, ScorerConfig, ScoreResult  # noqa: E402
 from lref.prompts import direct_prompt, encode_prompt  # noqa: E402
+from lref.metrics import evaluate  # noqa: E402
 from lref.stages.dpo import (  # noqa: E402
     PAIRS_FILE,
     DPOStageConfig,
     PreferencePair,
     chosen_collapsed,
+    guard_winner,
     mine_pairs,
     preference_example,
+    split_guard,
     train_dpo,
 )
 from lref.stages.sft import SFTStageConfig, completion_ids, train_sft  # noqa: E402
@@ -173,7 +176,8 @@ def sft_adapter(tiny_model, tmp_path_factory):
 
 def dpo_config(model, out, **overrides) -> DPOStageConfig:
     settings = dict(model=str(model), output_dir=str(out), learning_rate=1e-2, warmup_ratio=0.0, batch_size=4,
-                    min_pairs=4, logging_steps=1, save_steps=1000, progress=False, threads=1, collapse_tolerance=None)
+                    min_pairs=4, logging_steps=1, save_steps=1000, progress=False, threads=1, collapse_tolerance=None,
+                    guard_fraction=0.0)
     settings.update(overrides)
     return DPOStageConfig(**settings)
 
@@ -342,3 +346,45 @@ def test_compact_lm_head_gives_the_same_log_probs(tiny_model):
     expected = reference[positions, labels[0, 1:][positions]]
     torch.testing.assert_close(compact[0, positions], expected, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(compact, every, rtol=1e-5, atol=1e-5)
+
+
+def test_guard_winner_rules():
+    checks = [
+        {"step": 0, "weighted_f1": 0.60, "over_estimate_share": 0.30},
+        {"step": 5, "weighted_f1": 0.595, "over_estimate_share": 0.20},
+        {"step": 10, "weighted_f1": 0.50, "over_estimate_share": 0.05},
+        {"step": 15, "weighted_f1": 0.62, "over_estimate_share": 0.25},
+    ]
+    assert guard_winner(checks, "over_estimate", tolerance=0.01) == 1  # step 10 loses too much weighted-F1
+    assert guard_winner(checks, "over_estimate", tolerance=0.2) == 2
+    assert guard_winner(checks, "weighted_f1", tolerance=0.01) == 3
+    assert guard_winner(checks[:1], "over_estimate", tolerance=0.0) == 0  # the start always qualifies
+
+
+def test_split_guard_is_seeded_and_disjoint():
+    pool = make_records(40)
+    mining, guard = split_guard(pool, 0.25, seed=3)
+    assert len(guard) == 10 and len(mining) == 30
+    assert {r.id for r in mining}.isdisjoint(r.id for r in guard)
+    assert [r.id for r in split_guard(pool, 0.25, seed=3)[1]] == [r.id for r in guard]
+    assert split_guard(pool, 0.0, seed=3) == (pool, [])
+
+
+def test_recall_guard_keeps_the_winning_check(sft_adapter, tmp_path):
+    out = tmp_path / "dpo"
+    pool = make_records(32)
+    folder = train_dpo(dpo_config(sft_adapter, out, guard_fraction=0.25, guard_steps=1, guard_tolerance=0.0,
+                                  guard_objective="weighted_f1"), pool)
+    manifest = json.loads((folder / MANIFEST_NAME).read_text())
+    guard = manifest["recall_guard"]
+    assert guard["n_guard"] == 8 and manifest["mining"]["scored"] == 24
+    steps = [check["step"] for check in guard["checks"]]
+    assert steps == list(range(len(steps))) and len(steps) == manifest["train_metrics"]["steps"] + 1
+    winner = guard_winner(guard["checks"], "weighted_f1", 0.0)
+    assert guard["chosen_step"] == steps[winner] and guard["unchanged"] == (winner == 0)
+    # The saved adapter is the winner: scoring the guard slice again gives the winner's figures.
+    _, guard_records = split_guard(pool, 0.25, seed=0)
+    model, tokenizer, _ = load_causal_lm(folder)
+    predictions = LabelScorer(model, tokenizer, SCHEME, ScorerConfig(batch_size=8)).predict(guard_records)
+    again = evaluate(guard_records, predictions, SCHEME, bootstrap=0)
+    assert again["weighted_f1"] == pytest.approx(guard["checks"][winner]["weighted_f1"], abs=1e-6)

@@ -33,6 +33,7 @@ import functools
 import json
 import logging
 import os
+import random
 import shutil
 import time
 from collections import Counter
@@ -54,6 +55,7 @@ logger = logging.getLogger(__name__)
 PAIRS_FILE = "dpo_pairs.jsonl"
 CHECKPOINT_DIR = "checkpoints"
 RUN_FILE = "lref_run.json"
+GUARD_OBJECTIVES = ("over_estimate", "weighted_f1")
 
 
 @dataclass
@@ -123,6 +125,28 @@ class DPOStageConfig:
             "batches) falls more than this below its value under the starting model; None: never stop."
         },
     )
+    guard_fraction: float = field(
+        default=0.2,
+        metadata={
+            "help": "Share of the pool held out of mining as a guard slice: scored every guard_steps steps, and the "
+            "adapter of the best check (step 0, the unchanged model, included) is the one kept; 0 turns it off."
+        },
+    )
+    guard_steps: int = field(default=10, metadata={"help": "Score the guard slice every this many steps."})
+    guard_objective: str = field(
+        default="over_estimate",
+        metadata={
+            "help": "Which check wins: 'over_estimate' (the lowest over-estimate share among the checks whose "
+            "weighted-F1 is within guard_tolerance of the start) or 'weighted_f1' (the highest weighted-F1)."
+        },
+    )
+    guard_tolerance: float = field(
+        default=0.01,
+        metadata={
+            "help": "Most weighted-F1 a check may lose against the start on the guard slice and still win; training "
+            "stops once a check loses more than 5x this."
+        },
+    )
     scorer_batch_size: int = field(default=16, metadata={"help": "Pairs per forward pass when mining."})
     save_steps: int = field(default=100, metadata={"help": "Write a resumable checkpoint every this many steps."})
     save_total_limit: int = field(default=2, metadata={"help": "Checkpoints kept on disk (the newest ones)."})
@@ -147,12 +171,18 @@ class DPOStageConfig:
     progress: bool = field(default=True, metadata={"help": "Show progress bars."})
 
     def __post_init__(self) -> None:
-        check_training_fields(self, ("top_k", "lora_r", "batch_size", "grad_accum", "save_steps", "logging_steps",
+        check_training_fields(self, ("top_k", "lora_r", "guard_steps", "batch_size", "grad_accum", "save_steps", "logging_steps",
                                      "max_length", "scorer_batch_size", "min_pairs"))
         if self.beta <= 0:
             raise ValueError(f"beta must be positive, not {self.beta}")
         if self.sft_weight < 0:
             raise ValueError(f"sft_weight must be >= 0, not {self.sft_weight}")
+        if not 0 <= self.guard_fraction < 1:
+            raise ValueError(f"guard_fraction must be in [0, 1), not {self.guard_fraction}")
+        if self.guard_objective not in GUARD_OBJECTIVES:
+            raise ValueError(f"guard_objective must be one of {', '.join(GUARD_OBJECTIVES)}, not {self.guard_objective!r}")
+        if self.guard_tolerance < 0:
+            raise ValueError(f"guard_tolerance must be >= 0, not {self.guard_tolerance}")
         if self.collapse_tolerance is not None and self.collapse_tolerance < 0:
             raise ValueError(f"collapse_tolerance must be >= 0 or None, not {self.collapse_tolerance}")
         if isinstance(self.target_modules, tuple):
@@ -313,10 +343,111 @@ def _make_guard_class():
     return ChosenCollapseGuard
 
 
+def guard_winner(checks: Sequence[dict[str, Any]], objective: str, tolerance: float) -> int:
+    """Index of the winning guard check; `checks[0]` is the starting model. 'weighted_f1': the highest weighted-F1
+    (earliest on ties). 'over_estimate': the lowest over-estimate share among the checks within `tolerance`
+    weighted-F1 of the start (ties: higher weighted-F1, then earliest); the start always qualifies."""
+    if objective == "weighted_f1":
+        return max(range(len(checks)), key=lambda i: (checks[i]["weighted_f1"], -i))
+    floor = checks[0]["weighted_f1"] - tolerance
+    eligible = [i for i, check in enumerate(checks) if check["weighted_f1"] >= floor]
+    return min(eligible, key=lambda i: (checks[i]["over_estimate_share"], -checks[i]["weighted_f1"], i))
+
+
+def _lora_state(model) -> dict[str, Any]:
+    return {name: value.detach().clone() for name, value in model.state_dict().items() if "lora_" in name}
+
+
+@functools.cache
+def _make_recall_guard_class():
+    from transformers import TrainerCallback
+
+    class RecallGuard(TrainerCallback):
+        """Scores a held-out guard slice of the pool with the policy every `every` steps (and with the adapter
+        disabled at the start), keeps the LoRA weights of the winning check (`guard_winner`) and stops once
+        weighted-F1 has fallen more than 5 x `tolerance` below the start. `restore` puts the winner back."""
+
+        def __init__(self, records, scheme, tokenizer, *, every: int, objective: str, tolerance: float,
+                     batch_size: int, max_length: int):
+            self.records, self.scheme, self.tokenizer = list(records), scheme, tokenizer
+            self.every, self.objective, self.tolerance = every, objective, tolerance
+            self.batch_size, self.max_length = batch_size, max_length
+            self.checks: list[dict[str, Any]] = []
+            self.best_state: dict[str, Any] | None = None  # None: the start (adapter off) is the winner
+
+        def _check(self, model, step: int) -> dict[str, Any]:
+            from lref.metrics import evaluate
+            from lref.models.scorer import LabelScorer, ScorerConfig
+
+            scorer = LabelScorer(model, self.tokenizer, self.scheme, ScorerConfig(
+                batch_size=self.batch_size, max_length=self.max_length, progress=False))
+            metrics = evaluate(self.records, scorer.predict(self.records), self.scheme, bootstrap=0)
+            check = {"step": step, **{key: metrics[key] for key in (
+                "accuracy", "weighted_f1", "macro_f1", "over_estimate_share", "under_estimate_share")}}
+            check["recall"] = {label: row["recall"] for label, row in metrics["per_class"].items()}
+            self.checks.append(check)
+            logger.info("DPO guard at step %d: weighted-F1 %.4f, over-estimates %.4f, under-estimates %.4f",
+                        step, check["weighted_f1"], check["over_estimate_share"], check["under_estimate_share"])
+            return check
+
+        def on_train_begin(self, args, state, control, model=None, **kwargs):
+            if not self.checks:
+                with model.disable_adapter():
+                    self._check(model, 0)
+            return control
+
+        def _maybe_check(self, state, control, model) -> None:
+            if state.global_step == 0 or self.checks[-1]["step"] == state.global_step:
+                return
+            check = self._check(model, state.global_step)
+            if guard_winner(self.checks, self.objective, self.tolerance) == len(self.checks) - 1:
+                self.best_state = _lora_state(model)
+            if check["weighted_f1"] < self.checks[0]["weighted_f1"] - 5 * self.tolerance:
+                logger.warning("DPO guard: weighted-F1 on the guard slice fell to %.4f from %.4f; stopping",
+                               check["weighted_f1"], self.checks[0]["weighted_f1"])
+                control.should_training_stop = True
+
+        def on_step_end(self, args, state, control, model=None, **kwargs):
+            if state.global_step % self.every == 0:
+                self._maybe_check(state, control, model)
+            return control
+
+        def on_train_end(self, args, state, control, model=None, **kwargs):
+            self._maybe_check(state, control, model)
+            return control
+
+        def restore(self, model) -> None:
+            """Load the winner's LoRA weights into `model`; for the start, zero the LoRA B matrices (adapter = 0)."""
+            import torch
+
+            if self.best_state is not None:
+                model.load_state_dict(self.best_state, strict=False)
+                return
+            with torch.no_grad():
+                for name, value in model.named_parameters():
+                    if "lora_B" in name:
+                        value.zero_()
+
+        def report(self) -> dict[str, Any]:
+            winner = guard_winner(self.checks, self.objective, self.tolerance) if self.checks else None
+            return {
+                "objective": self.objective,
+                "tolerance": self.tolerance,
+                "n_guard": len(self.records),
+                "checks": self.checks,
+                "chosen_step": self.checks[winner]["step"] if winner is not None else None,
+                "unchanged": winner == 0,
+            }
+
+    return RecallGuard
+
+
 def __getattr__(name: str):
-    # The guard subclasses transformers' TrainerCallback; build it on first use so importing this module stays light.
+    # The guards subclass transformers' TrainerCallback; build them on first use so importing this module stays light.
     if name == "ChosenCollapseGuard":
         return _make_guard_class()
+    if name == "RecallGuard":
+        return _make_recall_guard_class()
     raise AttributeError(name)
 
 
@@ -386,6 +517,17 @@ def _make_trainer_class():
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Entry point
+
+
+def split_guard(records: Sequence[Record], fraction: float, seed: int) -> tuple[list[Record], list[Record]]:
+    """(mining records, guard records): a seeded `fraction` of the pool is held out of mining for the recall guard."""
+    n_guard = round(len(records) * fraction)
+    if n_guard == 0:
+        return list(records), []
+    order = list(range(len(records)))
+    random.Random(f"dpo-guard-{seed}").shuffle(order)
+    guard = set(order[:n_guard])
+    return ([r for i, r in enumerate(records) if i not in guard], [r for i, r in enumerate(records) if i in guard])
 
 
 def _read_pairs(path: Path) -> list[PreferencePair]:
@@ -471,6 +613,7 @@ def train_dpo(config: DPOStageConfig, records: Sequence[Record], *, callbacks: l
     if config.resume and checkpoint is None:
         logger.warning("resume asked for, but %s holds no checkpoint: starting from scratch", output_dir)
 
+    mining_records, guard_records = split_guard(records, config.guard_fraction, config.seed)
     use_cpu = prepare_device(config)
 
     set_seed(config.seed)
@@ -494,8 +637,8 @@ def train_dpo(config: DPOStageConfig, records: Sequence[Record], *, callbacks: l
             progress=config.progress,
         ))
         started = time.perf_counter()
-        scores = scorer.score(records)
-        pairs, report = mine_pairs(records, scores, scheme, config.top_k, config.over_estimates_only)
+        scores = scorer.score(mining_records)
+        pairs, report = mine_pairs(mining_records, scores, scheme, config.top_k, config.over_estimates_only)
         report["scoring_s"] = round(time.perf_counter() - started, 2)
         write_jsonl(pairs_path, (pair.to_dict() for pair in pairs))
     logger.info(
@@ -529,6 +672,10 @@ def train_dpo(config: DPOStageConfig, records: Sequence[Record], *, callbacks: l
         )
     )
     guard = _make_guard_class()(config.beta, config.collapse_tolerance)
+    recall_guard = _make_recall_guard_class()(
+        guard_records, scheme, tokenizer, every=config.guard_steps, objective=config.guard_objective,
+        tolerance=config.guard_tolerance, batch_size=config.scorer_batch_size, max_length=config.max_length,
+    ) if guard_records else None
     trainer = _make_trainer_class()(
         model=model,
         ref_model=None,  # the reference is the policy with the adapter disabled
@@ -539,7 +686,7 @@ def train_dpo(config: DPOStageConfig, records: Sequence[Record], *, callbacks: l
             r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=0.0, target_modules=config.target_modules,
             task_type="CAUSAL_LM",
         ),
-        callbacks=[guard, *(callbacks or [])],
+        callbacks=[guard, *([recall_guard] if recall_guard else []), *(callbacks or [])],
         logits_at_labels_only=config.logits_at_labels_only,
     )
     started = time.perf_counter()
@@ -563,6 +710,8 @@ def train_dpo(config: DPOStageConfig, records: Sequence[Record], *, callbacks: l
             if key in last:
                 metrics[f"first_{key}"], metrics[f"final_{key}"] = first.get(key), last[key]
 
+    if recall_guard is not None:
+        recall_guard.restore(trainer.model)
     _save_atomically(output_dir, trainer.model, tokenizer)
     write_json(output_dir / MANIFEST_NAME, {
         **manifest,
@@ -570,6 +719,7 @@ def train_dpo(config: DPOStageConfig, records: Sequence[Record], *, callbacks: l
         "n_train": len(pairs),
         "label_counts": dict(Counter(pair.chosen for pair in pairs)),
         "collapse_guard": guard.report(),
+        "recall_guard": recall_guard.report() if recall_guard else None,
         "train_metrics": metrics,
     })
     logger.info("DPO adapter written to %s (%d steps)", output_dir, result.global_step)
@@ -582,7 +732,9 @@ __all__ = [
     "chosen_collapsed",
     "chosen_logp_change",
     "compact_lm_head",
+    "guard_winner",
     "mine_pairs",
     "preference_example",
+    "split_guard",
     "train_dpo",
 ]
