@@ -14,6 +14,8 @@ Requires ../shared/datasets/homedepot/. Writes benchmarks/results/dpo.json.
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
 import os
 import platform
 import random
@@ -31,6 +33,7 @@ from lref.metrics import evaluate
 from lref.models.loading import load_causal_lm, read_manifest
 from lref.models.scorer import LabelScorer, ScorerConfig
 from lref.models.zoo import resolve_model
+from lref.predictions import read_predictions, write_predictions
 from lref.stages.dpo import DPOStageConfig, train_dpo
 from lref.stages.sft import data_hash
 
@@ -64,12 +67,20 @@ def summary(metrics: dict) -> dict:
     return out
 
 
-def score_dev(model_ref: str | Path, dev, batch_size: int) -> tuple[dict, float]:
+def score_dev(model_ref: str | Path, dev, batch_size: int, cache: Path | None = None) -> tuple[dict, float]:
+    """Metrics of `model_ref` on dev and the scoring seconds; with `cache`, predictions (and their seconds) are
+    reused when the same model scored the same dev pairs before."""
+    if cache is not None and cache.is_file():
+        stored = json.loads(cache.read_text())
+        return summary(evaluate(dev, read_predictions(stored["predictions"]), SCHEME, bootstrap=0)), stored["seconds"]
     model, tokenizer, _ = load_causal_lm(model_ref)
     scorer = LabelScorer(model, tokenizer, SCHEME, ScorerConfig(batch_size=batch_size, progress=True))
     started = time.perf_counter()
     predictions = scorer.predict(dev)
     seconds = time.perf_counter() - started
+    if cache is not None:
+        write_predictions(cache.with_suffix(".jsonl"), predictions)
+        write_json(cache, {"predictions": str(cache.with_suffix(".jsonl")), "seconds": seconds})
     return summary(evaluate(dev, predictions, SCHEME, bootstrap=0)), seconds
 
 
@@ -121,7 +132,8 @@ def main() -> None:
         guard_tolerance=args.guard_tolerance,
     )
 
-    before, before_s = score_dev(args.model, dev, 16)
+    model_key = hashlib.sha256(f"{resolve_model(args.model)}|{data_hash(dev)}".encode()).hexdigest()[:16]
+    before, before_s = score_dev(args.model, dev, 16, cache=Path(args.run_dir) / f"before_{model_key}.json")
     started = time.perf_counter()
     result_model = train_dpo(config, pool)
     dpo_seconds = time.perf_counter() - started

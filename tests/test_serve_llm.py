@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import socket
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -13,6 +12,7 @@ import pytest
 
 from lref.data.records import Record
 from lref.labels import get_scheme
+from lref.serve.background import free_port, serve_in_background
 from lref.serve.llm import LLMServerConfig, build_server
 from lref.teachers import TeacherError, load_rules
 from lref.teachers.local import ChatModel, LocalTeacher, LocalTeacherConfig
@@ -27,12 +27,6 @@ RECORDS = [
 ]
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def chat_model(tmp_path_factory):
     folder = build_tiny_causal_lm(tmp_path_factory.mktemp("tiny-lm"))
@@ -41,18 +35,10 @@ def chat_model(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def server_url(chat_model):
-    port = free_port()
-    server = build_server(LLMServerConfig(model="unused", port=port, served_name="tiny", default_max_tokens=8,
+    server = build_server(LLMServerConfig(model="unused", port=free_port(), served_name="tiny", default_max_tokens=8,
                                           max_tokens_limit=64, log_level="warning"), chat_model)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.time() + 20
-    while not server.started:
-        assert time.time() < deadline, "server did not start"
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(timeout=10)
+    with serve_in_background(server) as url:
+        yield url
 
 
 def chat_count(url: str) -> int:

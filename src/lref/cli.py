@@ -245,31 +245,74 @@ def predict(
     max_length: int = typer.Option(512, "--max-length", min=2, help="Most prompt tokens; only the pair is cut."),
     naive: bool = typer.Option(False, "--naive", help="Full-logits reference path instead of the fast scorer."),
     threads: int | None = typer.Option(None, "--threads", min=1, help="torch threads (default: torch's own)."),
+    shard: str | None = typer.Option(
+        None, "--shard", help="Score only shard i/N (0-based; blocks i, i+N, ...); join the outputs with `lref merge`."
+    ),
+    workers: int = typer.Option(1, "--workers", min=1, help="Scoring processes on this machine (cores split evenly)."),
+    block_size: int = typer.Option(
+        256, "--block-size", min=1, help="Pairs per scoring block, the unit of sharding; keep it equal across shards."
+    ),
+    backend: str = typer.Option("auto", "--backend", help="torch, vllm (CUDA GPU) or auto (vllm when usable)."),
     option: list[str] | None = typer.Option(None, "--option", help=_OPTION_HELP),
 ) -> None:
     """Score every pair with a causal LM: label probabilities and the top-k labels (the paper's beam)."""
     import time
 
     from lref.data import default_scheme
-    from lref.models.loading import load_causal_lm
-    from lref.models.scorer import LabelScorer, ScorerConfig, scheme_for_model
+    from lref.models.loading import read_manifest
+    from lref.models.scorer import ScorerConfig, scheme_for_model
+    from lref.models.vllm_backend import BackendUnavailable, make_scorer, resolve_backend
+    from lref.models.zoo import resolve_model
     from lref.predictions import write_predictions
+    from lref.sharding import score_blocks, score_in_parallel, select_shard, shard_info_path, write_shard_info
 
-    lm, tokenizer, manifest = load_causal_lm(model)
-    label_scheme = scheme_for_model(manifest, scheme, default=default_scheme(fmt))
+    label_scheme = scheme_for_model(read_manifest(resolve_model(model)), scheme, default=default_scheme(fmt))
     records = _load_data(data, fmt, label_scheme.name, None, option)
+    try:
+        selected = select_shard(records, shard, block_size)
+        engine = resolve_backend(backend)
+    except ValueError as error:
+        raise typer.BadParameter(str(error), param_hint="--shard" if shard else "--backend") from None
+    except BackendUnavailable as error:
+        raise typer.BadParameter(str(error), param_hint="--backend") from None
     config = ScorerConfig(
         batch_size=batch_size, top_k=top_k, max_length=max_length, fast=not naive, progress=True, num_threads=threads
     )
     start = time.perf_counter()
-    predictions = LabelScorer(lm, tokenizer, label_scheme, config).predict(records)
+    if engine == "vllm":
+        if workers > 1:
+            raise typer.BadParameter(
+                "vLLM uses the whole GPU; run one process per GPU with --shard instead", param_hint="--workers"
+            )
+        result = score_blocks(make_scorer(model, label_scheme, config, "vllm"), selected, block_size, progress=True)
+    else:
+        result = score_in_parallel(
+            model, selected, label_scheme, config, workers=workers, block_size=block_size, progress=True
+        )
     elapsed = time.perf_counter() - start
-    count = write_predictions(out, predictions)
+    count = write_predictions(out, result.predictions())
+    if shard is not None:
+        write_shard_info(out, shard, [r.id for r in records], block_size)
+    else:
+        shard_info_path(out).unlink(missing_ok=True)  # a stale sidecar would let `lref merge` take this file
     typer.echo(
-        f"wrote {count} predictions ({label_scheme.name}) to {out} in {elapsed:.1f} s "
-        f"({count / max(elapsed, 1e-9):.1f} pairs/s)",
+        f"wrote {count} predictions ({label_scheme.name}"
+        + (f", shard {shard} of {len(records)} pairs" if shard is not None else "")
+        + f") to {out} in {elapsed:.1f} s ({count / max(elapsed, 1e-9):.1f} pairs/s)",
         err=True,
     )
+
+
+@app.command("merge")
+def merge_command(
+    out: str = typer.Argument(..., metavar="OUT", help="The merged file, in the unsharded input order."),
+    shard_files: list[str] = typer.Argument(..., metavar="SHARD_FILES...", help="Every shard's output, once each."),
+) -> None:
+    """Join the outputs of `--shard i/N` jobs into one file, identical to an unsharded run; checks completeness."""
+    from lref.sharding import merge_shard_files
+
+    count = merge_shard_files(shard_files, out)
+    typer.echo(f"merged {len(shard_files)} shards ({count} rows) into {out}", err=True)
 
 
 @app.command("eval")
@@ -386,6 +429,10 @@ def train_dpo_command(
     collapse_tolerance: float | None = typer.Option(
         1.0, "--collapse-tolerance", min=0.0, help=_dpo_help("collapse_tolerance")
     ),
+    guard_fraction: float = typer.Option(0.2, "--guard-fraction", min=0.0, max=0.99, help=_dpo_help("guard_fraction")),
+    guard_steps: int = typer.Option(10, "--guard-steps", min=1, help=_dpo_help("guard_steps")),
+    guard_objective: str = typer.Option("over_estimate", "--guard-objective", help=_dpo_help("guard_objective")),
+    guard_tolerance: float = typer.Option(0.01, "--guard-tolerance", min=0.0, help=_dpo_help("guard_tolerance")),
     save_steps: int = typer.Option(100, "--save-steps", min=1, help=_dpo_help("save_steps")),
     seed: int = typer.Option(0, "--seed", help=_dpo_help("seed")),
     threads: int | None = typer.Option(None, "--threads", min=1, help=_dpo_help("threads")),
@@ -406,7 +453,8 @@ def train_dpo_command(
             over_estimates_only=over_estimates_only, min_pairs=min_pairs, beta=beta, sft_weight=alpha, epochs=epochs,
             max_steps=max_steps, learning_rate=lr, lora_r=lora_r, lora_alpha=lora_alpha, batch_size=batch_size,
             grad_accum=grad_accum, max_length=max_length, collapse_tolerance=collapse_tolerance,
-            save_steps=save_steps, seed=seed, threads=threads, resume=resume,
+            guard_fraction=guard_fraction, guard_steps=guard_steps, guard_objective=guard_objective,
+            guard_tolerance=guard_tolerance, save_steps=save_steps, seed=seed, threads=threads, resume=resume,
         )
     except ValueError as error:
         raise typer.BadParameter(str(error)) from None
@@ -485,6 +533,91 @@ def select_command(
     console.print(f"selected pairs: {result.output_dir / SELECTED_NAME}; report: {result.output_dir / REPORT_NAME}")
 
 
+def _distill_help(name: str) -> str:
+    from lref.stages.distill import DistillConfig
+
+    return field_help(DistillConfig, name)
+
+
+@app.command("distill")
+def distill_command(
+    teacher: str = typer.Option(..., "--teacher", "-t", help=_distill_help("teacher")),
+    train: str | None = typer.Option(None, "--train", help="Labelled training pairs (a data file or dataset folder)."),
+    unlabeled: str | None = typer.Option(None, "--unlabeled", help="Pairs without human labels (labels ignored)."),
+    out: str = typer.Option(..., "--output-dir", "-o", help=_distill_help("output_dir")),
+    fmt: str = typer.Option("auto", "--format", "-f", help=_FORMAT_HELP),
+    scheme: str | None = typer.Option(
+        None, "--scheme", help="Label scheme preset; default: the one in the teacher's manifest, else the format's own."
+    ),
+    student: str = typer.Option("minilm-l6", "--student", "-s", help=_distill_help("student")),
+    temperature: float = typer.Option(2.0, "--temperature", help=_distill_help("temperature")),
+    ce_weight: float = typer.Option(0.5, "--ce-weight", help=_distill_help("ce_weight")),
+    candidates_per_query: int = typer.Option(
+        0, "--candidates-per-query", min=0, help=_distill_help("candidates_per_query")
+    ),
+    epochs: float = typer.Option(1.0, "--epochs", min=0.0, help=_distill_help("epochs")),
+    max_steps: int = typer.Option(-1, "--max-steps", help=_distill_help("max_steps")),
+    lr: float = typer.Option(5e-5, "--lr", min=0.0, help=_distill_help("learning_rate")),
+    batch_size: int = typer.Option(16, "--batch-size", min=1, help=_distill_help("batch_size")),
+    max_length: int = typer.Option(128, "--max-length", min=2, help=_distill_help("max_length")),
+    teacher_batch_size: int = typer.Option(16, "--teacher-batch-size", min=1, help=_distill_help("teacher_batch_size")),
+    teacher_max_length: int = typer.Option(
+        512, "--teacher-max-length", min=2, help=_distill_help("teacher_max_length")
+    ),
+    save_steps: int = typer.Option(200, "--save-steps", min=1, help=_distill_help("save_steps")),
+    seed: int = typer.Option(0, "--seed", help=_distill_help("seed")),
+    threads: int | None = typer.Option(None, "--threads", min=1, help=_distill_help("threads")),
+    resume: bool = typer.Option(False, "--resume", help=_distill_help("resume")),
+    option: list[str] | None = typer.Option(None, "--option", help=_OPTION_HELP),
+) -> None:
+    """Distil an LLM teacher into a small cross-encoder student; prints the student folder."""
+    from lref.data import default_scheme
+    from lref.models.loading import read_manifest
+    from lref.models.scorer import scheme_for_model
+    from lref.models.zoo import resolve_model
+    from lref.stages.distill import DistillConfig, distill
+
+    if train is None and unlabeled is None:
+        raise typer.BadParameter("give --train, --unlabeled or both", param_hint="--train")
+    label_scheme = scheme_for_model(read_manifest(resolve_model(teacher)), scheme, default=default_scheme(fmt))
+    try:
+        config = DistillConfig(
+            teacher=teacher, student=student, scheme=label_scheme.name, output_dir=out, temperature=temperature,
+            ce_weight=ce_weight, candidates_per_query=candidates_per_query, epochs=epochs, max_steps=max_steps,
+            learning_rate=lr, batch_size=batch_size, max_length=max_length, teacher_batch_size=teacher_batch_size,
+            teacher_max_length=teacher_max_length, save_steps=save_steps, seed=seed, threads=threads, resume=resume,
+        )
+    except ValueError as error:
+        raise typer.BadParameter(str(error)) from None
+    records = _load_data(train, fmt, label_scheme.name, None, option) if train else []
+    extra = _load_data(unlabeled, fmt, label_scheme.name, None, option) if unlabeled else None
+    typer.echo(str(distill(config, records, extra)))
+
+
+def _export_help(name: str) -> str:
+    from lref.models.onnx import ExportConfig
+
+    return field_help(ExportConfig, name)
+
+
+@app.command("export")
+def export_command(
+    model: str = typer.Argument(..., metavar="MODEL_DIR", help=_export_help("model")),
+    out: str = typer.Option(..., "--output-dir", "-o", help=_export_help("output_dir")),
+    quantize: bool = typer.Option(True, "--quantize/--no-quantize", help=_export_help("quantize")),
+    opset: int = typer.Option(17, "--opset", help=_export_help("opset")),
+    max_length: int | None = typer.Option(None, "--max-length", min=2, help=_export_help("max_length")),
+) -> None:
+    """Export a trained cross-encoder (e.g. a distilled student) to ONNX, fp32 and int8; prints the folder."""
+    from lref.models.onnx import ExportConfig, export_student
+
+    try:
+        config = ExportConfig(model=model, output_dir=out, quantize=quantize, opset=opset, max_length=max_length)
+    except ValueError as error:
+        raise typer.BadParameter(str(error)) from None
+    typer.echo(str(export_student(config)))
+
+
 def _serve_llm_help(name: str) -> str:
     from lref.serve.llm import LLMServerConfig
 
@@ -513,6 +646,256 @@ def serve_llm_command(
     except ValueError as error:
         raise typer.BadParameter(str(error)) from None
     serve_llm(config)
+
+
+def _student_option(name: str, *flags: str, **kwargs):
+    """A typer option whose default and help come from ServeStudentConfig's field `name`."""
+    from lref.config import field_default
+    from lref.serve.student import ServeStudentConfig
+
+    return typer.Option(field_default(ServeStudentConfig, name), *flags,
+                        help=field_help(ServeStudentConfig, name), **kwargs)
+
+
+@serve_app.command("student")
+def serve_student_command(
+    model: str = typer.Argument(..., metavar="MODEL_DIR", help="A trained cross-encoder folder or an ONNX export."),
+    backend: str = _student_option("backend", "--backend", "-b"),
+    host: str = _student_option("host", "--host"),
+    port: int = _student_option("port", "--port", "-p"),
+    max_batch_pairs: int = _student_option("max_batch_pairs", "--max-batch-pairs"),
+    max_field_chars: int = _student_option("max_field_chars", "--max-field-chars"),
+    max_body_bytes: int = _student_option("max_body_bytes", "--max-body-bytes"),
+    micro_batch_size: int = _student_option("micro_batch_size", "--micro-batch-size"),
+    max_wait_ms: float = _student_option("max_wait_ms", "--max-wait-ms"),
+    threads: int | None = _student_option("threads", "--threads"),
+    log_level: str = _student_option("log_level", "--log-level"),
+    access_log: bool = _student_option("access_log", "--access-log/--no-access-log"),
+) -> None:
+    """The relevance service over a distilled student: POST /v1/relevance, GET /healthz, GET /metrics."""
+    from lref.serve.student import ServeStudentConfig, serve_student
+
+    try:
+        config = ServeStudentConfig(
+            model=model, backend=backend, host=host, port=port, max_batch_pairs=max_batch_pairs,
+            max_field_chars=max_field_chars, max_body_bytes=max_body_bytes, micro_batch_size=micro_batch_size,
+            max_wait_ms=max_wait_ms, threads=threads, log_level=log_level, access_log=access_log,
+        )
+    except ValueError as error:
+        raise typer.BadParameter(str(error)) from None
+    serve_student(config)
+
+
+def _cot_help(name: str) -> str:
+    from lref.stages.cot import CoTConfig
+
+    return field_help(CoTConfig, name)
+
+
+@app.command("cot")
+def cot_command(
+    model: str = typer.Option(..., "--model", "-m", help=_cot_help("model")),
+    train: str = typer.Option(..., "--train", help="Labelled training pairs (a data file, or a dataset folder)."),
+    output_dir: str = typer.Option(..., "--output-dir", "-o", help=_cot_help("output_dir")),
+    fmt: str = typer.Option("auto", "--format", "-f", help=_FORMAT_HELP),
+    scheme: str | None = typer.Option(
+        None, "--scheme", help="Label scheme preset; default: the one in the model's manifest, else the format's own."
+    ),
+    stages: str = typer.Option("ee,ra,dr", "--stages", help=_cot_help("stages")),
+    teacher: str = typer.Option("rules", "--teacher", help=_cot_help("teacher")),
+    teacher_model: str | None = typer.Option(None, "--teacher-model", help=_cot_help("teacher_model")),
+    teacher_url: str = typer.Option("http://127.0.0.1:8000/v1", "--teacher-url", help=_cot_help("teacher_url")),
+    rules: str | None = typer.Option(None, "--rules", help=_cot_help("rules")),
+    ee_samples: int = typer.Option(1000, "--ee-samples", help=_cot_help("ee_samples")),
+    ra_samples: int = typer.Option(1000, "--ra-samples", help=_cot_help("ra_samples")),
+    dr_samples: int = typer.Option(1000, "--dr-samples", help=_cot_help("dr_samples")),
+    ee_epochs: float = typer.Option(1.0, "--ee-epochs", help=_cot_help("ee_epochs")),
+    ra_epochs: float = typer.Option(1.0, "--ra-epochs", help=_cot_help("ra_epochs")),
+    dr_epochs: float = typer.Option(1.0, "--dr-epochs", help=_cot_help("dr_epochs")),
+    direct_share: float = typer.Option(0.5, "--direct-share", help=_cot_help("direct_share")),
+    over_estimate_share: float = typer.Option(0.7, "--over-estimate-share", help=_cot_help("over_estimate_share")),
+    lr: float = typer.Option(1e-4, "--lr", min=0.0, help=_cot_help("learning_rate")),
+    max_steps: int = typer.Option(-1, "--max-steps", help=_cot_help("max_steps")),
+    lora_r: int = typer.Option(16, "--lora-r", min=1, help=_cot_help("lora_r")),
+    lora_alpha: int = typer.Option(32, "--lora-alpha", min=1, help=_cot_help("lora_alpha")),
+    batch_size: int = typer.Option(8, "--batch-size", min=1, help=_cot_help("batch_size")),
+    grad_accum: int = typer.Option(1, "--grad-accum", min=1, help=_cot_help("grad_accum")),
+    max_length: int = typer.Option(1024, "--max-length", min=16, help=_cot_help("max_length")),
+    save_steps: int = typer.Option(100, "--save-steps", min=1, help=_cot_help("save_steps")),
+    seed: int = typer.Option(0, "--seed", help=_cot_help("seed")),
+    threads: int | None = typer.Option(None, "--threads", min=1, help=_cot_help("threads")),
+    resume: bool = typer.Option(True, "--resume/--no-resume", help=_cot_help("resume")),
+    option: list[str] | None = typer.Option(None, "--option", help=_OPTION_HELP),
+) -> None:
+    """Stage 2, Multi-CoT tuning: EE -> RA -> DR on teacher reasoning (mixed with direct examples); prints the
+    adapter folder of each stage."""
+    from lref.data import default_scheme
+    from lref.models.loading import read_manifest
+    from lref.models.scorer import scheme_for_model
+    from lref.models.zoo import resolve_model
+    from lref.stages.cot import CoTConfig, train_cot
+
+    label_scheme = scheme_for_model(read_manifest(resolve_model(model)), scheme, default=default_scheme(fmt))
+    try:
+        config = CoTConfig(
+            model=model, scheme=label_scheme.name, output_dir=output_dir, stages=stages, teacher=teacher,
+            teacher_model=teacher_model, teacher_url=teacher_url, rules=rules, ee_samples=ee_samples,
+            ra_samples=ra_samples, dr_samples=dr_samples, ee_epochs=ee_epochs, ra_epochs=ra_epochs,
+            dr_epochs=dr_epochs, direct_share=direct_share, over_estimate_share=over_estimate_share, learning_rate=lr,
+            max_steps=max_steps, lora_r=lora_r, lora_alpha=lora_alpha, batch_size=batch_size, grad_accum=grad_accum,
+            max_length=max_length, save_steps=save_steps, seed=seed, threads=threads, resume=resume,
+        )
+    except ValueError as error:
+        raise typer.BadParameter(str(error)) from None
+    records = _load_data(train, fmt, label_scheme.name, None, option)
+    for task, folder in train_cot(config, records).items():
+        typer.echo(f"{task}\t{folder}")
+
+
+@app.command("cot-predict")
+def cot_predict_command(
+    model: str = typer.Option(..., "--model", "-m", help="A CoT-tuned model: an lref adapter folder (or any LM)."),
+    data: str = typer.Option(..., "--data", "-d", help="Pairs to judge (a data file, or a dataset folder)."),
+    out: str = typer.Option(..., "--out", "-o", help="Prediction file (.jsonl): id, label, probs, topk per pair."),
+    fmt: str = typer.Option("auto", "--format", "-f", help=_FORMAT_HELP),
+    scheme: str | None = typer.Option(
+        None, "--scheme", help="Label scheme preset; default: the one in the model's manifest, else the format's own."
+    ),
+    task: str = typer.Option("ee", "--task", help="Prompt to reason with: ee (expert analysis) or ra (rules)."),
+    rules: str | None = typer.Option(None, "--rules", help="Rules for --task ra; default: the model's RA rules."),
+    max_new_tokens: int = typer.Option(160, "--max-new-tokens", min=1, help="Most tokens generated per pair."),
+    batch_size: int = typer.Option(8, "--batch-size", min=1, help="Pairs generated together."),
+    texts: str | None = typer.Option(None, "--cot-texts", help="Also write the generated reasoning (.jsonl: id, text)."),
+    threads: int | None = typer.Option(None, "--threads", min=1, help="torch threads (default: torch's own)."),
+    option: list[str] | None = typer.Option(None, "--option", help=_OPTION_HELP),
+) -> None:
+    """CoT inference: generate the reasoning, parse the label; the direct scorer's label where none parses."""
+    from lref.data import default_scheme
+    from lref.io import write_jsonl
+    from lref.models.loading import read_manifest
+    from lref.models.scorer import scheme_for_model
+    from lref.models.zoo import resolve_model
+    from lref.predictions import write_predictions
+    from lref.stages.cot import generate_predictions
+
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    folder = resolve_model(model)
+    label_scheme = scheme_for_model(read_manifest(folder), scheme, default=default_scheme(fmt))
+    records = _load_data(data, fmt, label_scheme.name, None, option)
+    try:
+        predictions, stats = generate_predictions(
+            folder, records, label_scheme, task=task, rules=rules, max_new_tokens=max_new_tokens,
+            batch_size=batch_size,
+        )
+    except ValueError as error:
+        raise typer.BadParameter(str(error)) from None
+    count = write_predictions(out, predictions)
+    if texts:
+        write_jsonl(texts, ({"id": r.id, "text": text} for r, text in zip(records, stats["texts"])))
+    typer.echo(
+        f"wrote {count} predictions to {out} in {stats['seconds']:.1f} s ({stats['pairs_per_s']} pairs/s); "
+        f"fallbacks to the direct label: {stats['fallbacks']} ({stats['fallback_share']:.1%})",
+        err=True,
+    )
+
+
+@app.command("teach")
+def teach_command(
+    data: str = typer.Option(..., "--data", "-d", help="Labelled pairs to explain (a data file, or a dataset folder)."),
+    out: str = typer.Option(
+        ..., "--out", "-o", help="Explanations (.jsonl); also the cache: a re-run asks only for missing pairs."
+    ),
+    task: str = typer.Option("ee", "--task", help="ee (expert explaining), ra (rule adherence) or dr (reflection)."),
+    teacher: str = typer.Option("rules", "--teacher", help=_cot_help("teacher")),
+    teacher_model: str | None = typer.Option(None, "--teacher-model", help=_cot_help("teacher_model")),
+    teacher_url: str = typer.Option("http://127.0.0.1:8000/v1", "--teacher-url", help=_cot_help("teacher_url")),
+    rules: str | None = typer.Option(None, "--rules", help=_cot_help("rules")),
+    over_estimate_share: float = typer.Option(0.7, "--over-estimate-share", help=_cot_help("over_estimate_share")),
+    seed: int = typer.Option(0, "--seed", help="Seed of the DR wrong decisions (fixed per pair id)."),
+    shard: str | None = typer.Option(None, "--shard", help="Explain only shard i/N (0-based: pairs i, i+N, ...)."),
+    fmt: str = typer.Option("auto", "--format", "-f", help=_FORMAT_HELP),
+    scheme: str | None = typer.Option(None, "--scheme", help=_SCHEME_HELP),
+    option: list[str] | None = typer.Option(None, "--option", help=_OPTION_HELP),
+) -> None:
+    """Explain labelled pairs with a teacher (EE, RA or DR) into JSONL, one Explanation per pair."""
+    from pathlib import Path
+
+    from lref.data import default_scheme
+    from lref.io import write_jsonl
+    from lref.labels import get_scheme
+    from lref.sharding import select_shard, write_shard_info
+    from lref.stages.cot import (
+        TASKS, TEACHERS, load_rule_set, make_teacher, sample_wrong_label, teach, teacher_key,
+    )
+
+    if task not in TASKS:
+        raise typer.BadParameter(f"choose one of {', '.join(TASKS)}", param_hint="--task")
+    if teacher not in TEACHERS:
+        raise typer.BadParameter(f"unknown teacher {teacher!r}: choose one of {', '.join(TEACHERS)}",
+                                 param_hint="--teacher")
+    label_scheme = get_scheme(scheme) if scheme else default_scheme(fmt)
+    rule_set = load_rule_set(rules, label_scheme) if task == "ra" else None
+    records = _load_data(data, fmt, label_scheme.name, None, option)
+    try:
+        selected = select_shard(records, shard)
+    except ValueError as error:
+        raise typer.BadParameter(str(error), param_hint="--shard") from None
+    try:
+        chosen = make_teacher(teacher, model=teacher_model, base_url=teacher_url, records=records,
+                              cache_path=Path(out).with_name(Path(out).name + ".sqlite"))
+    except ValueError as error:
+        raise typer.BadParameter(str(error), param_hint="--teacher") from None
+    wrong = [sample_wrong_label(r, label_scheme, over_estimate_share, seed) for r in selected] if task == "dr" else None
+    explanations, stats = teach(chosen, task, selected, label_scheme, rules=rule_set, wrong_labels=wrong,
+                                cache_path=out)
+    keys = [teacher_key(task, chosen.name, r, w, rule_set) for r, w in zip(selected, wrong or [None] * len(selected))]
+    write_jsonl(out, ({"key": key, **e.to_dict()} for key, e in zip(keys, explanations)))  # this input only, in order
+    if shard is not None:
+        write_shard_info(out, shard, [r.id for r in records])
+    typer.echo(
+        f"wrote {len(explanations)} {task} explanations to {out}: cache hits {stats['cache_hits']}, generated "
+        f"{stats['generated']}, without a label {stats['failed']}"
+        + (f", {stats['pairs_per_s']} pairs/s" if stats["pairs_per_s"] else ""),
+        err=True,
+    )
+
+
+@app.command("run")
+def run_command(
+    config: str = typer.Argument(..., metavar="CONFIG.yaml", help="Pipeline config (see docs/pipeline.md)."),
+    from_stage: str | None = typer.Option(None, "--from", help="Re-run this stage and every later one afresh."),
+    only: list[str] | None = typer.Option(None, "--only", help="Run only these stages (repeatable or comma-separated)."),
+    run_dir: str | None = typer.Option(None, "--run-dir", help="Run directory (default: the config's run_dir)."),
+) -> None:
+    """Run baselines and the LREF chain from one YAML config into a resumable run directory."""
+    from lref.pipeline import ConfigError, run_pipeline
+
+    stages = [name.strip() for item in only or [] for name in item.split(",") if name.strip()]
+    try:
+        results = run_pipeline(config, run_dir=run_dir, from_stage=from_stage, only=stages or None, echo=typer.echo)
+    except ConfigError as error:
+        typer.secho(f"error: {error}", err=True, fg=typer.colors.RED)
+        raise SystemExit(2) from None
+    for system in results["systems"]:
+        if "metrics" in system:
+            m = system["metrics"]
+            typer.echo(f"{system['name']:>10}: acc {m['accuracy']:.3f}, macro-F1 {m['macro_f1']:.3f}, "
+                       f"weighted-F1 {m['weighted_f1']:.3f}, over-estimates {m['over_estimate_share']:.3f}")
+    typer.echo(f"results in {results['run_dir']}/results.json; `lref report {results['run_dir']}` draws them")
+
+
+@app.command("report")
+def report_command(
+    run_dir: str = typer.Argument(..., metavar="RUN_DIR", help="A run directory written by `lref run`."),
+    out: str | None = typer.Option(None, "--out", help="HTML file (default: RUN_DIR/report/report.html)."),
+) -> None:
+    """Write one self-contained HTML report (and its PNG figures) of a run directory."""
+    from lref.report import write_report
+
+    typer.echo(f"report written to {write_report(run_dir, out)}")
 
 
 @app.command("demo")

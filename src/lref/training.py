@@ -21,8 +21,30 @@ def prepare_device(config: Any) -> bool:
     return use_cpu
 
 
+def resolve_precision(config: Any, use_cpu: bool) -> str:
+    """Training precision, "bf16" (mixed) or "fp32", from a stage config's `bf16` field: True/False force it;
+    None (auto) picks bf16 on a CUDA GPU that supports it and fp32 elsewhere: on the CPU, and on older GPUs, where
+    fp16 would be the only option and overflows in Gemma."""
+    import torch
+
+    choice = getattr(config, "bf16", False)
+    if choice is not None:
+        return "bf16" if choice else "fp32"
+    if use_cpu or not torch.cuda.is_available():
+        return "fp32"
+    return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+
+
+def is_main_process() -> bool:
+    """True on the process that writes shared outputs: rank 0 under `accelerate launch` / torchrun, else always."""
+    import os
+
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 def training_arguments(config: Any, output_dir: str | Path, use_cpu: bool, **overrides: Any) -> dict[str, Any]:
     """Keyword arguments for `TrainingArguments` (or a TRL subclass) from a stage config's common fields."""
+    precision = resolve_precision(config, use_cpu)
     arguments = dict(
         output_dir=str(output_dir),
         per_device_train_batch_size=config.batch_size,
@@ -40,7 +62,7 @@ def training_arguments(config: Any, output_dir: str | Path, use_cpu: bool, **ove
         save_total_limit=config.save_total_limit,
         seed=config.seed,
         use_cpu=use_cpu,
-        bf16=getattr(config, "bf16", False),
+        bf16=precision == "bf16",
         fp16=False,
         dataloader_num_workers=0,
         report_to="none",

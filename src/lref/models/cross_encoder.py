@@ -89,6 +89,10 @@ def pair_texts(record: Record) -> tuple[str, str]:
     return record.query, product_fields(record)
 
 
+def has_label(record: Record) -> bool:
+    return record.label is not None and bool(str(record.label).strip())
+
+
 def label_loss(logits, batch: dict[str, Any]):
     """Cross-entropy on the hard labels, weighted per example when the batch has `weights` (mean over the batch)."""
     import torch.nn.functional as F
@@ -169,7 +173,8 @@ def train_cross_encoder(
     """Fine-tune `config.model` as a K-way classifier on labelled records and return the model folder.
 
     `targets` (N x K, scheme order, optional) rides along in every batch as `batch["targets"]` for a `loss_fn` that
-    uses it; the default loss does not.
+    uses it; the default loss does not. With `targets`, records without a label are allowed (distillation): their
+    `labels` entry is `IGNORE_LABEL` (-100), which `label_loss` and `soft_label_loss` leave out of the cross-entropy.
     """
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer, TrainingArguments, set_seed
@@ -189,8 +194,16 @@ def train_cross_encoder(
         validate_records,
     )
 
+    from lref.models.distill_loss import IGNORE_LABEL
+
     scheme = get_scheme(config.scheme)
-    records = validate_records(records, scheme, "training")
+    if targets is not None and records:  # a soft target teaches a pair that has no human label
+        records = list(records)
+        labelled = [i for i, r in enumerate(records) if has_label(r)]
+        for i, record in zip(labelled, validate_records([records[i] for i in labelled], scheme) if labelled else []):
+            records[i] = record
+    else:
+        records = validate_records(records, scheme, "training")
     eval_records = validate_records(eval_records, scheme, "evaluation") if eval_records else None
     if targets is not None:
         targets = np.asarray(targets, dtype=np.float32)
@@ -223,11 +236,12 @@ def train_cross_encoder(
         dtype=torch.float32,
     )
 
-    weights = class_weights([r.label for r in records], scheme, config.class_balance)
+    human_labels = [r.label for r in records if has_label(r)]
+    weights = class_weights(human_labels, scheme, config.class_balance)
     examples = _tokenize(tokenizer, records, scheme, config.max_length)
     for i, (example, record) in enumerate(zip(examples, records)):
-        example["labels"] = scheme.index(record.label)
-        example["weight"] = weights[record.label]
+        example["labels"] = scheme.index(record.label) if has_label(record) else IGNORE_LABEL
+        example["weight"] = weights[record.label] if has_label(record) else 1.0
         if targets is not None:
             example["targets"] = targets[i].tolist()
     eval_examples = None
@@ -283,7 +297,8 @@ def train_cross_encoder(
             "scheme": {"name": scheme.name, "labels": list(scheme.labels)},
             "data_hash": train_hash,
             "n_train": len(records),
-            "label_counts": dict(Counter(r.label for r in records)),
+            "n_unlabelled": len(records) - len(human_labels),
+            "label_counts": dict(Counter(human_labels)),
             "class_weights": weights,
             "config": asdict(config),
             "train_metrics": metrics,
@@ -310,6 +325,37 @@ def load_cross_encoder(name_or_path: str | Path):
     return model, tokenizer, read_manifest(folder)
 
 
+def score_pairs(
+    records: Sequence[Record],
+    scheme: LabelScheme,
+    tokenizer,
+    config: ScorerConfig,
+    forward: Callable[[dict[str, Any]], np.ndarray],
+) -> ScoreResult:
+    """Tokenise the pairs, batch them longest first and gather `forward(batch) -> logits (B x K)` in input order.
+
+    Every encoder backend (PyTorch, ONNX) scores through this, so they all read exactly the same tokens; `batch` holds
+    the padded token tensors (torch) under `EncoderCollator.TOKEN_KEYS`."""
+    import sys
+
+    from tqdm.auto import tqdm
+
+    ids = [r.id for r in records]
+    logits = np.zeros((len(records), len(scheme)), dtype=np.float32)
+    if not records:
+        return ScoreResult(ids, scheme.labels, logits, config.top_k)
+    examples = _tokenize(tokenizer, records, scheme, config.max_length or 512)
+    order = sorted(range(len(examples)), key=lambda i: -len(examples[i]["input_ids"]))
+    collate = EncoderCollator(tokenizer)
+    size = config.batch_size
+    with tqdm(total=len(order), unit="pair", file=sys.stderr, disable=not config.progress, desc="scoring") as bar:
+        for start in range(0, len(order), size):
+            batch_index = order[start : start + size]
+            logits[batch_index] = forward(collate([{**examples[i], "labels": 0} for i in batch_index]))
+            bar.update(len(batch_index))
+    return ScoreResult(ids, scheme.labels, logits, config.top_k)
+
+
 class CrossEncoderScorer:
     """Scores pairs with a trained cross-encoder; the same `ScoreResult` as `LabelScorer` (logits in scheme order).
 
@@ -331,38 +377,22 @@ class CrossEncoderScorer:
         return cls(model, tokenizer, scheme_for_model(manifest, scheme), config)
 
     def score(self, records: Sequence[Record]) -> ScoreResult:
-        import sys
-
         import torch
-        from tqdm.auto import tqdm
 
-        ids = [r.id for r in records]
-        logits = np.zeros((len(records), len(self.scheme)), dtype=np.float32)
-        if not records:
-            return ScoreResult(ids, self.scheme.labels, logits, self.config.top_k)
         if self.config.num_threads is not None:
             torch.set_num_threads(self.config.num_threads)
-        max_length = self.config.max_length or 512
-        examples = _tokenize(self.tokenizer, records, self.scheme, max_length)
-        order = sorted(range(len(examples)), key=lambda i: -len(examples[i]["input_ids"]))
-        collate = EncoderCollator(self.tokenizer)
         was_training = self.model.training
         self.model.eval()
-        size = self.config.batch_size
         try:
-            with torch.inference_mode(), tqdm(
-                total=len(order), unit="pair", file=sys.stderr, disable=not self.config.progress, desc="scoring"
-            ) as bar:
-                for start in range(0, len(order), size):
-                    batch_index = order[start : start + size]
-                    batch = collate([{**examples[i], "labels": 0} for i in batch_index])
-                    inputs = {k: batch[k].to(self.model.device) for k in EncoderCollator.TOKEN_KEYS if k in batch}
-                    logits[batch_index] = self.model(**inputs).logits.float().cpu().numpy()
-                    bar.update(len(batch_index))
+            with torch.inference_mode():
+                return score_pairs(records, self.scheme, self.tokenizer, self.config, self._logits)
         finally:
             if was_training:
                 self.model.train()
-        return ScoreResult(ids, self.scheme.labels, logits, self.config.top_k)
+
+    def _logits(self, batch: dict[str, Any]) -> np.ndarray:
+        inputs = {k: batch[k].to(self.model.device) for k in EncoderCollator.TOKEN_KEYS if k in batch}
+        return self.model(**inputs).logits.float().cpu().numpy()
 
     def predict(self, records: Sequence[Record]):
         return self.score(records).predictions()
@@ -376,5 +406,6 @@ __all__ = [
     "label_loss",
     "load_cross_encoder",
     "pair_texts",
+    "score_pairs",
     "train_cross_encoder",
 ]

@@ -48,7 +48,7 @@ import numpy as np
 from lref.data.records import DataError, Record
 from lref.labels import LabelScheme, get_scheme
 from lref.prompts import PROMPT_VERSION
-from lref.training import check_training_fields, prepare_device, training_arguments
+from lref.training import check_training_fields, is_main_process, prepare_device, training_arguments
 
 logger = logging.getLogger(__name__)
 
@@ -161,7 +161,11 @@ class DPOStageConfig:
     use_cpu: bool | None = field(
         default=None, metadata={"help": "Train on the CPU (default: CPU unless a CUDA device is available)."}
     )
-    bf16: bool = field(default=False, metadata={"help": "bfloat16 mixed precision (GPU only); float32 otherwise."})
+    bf16: bool | None = field(
+        default=None,
+        metadata={"help": "bfloat16 mixed precision: None (auto) = on a CUDA GPU that supports it, float32 elsewhere; "
+                  "True forces it (GPU only), False forces float32."},
+    )
     logging_steps: int = field(
         default=10,
         metadata={
@@ -640,7 +644,8 @@ def train_dpo(config: DPOStageConfig, records: Sequence[Record], *, callbacks: l
         scores = scorer.score(mining_records)
         pairs, report = mine_pairs(mining_records, scores, scheme, config.top_k, config.over_estimates_only)
         report["scoring_s"] = round(time.perf_counter() - started, 2)
-        write_jsonl(pairs_path, (pair.to_dict() for pair in pairs))
+        if is_main_process():  # under `accelerate launch` every process mines the same pairs; one writes them
+            write_jsonl(pairs_path, (pair.to_dict() for pair in pairs))
     logger.info(
         "mining: %d errors in %d pairs, %d preference pairs (top-%d%s)", report["errors"], report["scored"],
         report["pairs"], config.top_k, ", over-estimates only" if config.over_estimates_only else "",
@@ -651,11 +656,12 @@ def train_dpo(config: DPOStageConfig, records: Sequence[Record], *, callbacks: l
         reason = (f"mining gave {len(pairs)} preference pairs, fewer than min_pairs={config.min_pairs}: DPO skipped, "
                   f"the model is unchanged ({config.model})")
         logger.warning(reason)
-        write_json(output_dir / MANIFEST_NAME, {**manifest, "kind": "skipped", "skipped_reason": reason,
-                                                "model": config.model})
+        if is_main_process():
+            write_json(output_dir / MANIFEST_NAME, {**manifest, "kind": "skipped", "skipped_reason": reason,
+                                                    "model": config.model})
         return config.model
 
-    if not resuming:
+    if not resuming and is_main_process():
         write_json(run_file, {"data_hash": pool_hash, "model": config.model, "mining": report})
     dataset = Dataset.from_list([preference_example(tokenizer, pair, scheme, config.max_length) for pair in pairs])
     model.config.use_cache = False
@@ -712,6 +718,9 @@ def train_dpo(config: DPOStageConfig, records: Sequence[Record], *, callbacks: l
 
     if recall_guard is not None:
         recall_guard.restore(trainer.model)
+    if not trainer.is_world_process_zero():  # the first process writes the adapter; the others wait for it
+        trainer.accelerator.wait_for_everyone()
+        return output_dir
     _save_atomically(output_dir, trainer.model, tokenizer)
     write_json(output_dir / MANIFEST_NAME, {
         **manifest,
@@ -723,6 +732,7 @@ def train_dpo(config: DPOStageConfig, records: Sequence[Record], *, callbacks: l
         "train_metrics": metrics,
     })
     logger.info("DPO adapter written to %s (%d steps)", output_dir, result.global_step)
+    trainer.accelerator.wait_for_everyone()
     return output_dir
 
 

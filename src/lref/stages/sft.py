@@ -9,6 +9,10 @@ the positions that predict a completion token (about 3 per example) instead of a
 vocabulary the full head dominates the cost of a step. TRL's fused LM head does the same only on Triton devices; on
 CPU it projects every position, which is why this stage does not use `SFTTrainer`.
 
+Other stages train free-text completions through the same loop: `train_sft_examples` takes `TextExample`s (a prompt
+and the completion to write, e.g. a chain of thought ending in the answer cue and the label); `train_sft` builds the
+direct examples from records and calls it.
+
 Shared prefix (`share_prefix`, default on): every direct prompt starts with the same instruction (~110 of ~137
 tokens with Gemma-3). When all rows of a batch start with the same prefix ids, `completion_loss` runs the prefix once
 (batch 1, with gradients, `use_cache=True`), broadcasts its KV cache to the batch with `expand` views, and runs only
@@ -30,6 +34,7 @@ import platform
 import time
 from collections import Counter
 from collections.abc import Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -37,8 +42,8 @@ from typing import Any
 
 from lref.data.records import DataError, Record
 from lref.labels import LabelError, LabelScheme, get_scheme
-from lref.prompts import PROMPT_VERSION, direct_prompt, encode_prompt, label_completion
-from lref.training import check_training_fields, prepare_device, training_arguments
+from lref.prompts import PROMPT_VERSION, Prompt, direct_prompt, encode_prompt, label_completion
+from lref.training import check_training_fields, is_main_process, prepare_device, training_arguments
 
 logger = logging.getLogger(__name__)
 
@@ -119,7 +124,11 @@ class SFTStageConfig:
     use_cpu: bool | None = field(
         default=None, metadata={"help": "Train on the CPU (default: CPU unless a CUDA device is available)."}
     )
-    bf16: bool = field(default=False, metadata={"help": "bfloat16 mixed precision (GPU only); float32 otherwise."})
+    bf16: bool | None = field(
+        default=None,
+        metadata={"help": "bfloat16 mixed precision: None (auto) = on a CUDA GPU that supports it, float32 elsewhere; "
+                  "True forces it (GPU only), False forces float32."},
+    )
     logging_steps: int = field(default=10, metadata={"help": "Log the training loss every this many steps."})
     progress: bool = field(default=True, metadata={"help": "Show progress bars."})
 
@@ -175,25 +184,54 @@ def class_weights(labels: Sequence[str], scheme: LabelScheme, mode: str = "none"
     return {label: raw.get(label, 0.0) / mean for label in scheme.labels}
 
 
-def completion_ids(tokenizer, scheme: LabelScheme, label: str) -> list[int]:
-    """Token ids the model is trained to write after the prompt: the verbalised label, then EOS."""
+@dataclass(frozen=True)
+class TextExample:
+    """One training example as text: the model reads `prompt` (prefix and pair tokenized separately, as the scorer
+    does) and learns to write `completion`, then EOS. `label` is the gold label the completion ends in (for class
+    weights and label counts)."""
+
+    id: str
+    prompt: Prompt
+    completion: str
+    label: str
+
+
+def direct_example(record: Record, scheme: LabelScheme) -> TextExample:
+    """The direct example of a labelled record: the direct prompt, then the verbalised label."""
+    label = scheme.parse(record.label)
+    return TextExample(record.id, direct_prompt(record, scheme), label_completion(scheme, label), label)
+
+
+def text_completion_ids(tokenizer, completion: str) -> list[int]:
+    """Token ids of a completion, then EOS."""
     if tokenizer.eos_token_id is None:
         raise ValueError("the tokenizer has no EOS token")
-    return tokenizer(label_completion(scheme, label), add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    return tokenizer(completion, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+
+
+def completion_ids(tokenizer, scheme: LabelScheme, label: str) -> list[int]:
+    """Token ids the model is trained to write after the direct prompt: the verbalised label, then EOS."""
+    return text_completion_ids(tokenizer, label_completion(scheme, label))
 
 
 def build_example(tokenizer, record: Record, scheme: LabelScheme, max_length: int | None = None) -> dict[str, Any]:
-    """One training example: `input_ids` = prompt + completion, `labels` = -100 on the prompt, the ids elsewhere,
-    `prefix_length` = tokens of the pair-independent instruction prefix (BOS included) at the start of `input_ids`."""
-    prefix_ids, pair_ids = encode_prompt(tokenizer, direct_prompt(record, scheme))
-    answer = completion_ids(tokenizer, scheme, scheme.parse(record.label))
+    """The direct training example of a record, tokenized (see `encode_example`)."""
+    return encode_example(tokenizer, direct_example(record, scheme), max_length)
+
+
+def encode_example(tokenizer, example: TextExample, max_length: int | None = None) -> dict[str, Any]:
+    """One tokenized example: `input_ids` = prompt + completion, `labels` = -100 on the prompt, the ids elsewhere,
+    `prefix_length` = tokens of the pair-independent instruction prefix (BOS included) at the start of `input_ids`.
+    Too long, the pair loses its middle; the prefix, the pair's last tokens (the cue) and the completion are kept."""
+    prefix_ids, pair_ids = encode_prompt(tokenizer, example.prompt)
+    answer = text_completion_ids(tokenizer, example.completion)
     truncated = False
     if max_length is not None and len(prefix_ids) + len(pair_ids) + len(answer) > max_length:
         budget = max_length - len(prefix_ids) - len(answer)
         if budget < 2 * _PAIR_TAIL_TOKENS:
             raise DataError(
-                f"record {record.id!r}: max_length {max_length} leaves no room for the pair after the "
-                f"{len(prefix_ids)}-token instruction; raise max_length"
+                f"record {example.id!r}: max_length {max_length} leaves no room for the pair after the "
+                f"{len(prefix_ids)}-token instruction and the {len(answer)}-token completion; raise max_length"
             )
         pair_ids = pair_ids[: budget - _PAIR_TAIL_TOKENS] + pair_ids[-_PAIR_TAIL_TOKENS:]
         truncated = True
@@ -222,16 +260,53 @@ class _ExampleDataset:
 def build_dataset(
     tokenizer, records: Sequence[Record], scheme: LabelScheme, max_length: int | None, weights: dict[str, float] | None
 ) -> _ExampleDataset:
-    examples, truncated = [], 0
-    for record in records:
-        example = build_example(tokenizer, record, scheme, max_length)
-        truncated += example.pop("truncated")
-        example["weight"] = 1.0 if weights is None else weights[record.label]
-        examples.append(example)
+    """The direct examples of labelled records, tokenized."""
+    return build_example_dataset(tokenizer, [direct_example(r, scheme) for r in records], max_length, weights)
+
+
+def build_example_dataset(
+    tokenizer, examples: Sequence[TextExample], max_length: int | None, weights: dict[str, float] | None
+) -> _ExampleDataset:
+    encoded, truncated = [], 0
+    for example in examples:
+        item = encode_example(tokenizer, example, max_length)
+        truncated += item.pop("truncated")
+        item["weight"] = 1.0 if weights is None else weights[example.label]
+        encoded.append(item)
     if truncated:
         logger.warning("%d of %d examples exceeded max_length=%s and lost part of their product text",
-                       truncated, len(records), max_length)
-    return _ExampleDataset(examples)
+                       truncated, len(examples), max_length)
+    return _ExampleDataset(encoded)
+
+
+def prefix_grouped_order(examples: Sequence[TextExample], batch_size: int, seed: int = 0) -> list[int]:
+    """A training order in which every run of `batch_size` examples shares one instruction prefix, so each batch can
+    take the shared-prefix path: examples shuffled within their prefix group, cut into batches, the full batches
+    shuffled; the groups' partial batches come last (the only batches that may mix prefixes)."""
+    import random
+
+    groups: dict[str, list[int]] = {}
+    for index, example in enumerate(examples):
+        groups.setdefault(example.prompt.prefix, []).append(index)
+    rng = random.Random(seed)
+    full, partial = [], []
+    for indices in groups.values():
+        rng.shuffle(indices)
+        for start in range(0, len(indices), batch_size):
+            batch = indices[start : start + batch_size]
+            (full if len(batch) == batch_size else partial).append(batch)
+    rng.shuffle(full)
+    return [index for batch in full + partial for index in batch]
+
+
+def examples_hash(examples: Sequence[TextExample]) -> str:
+    """sha256 over the examples' id, prompt text, completion and label, in order."""
+    digest = hashlib.sha256()
+    for example in examples:
+        digest.update(json.dumps([example.id, example.prompt.prefix, example.prompt.pair, example.completion,
+                                  example.label], ensure_ascii=False).encode())
+        digest.update(b"\n")
+    return digest.hexdigest()
 
 
 class PadCollator:
@@ -416,6 +491,16 @@ def completion_loss(
     return token_loss.sum() / denominator, count
 
 
+@contextmanager
+def forward_replaced(module, forward):
+    """Within the block, calling `module` runs `forward` instead of its own forward (hooks and wrappers kept)."""
+    module.forward = forward
+    try:
+        yield module
+    finally:
+        del module.forward
+
+
 def _make_trainer_class():
     from transformers import Trainer
 
@@ -432,19 +517,29 @@ def _make_trainer_class():
             self.share_prefix = share_prefix
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-            model = self.accelerator.unwrap_model(model)
+            inner = self.accelerator.unwrap_model(model)
             num_items = num_items_in_batch
             if num_items is None:
                 local = int((inputs["labels"][:, 1:] != -100).sum())
-                steps = self.current_gradient_accumulation_steps if model.training else 1
+                steps = self.current_gradient_accumulation_steps if inner.training else 1
                 num_items = max(local, 1) * steps
-            loss, _ = completion_loss(
-                model,
-                inputs,
-                logits_at_labels_only=self.logits_at_labels_only,
-                share_prefix=self.share_prefix,
-                num_items=num_items,
-            )
+
+            def loss_forward(**batch):
+                return completion_loss(
+                    inner,
+                    batch,
+                    logits_at_labels_only=self.logits_at_labels_only,
+                    share_prefix=self.share_prefix,
+                    num_items=num_items,
+                )
+
+            # DDP, FSDP and DeepSpeed sync gradients (or gather sharded weights) only around their own forward
+            # call, so the whole loss (prefix pass included) runs as the model's forward for this one call.
+            with forward_replaced(inner, loss_forward):
+                loss, _ = model(**inputs)
+            if num_items_in_batch is not None and self.args.average_tokens_across_devices and self.args.world_size > 1:
+                # `num_items_in_batch` counts every process's tokens while DDP averages the gradients over processes.
+                loss = loss * self.accelerator.num_processes
             return (loss, {"loss": loss}) if return_outputs else loss
 
     return CompletionTrainer
@@ -494,10 +589,41 @@ def train_sft(
     *,
     callbacks: list | None = None,
 ) -> Path:
-    """Fine-tune `config.model` with LoRA on labelled records and return the adapter folder.
+    """Fine-tune `config.model` with LoRA on labelled records (direct prompt -> label) and return the adapter folder.
 
     The folder holds the PEFT adapter, the tokenizer and `lref_manifest.json`; `lref.models.loading.load_causal_lm`
     loads it back (base model plus adapter). `callbacks` are extra `transformers.TrainerCallback`s.
+    """
+    scheme = get_scheme(config.scheme)
+    train_records = validate_records(train_records, scheme, "training")
+    eval_records = validate_records(eval_records, scheme, "evaluation") if eval_records else None
+    return train_sft_examples(
+        config,
+        [direct_example(r, scheme) for r in train_records],
+        [direct_example(r, scheme) for r in eval_records] if eval_records else None,
+        callbacks=callbacks,
+        train_hash=data_hash(train_records),
+    )
+
+
+def train_sft_examples(
+    config: SFTStageConfig,
+    train_examples: Sequence[TextExample],
+    eval_examples: Sequence[TextExample] | None = None,
+    *,
+    callbacks: list | None = None,
+    train_hash: str | None = None,
+    stage: str = "sft",
+    manifest_extra: dict[str, Any] | None = None,
+    group_by_prefix: bool = False,
+) -> Path:
+    """Fine-tune `config.model` with LoRA on prompt -> completion examples and return the adapter folder.
+
+    The loss covers each completion and its EOS. Batches whose rows share one instruction prefix take the
+    shared-prefix path; mixed batches (e.g. direct and CoT examples) the plain forward. `group_by_prefix` orders the
+    examples so that every full batch holds one prefix (`prefix_grouped_order`, fixed for all epochs) instead of
+    shuffling them. `train_hash` identifies the training data for resuming (default: `examples_hash`); `stage` and
+    `manifest_extra` go into the manifest.
     """
     import torch
     from peft import LoraConfig, get_peft_model
@@ -508,8 +634,11 @@ def train_sft(
     from lref.prompts import label_token_ids
 
     scheme = get_scheme(config.scheme)
-    train_records = validate_records(train_records, scheme, "training")
-    eval_records = validate_records(eval_records, scheme, "evaluation") if eval_records else None
+    if not train_examples:
+        raise DataError("no training examples: SFT needs at least one")
+    for example in [*train_examples, *(eval_examples or [])]:
+        if example.label not in scheme.labels:
+            raise DataError(f"example {example.id!r}: label {example.label!r} is not a label of scheme {scheme.name!r}")
     output_dir = Path(config.output_dir)
     checkpoint = last_checkpoint(output_dir)
     if checkpoint is not None and not config.resume:
@@ -520,7 +649,7 @@ def train_sft(
     if config.resume and checkpoint is None:
         logger.warning("resume asked for, but %s holds no checkpoint: starting from scratch", output_dir)
     run_file = output_dir / CHECKPOINT_DIR / RUN_FILE
-    train_hash = data_hash(train_records)
+    train_hash = train_hash or examples_hash(train_examples)
     if checkpoint is not None:
         previous = json.loads(run_file.read_text()) if run_file.is_file() else {}
         if previous.get("data_hash", train_hash) != train_hash:
@@ -528,8 +657,8 @@ def train_sft(
                 f"cannot resume {output_dir}: its checkpoints were trained on other data (data hash "
                 f"{previous['data_hash'][:12]}, these records {train_hash[:12]}); use another output folder"
             )
-    else:
-        write_json(run_file, {"data_hash": train_hash, "n_train": len(train_records), "config": asdict(config)})
+    elif is_main_process():
+        write_json(run_file, {"data_hash": train_hash, "n_train": len(train_examples), "config": asdict(config)})
 
     use_cpu = prepare_device(config)
 
@@ -550,9 +679,12 @@ def train_sft(
         ),
     )
 
-    weights = class_weights([r.label for r in train_records], scheme, config.class_balance)
-    train_dataset = build_dataset(tokenizer, train_records, scheme, config.max_length, weights)
-    eval_dataset = build_dataset(tokenizer, eval_records, scheme, config.max_length, None) if eval_records else None
+    if group_by_prefix:
+        order = prefix_grouped_order(train_examples, config.batch_size, config.seed)
+        train_examples = [train_examples[i] for i in order]
+    weights = class_weights([e.label for e in train_examples], scheme, config.class_balance)
+    train_dataset = build_example_dataset(tokenizer, train_examples, config.max_length, weights)
+    eval_dataset = build_example_dataset(tokenizer, eval_examples, config.max_length, None) if eval_examples else None
 
     evaluate_during = eval_dataset is not None and config.eval_steps > 0
     args = TrainingArguments(
@@ -565,6 +697,7 @@ def train_sft(
             prediction_loss_only=True,
             label_names=["labels"],
             remove_unused_columns=False,
+            train_sampling_strategy="sequential" if group_by_prefix else "random",
         )
     )
     trainer = _make_trainer_class()(
@@ -598,27 +731,33 @@ def train_sft(
     if eval_dataset is not None:
         metrics["eval_loss"] = trainer.evaluate()["eval_loss"]
 
+    # Under `accelerate launch`, every process reaches this point; only the first writes, the others wait for it.
+    if not trainer.is_world_process_zero():
+        trainer.accelerator.wait_for_everyone()
+        return output_dir
     model.save_pretrained(str(output_dir))
     tokenizer.save_pretrained(str(output_dir))
     manifest = {
         "kind": "lora-adapter",
-        "stage": "sft",
+        "stage": stage,
         "base_model": _stored_model_reference(config.model),
         "scheme": {"name": scheme.name, "labels": list(scheme.labels)},
         "prompt_version": PROMPT_VERSION,
         "data_hash": train_hash,
-        "n_train": len(train_records),
-        "n_eval": len(eval_records) if eval_records else 0,
-        "label_counts": dict(Counter(r.label for r in train_records)),
+        "n_train": len(train_examples),
+        "n_eval": len(eval_examples) if eval_examples else 0,
+        "label_counts": dict(Counter(e.label for e in train_examples)),
         "class_weights": weights,
         "config": asdict(config),
         "train_metrics": metrics,
         "versions": _library_versions(),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        **(manifest_extra or {}),
     }
     write_json(output_dir / MANIFEST_NAME, manifest)
-    logger.info("SFT adapter written to %s (%d steps, final loss %.4f)", output_dir, result.global_step,
+    logger.info("%s adapter written to %s (%d steps, final loss %.4f)", stage, output_dir, result.global_step,
                 metrics["final_loss"])
+    trainer.accelerator.wait_for_everyone()
     return output_dir
 
 
@@ -634,15 +773,24 @@ def trainer_state_step(checkpoint: Path) -> int:
 __all__ = [
     "PadCollator",
     "SFTStageConfig",
+    "TextExample",
     "build_dataset",
     "build_example",
+    "build_example_dataset",
     "class_weights",
     "completion_ids",
     "completion_loss",
     "data_hash",
+    "direct_example",
+    "encode_example",
+    "examples_hash",
     "fast_head_supported",
+    "forward_replaced",
     "last_checkpoint",
+    "prefix_grouped_order",
     "shared_prefix_length",
+    "text_completion_ids",
     "train_sft",
+    "train_sft_examples",
     "validate_records",
 ]

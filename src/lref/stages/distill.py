@@ -1,0 +1,366 @@
+"""Deployment stage: distil the tuned LLM into a small cross-encoder that can serve online.
+
+1. **Pool.** The labelled training pairs, optional unlabelled pairs (their labels, if any, are ignored) and, with
+   `candidates_per_query` = N, N extra pairs per query made by pairing it with random other products of the pool
+   (the paper's teacher labels a large unlabelled pool; these stand in for one when none is given).
+2. **Teacher soft labels.** `LabelScorer` gives the teacher's probabilities over the scheme's labels for every pair.
+   They are cached in ``teacher_scores.jsonl`` in the output folder, one row per pair, keyed by record id, a hash of
+   the pair's text and the teacher's identity (model reference, a fingerprint of its files, scheme, prompt, length).
+   Rows are appended and flushed as they are scored, so a killed run keeps what it scored; a re-run or `resume`
+   never re-scores a pair, and a changed teacher invalidates the rows of the old one.
+3. **Student.** `train_cross_encoder` with `soft_label_loss`: T² · KL(teacher_T ‖ student_T) + λ · CE on the pairs
+   that have a human label.
+
+The output folder is the student (model, tokenizer, ``lref_manifest.json`` with a ``distill`` section), loadable with
+`lref.models.cross_encoder.CrossEncoderScorer.from_pretrained`, and exportable with `lref.models.onnx.export_student`.
+
+    >>> DistillConfig(teacher="runs/sft/adapter").student
+    'minilm-l6'
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import logging
+import os
+import random
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lref.data.records import DataError, Record, stable_id
+from lref.labels import LabelScheme, get_scheme
+from lref.training import check_training_fields
+
+logger = logging.getLogger(__name__)
+
+SCORES_NAME = "teacher_scores.jsonl"
+CANDIDATE_TAG = "distill_candidate"
+"""`meta` key set on the pairs made by `candidates_per_query`."""
+_HASHED_FILE_LIMIT = 256 * 2**20  # larger teacher files enter the fingerprint by name and size only
+
+
+@dataclass
+class DistillConfig:
+    """Settings of distillation. Every field's help text feeds `lref distill` (`lref.config.field_help`)."""
+
+    teacher: str = field(
+        default="",
+        metadata={"help": "Teacher LLM: an lref adapter folder (e.g. from SFT or DPO), an HF folder or a zoo name."},
+    )
+    student: str = field(
+        default="minilm-l6",
+        metadata={"help": "Student encoder: minilm-l6 (22.7M), mpnet-base (109M, larger) or any HF encoder folder."},
+    )
+    scheme: str = field(default="graded3", metadata={"help": "Label scheme (preset name); must match the teacher's."})
+    output_dir: str = field(
+        default="runs/distill",
+        metadata={"help": "Folder for the student, its manifest and the teacher score cache (teacher_scores.jsonl)."},
+    )
+    temperature: float = field(
+        default=2.0,
+        metadata={"help": "Softening temperature T of teacher and student distributions (KL scaled by T²)."},
+    )
+    ce_weight: float = field(
+        default=0.5, metadata={"help": "Weight λ of the cross-entropy on human labels (pairs without one add none)."}
+    )
+    candidates_per_query: int = field(
+        default=0,
+        metadata={"help": "Extra unlabelled pairs per query: the query with this many random other products of the "
+                  "pool."},
+    )
+    epochs: float = field(default=1.0, metadata={"help": "Student training epochs; ignored when max_steps > 0."})
+    max_steps: int = field(default=-1, metadata={"help": "Stop after this many optimizer steps (-1: run the epochs)."})
+    learning_rate: float = field(default=5e-5, metadata={"help": "Student peak learning rate (linear decay)."})
+    batch_size: int = field(default=16, metadata={"help": "Student pairs per optimizer step."})
+    max_length: int = field(default=128, metadata={"help": "Most student tokens per (query, product) pair."})
+    warmup_ratio: float = field(default=0.1, metadata={"help": "Fraction of the student's steps spent warming up."})
+    teacher_batch_size: int = field(default=16, metadata={"help": "Pairs per teacher forward pass."})
+    teacher_max_length: int = field(default=512, metadata={"help": "Most teacher prompt tokens; only the pair is cut."})
+    save_steps: int = field(
+        default=200, metadata={"help": "Write a resumable student checkpoint every this many steps."}
+    )
+    seed: int = field(default=0, metadata={"help": "Seed for the candidate pairs, the student head and shuffling."})
+    progress: bool = field(default=True, metadata={"help": "Show progress bars."})
+    threads: int | None = field(default=None, metadata={"help": "CPU threads for torch (default: torch's choice)."})
+    use_cpu: bool | None = field(
+        default=None, metadata={"help": "Run on the CPU (default: CPU unless a CUDA device is available)."}
+    )
+    resume: bool = field(
+        default=False,
+        metadata={"help": "Continue the student from its last checkpoint (cached teacher scores are always reused)."},
+    )
+
+    def __post_init__(self) -> None:
+        if not str(self.teacher).strip():
+            raise ValueError("teacher must name an LLM (adapter folder, HF folder or zoo name)")
+        if not str(self.student).strip():
+            raise ValueError("student must name an encoder (zoo name or HF folder)")
+        get_scheme(self.scheme)
+        if self.temperature <= 0:
+            raise ValueError(f"temperature must be > 0, not {self.temperature}")
+        if self.ce_weight < 0:
+            raise ValueError(f"ce_weight must be >= 0, not {self.ce_weight}")
+        if self.candidates_per_query < 0:
+            raise ValueError(f"candidates_per_query must be >= 0, not {self.candidates_per_query}")
+        if self.epochs <= 0 and self.max_steps <= 0:
+            raise ValueError("train for some epochs (> 0) or set max_steps")
+        if self.learning_rate <= 0:
+            raise ValueError(f"learning_rate must be > 0, not {self.learning_rate}")
+        if self.threads is not None and self.threads < 1:
+            raise ValueError(f"threads must be >= 1 or None, not {self.threads}")
+        check_training_fields(
+            self, ("batch_size", "max_length", "teacher_batch_size", "teacher_max_length", "save_steps")
+        )
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Pool
+
+
+def _product_key(record: Record) -> str:
+    from lref.prompts import product_fields
+
+    return str(record.meta.get("product_id") or record.meta.get("product_uid") or product_fields(record))
+
+
+def candidate_pairs(pool: Sequence[Record], per_query: int, seed: int = 0) -> list[Record]:
+    """`per_query` unlabelled pairs for every query of `pool`: the query with random products of the pool that it is
+    not already paired with (fewer when the pool has too few products)."""
+    if per_query <= 0:
+        return []
+    products: dict[str, Record] = {}
+    paired: dict[str, set[str]] = {}
+    for record in pool:
+        key = _product_key(record)
+        products.setdefault(key, record)
+        paired.setdefault(record.query, set()).add(key)
+    keys = list(products)
+    rng = random.Random(f"{seed}:candidates")
+    out = []
+    for query, taken in paired.items():
+        draw = rng.sample(keys, min(len(keys), per_query + len(taken)))
+        for key in [k for k in draw if k not in taken][:per_query]:
+            product = products[key]
+            out.append(
+                Record(
+                    id=f"cand-{stable_id(query, key)}",
+                    query=query,
+                    title=product.title,
+                    brand=product.brand,
+                    description=product.description,
+                    attributes=dict(product.attributes),
+                    meta={CANDIDATE_TAG: True, "product_id": key},
+                )
+            )
+    return out
+
+
+def build_pool(
+    records: Sequence[Record], unlabeled: Sequence[Record] | None, scheme: LabelScheme, candidates_per_query: int = 0,
+    seed: int = 0,
+) -> tuple[list[Record], dict[str, int]]:
+    """Labelled records (labels checked against `scheme`), unlabelled ones (labels dropped) and candidate pairs;
+    returns the pool and its counts. Raises DataError on an empty pool or a repeated id."""
+    from lref.models.cross_encoder import has_label
+    from lref.stages.sft import validate_records
+
+    records = list(records or [])
+    labelled = [r for r in records if has_label(r)]
+    labelled = validate_records(labelled, scheme, "training") if labelled else []
+    unlabelled = [replace(r, label=None) for r in records if not has_label(r)]
+    unlabelled += [replace(r, label=None) for r in unlabeled or []]
+    pool = labelled + unlabelled
+    if not pool:
+        raise DataError("nothing to distil: no training records and no unlabelled records")
+    candidates = candidate_pairs(pool, candidates_per_query, seed)
+    pool += candidates
+    seen: set[str] = set()
+    for record in pool:
+        if record.id in seen:
+            raise DataError(f"record id {record.id!r} occurs twice in the distillation pool (labelled + unlabelled)")
+        seen.add(record.id)
+    counts = {
+        "labelled": len(labelled), "unlabelled": len(unlabelled), "candidates": len(candidates), "total": len(pool)
+    }
+    return pool, counts
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Teacher scores, cached
+
+
+def pair_hash(record: Record) -> str:
+    """A hash of what the teacher reads of a pair (query and product text)."""
+    from lref.models.cross_encoder import pair_texts
+
+    return hashlib.sha256(json.dumps(pair_texts(record), ensure_ascii=False).encode()).hexdigest()[:16]
+
+
+def teacher_identity(config: DistillConfig) -> dict[str, Any]:
+    """What makes the teacher's scores what they are; its `key` changes when the teacher folder's files change."""
+    from lref.models.zoo import resolve_model
+    from lref.stages.sft import _stored_model_reference
+
+    folder = resolve_model(config.teacher)
+    digest = hashlib.sha256()
+    for path in sorted(p for p in folder.iterdir() if p.is_file()):
+        size = path.stat().st_size
+        digest.update(f"{path.name}\0{size}\0".encode())
+        if size <= _HASHED_FILE_LIMIT:
+            digest.update(hashlib.sha256(path.read_bytes()).digest())
+    identity = {
+        "model": _stored_model_reference(config.teacher),
+        "files_sha256": digest.hexdigest(),
+        "scheme": config.scheme,
+        "prompt": "direct",
+        "max_length": config.teacher_max_length,
+    }
+    identity["key"] = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
+    return identity
+
+
+def read_teacher_cache(path: Path, teacher_key: str, n_labels: int) -> tuple[dict[tuple[str, str], list[float]], int]:
+    """The cached probabilities of `teacher_key` by (id, pair hash), and how many rows were dropped (another
+    teacher's, or a line cut off by a killed run). Dropped rows are removed from the file (atomically)."""
+    from lref.io import write_jsonl
+
+    if not path.is_file():
+        return {}, 0
+    kept: list[dict[str, Any]] = []
+    dropped = 0
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            row = json.loads(line)
+            usable = row["teacher"] == teacher_key and len(row["probs"]) == n_labels
+        except (json.JSONDecodeError, KeyError, TypeError):
+            usable = False
+        if usable:
+            kept.append(row)
+        else:
+            dropped += 1
+    if dropped:
+        logger.info("teacher cache %s: dropped %d rows of another teacher or cut off", path, dropped)
+        write_jsonl(path, kept)
+    return {(row["id"], row["pair"]): row["probs"] for row in kept}, dropped
+
+
+def teacher_targets(
+    config: DistillConfig, pool: Sequence[Record], scheme: LabelScheme, identity: dict[str, Any], use_cpu: bool
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """N x K teacher probabilities for `pool`, from the cache where present, else scored (and appended to it)."""
+    from tqdm.auto import tqdm
+
+    path = Path(config.output_dir) / SCORES_NAME
+    cache, dropped = read_teacher_cache(path, identity["key"], len(scheme))
+    keys = [(r.id, pair_hash(r)) for r in pool]
+    missing = [i for i, key in enumerate(keys) if key not in cache]
+    stats = {"hits": len(pool) - len(missing), "scored": len(missing), "dropped": dropped, "wall_time_s": 0.0}
+    if missing:
+        from lref.models.loading import load_causal_lm
+        from lref.models.scorer import LabelScorer, ScorerConfig
+
+        started = time.perf_counter()
+        model, tokenizer, _ = load_causal_lm(config.teacher)
+        if not use_cpu:
+            model.to("cuda")
+        scorer = LabelScorer(
+            model, tokenizer, scheme,
+            ScorerConfig(batch_size=config.teacher_batch_size, max_length=config.teacher_max_length,
+                         num_threads=config.threads),
+        )
+        chunk = config.teacher_batch_size * 8
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a", encoding="utf-8") as handle, tqdm(
+            total=len(missing), unit="pair", file=sys.stderr, disable=not config.progress, desc="teacher"
+        ) as bar:
+            for start in range(0, len(missing), chunk):
+                index = missing[start : start + chunk]
+                result = scorer.score([pool[i] for i in index])
+                for i, probs in zip(index, result.probs):
+                    cache[keys[i]] = [float(p) for p in probs]
+                    row = {"id": keys[i][0], "pair": keys[i][1], "teacher": identity["key"], "probs": cache[keys[i]]}
+                    handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+                handle.flush()
+                os.fsync(handle.fileno())  # what was scored survives a kill
+                bar.update(len(index))
+        stats["wall_time_s"] = round(time.perf_counter() - started, 2)
+        del model, scorer
+    return np.asarray([cache[key] for key in keys], dtype=np.float32), stats
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Entry point
+
+
+def distill(config: DistillConfig, records: Sequence[Record], unlabeled: Sequence[Record] | None = None) -> Path:
+    """Distil `config.teacher` into `config.student` on `records` (+ `unlabeled`); return the student folder."""
+    from lref.io import write_json
+    from lref.models.cross_encoder import CrossEncoderConfig, train_cross_encoder
+    from lref.models.distill_loss import soft_label_loss
+    from lref.models.loading import MANIFEST_NAME, read_manifest
+    from lref.models.scorer import scheme_for_model
+    from lref.models.zoo import resolve_model
+    from lref.stages.sft import last_checkpoint
+    from lref.training import prepare_device
+
+    scheme = get_scheme(config.scheme)
+    output_dir = Path(config.output_dir)
+    checkpoint = last_checkpoint(output_dir)
+    if checkpoint is not None and not config.resume:  # before any scoring: the cache stays for a resumed run
+        raise FileExistsError(
+            f"{output_dir} already holds checkpoints of a run ({checkpoint.name}); resume it or choose another folder"
+        )
+    scheme_for_model(read_manifest(resolve_model(config.teacher)), scheme)  # LabelError if the teacher learnt another
+    pool, counts = build_pool(records, unlabeled, scheme, config.candidates_per_query, config.seed)
+    if counts["labelled"] == 0 and config.ce_weight > 0:
+        logger.info("no pair has a human label: the student learns from the teacher alone (no CE term)")
+    use_cpu = prepare_device(config)
+    identity = teacher_identity(config)
+    targets, cache_stats = teacher_targets(config, pool, scheme, identity, use_cpu)
+
+    student_config = CrossEncoderConfig(
+        model=config.student, scheme=scheme.name, output_dir=str(output_dir), learning_rate=config.learning_rate,
+        epochs=config.epochs, max_steps=config.max_steps, batch_size=config.batch_size, max_length=config.max_length,
+        warmup_ratio=config.warmup_ratio, save_steps=config.save_steps, resume=config.resume, seed=config.seed,
+        threads=config.threads, use_cpu=config.use_cpu, progress=config.progress,
+    )
+    loss_fn = functools.partial(soft_label_loss, temperature=config.temperature, ce_weight=config.ce_weight)
+    folder = train_cross_encoder(student_config, pool, targets=targets, loss_fn=loss_fn)
+
+    manifest = read_manifest(folder) or {}
+    manifest["stage"] = "distill"
+    manifest["distill"] = {
+        "teacher": identity,
+        "pairs": counts,
+        "teacher_cache": cache_stats,
+        "teacher_label_shares": {
+            label: round(float(share), 4) for label, share in zip(scheme.labels, np.bincount(
+                targets.argmax(axis=1), minlength=len(scheme)) / len(pool))
+        },
+        "config": asdict(config),
+    }
+    write_json(folder / MANIFEST_NAME, manifest)
+    logger.info("student written to %s (%d pairs, %d teacher scores cached)", folder, len(pool), cache_stats["hits"])
+    return folder
+
+
+__all__ = [
+    "CANDIDATE_TAG",
+    "SCORES_NAME",
+    "DistillConfig",
+    "build_pool",
+    "candidate_pairs",
+    "distill",
+    "pair_hash",
+    "read_teacher_cache",
+    "teacher_identity",
+    "teacher_targets",
+]

@@ -1,0 +1,420 @@
+"""Multi-CoT stage: prompts and examples (EE/RA/DR), teacher cache, sequential training, resume, CoT generation with
+its fallback, the direct scorer afterwards, input validation and the commands."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import Counter
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+torch = pytest.importorskip("torch")
+
+pytestmark = pytest.mark.filterwarnings("ignore:`is_gradient_checkpointing` is deprecated:FutureWarning")
+
+from transformers import TrainerCallback  # noqa: E402
+
+from helpers import run_lref  # noqa: E402
+from lref.data.records import DataError, Record  # noqa: E402
+from lref.labels import get_scheme  # noqa: E402
+from lref.models.loading import MANIFEST_NAME, load_causal_lm  # noqa: E402
+from lref.models.scorer import LabelScorer  # noqa: E402
+from lref.prompts import ANSWER_CUE, direct_prompt, encode_prompt, label_completion  # noqa: E402
+from lref.stages import cot as cot_module  # noqa: E402
+from lref.stages.cot import (  # noqa: E402
+    REPORT_NAME,
+    CoTConfig,
+    cot_examples,
+    cot_prompt,
+    direct_count,
+    generate_predictions,
+    read_teacher_file,
+    sample_wrong_label,
+    teach,
+    train_cot,
+)
+from lref.stages.sft import SFTStageConfig, prefix_grouped_order, train_sft  # noqa: E402
+from lref.teachers.base import parse_label  # noqa: E402
+from lref.teachers.rules import RulesTeacher  # noqa: E402
+from lref.teachers.rules_file import load_rules  # noqa: E402
+from lref.testing import build_tiny_causal_lm  # noqa: E402
+
+SCHEME = get_scheme("graded3")
+RULES = load_rules("homedepot")
+PAIRS = [
+    ("ryobi cordless drill", "DeWalt 20V MAX Cordless Drill"),
+    ("ceiling fan", "Replacement Light Kit for Ceiling Fan"),
+    ("cordless drill", "DeWalt 20V MAX cordless drill driver kit"),
+    ("garden hose 50 ft", "Flexzilla 50 ft. garden hose"),
+    ("garden hose", "Flexzilla garden hose, green"),
+    ("white paint 1 gal", "Behr 1 gal. white interior paint"),
+    ("grill cover", "Weber Grill Cover for Spirit grills"),
+    ("brass door knob", "Kwikset Polished Brass Door Knob"),
+    ("2x4 lumber 8 ft", "2 in. x 4 in. x 8 ft. Stud"),
+    ("led bulb 60w", "Philips 60-Watt LED Light Bulb 4-Pack"),
+    ("toilet seat white", "American Standard Toilet Seat in Bone"),
+    ("tile saw", "7 in. Wet Tile Saw"),
+]
+
+
+def make_records() -> list[Record]:
+    """Pairs labelled with the rules teacher's own RA verdict, so its explanations agree with the human labels."""
+    raw = [Record(id=f"p{i}", query=q, title=t) for i, (q, t) in enumerate(PAIRS)]
+    teacher = RulesTeacher().fit(raw)
+    verdicts = [e.label for e in teacher.apply_rules(raw, RULES)]
+    return [Record(id=r.id, query=r.query, title=r.title, label=label) for r, label in zip(raw, verdicts)]
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    torch.set_num_threads(1)
+    folder = build_tiny_causal_lm(tmp_path_factory.mktemp("tiny"), embedding_scale=10.0)
+    # The tiny byte-level tokenizer makes the Home Depot rules ~1200 tokens; RoPE positions have no learnt table.
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "max_position_embeddings": 4096}))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def stage1(tiny_model, tmp_path_factory):
+    """A Stage-1 (SFT) adapter to start from."""
+    out = tmp_path_factory.mktemp("sft") / "adapter"
+    cfg = SFTStageConfig(model=str(tiny_model), output_dir=str(out), max_steps=2, batch_size=4, lora_r=4,
+                         save_steps=1000, progress=False, threads=1)
+    return train_sft(cfg, make_records())
+
+
+def cot_config(model, out, **overrides) -> CoTConfig:
+    settings = dict(model=str(model), output_dir=str(out), rules="homedepot", ee_samples=4, ra_samples=4,
+                    dr_samples=4, max_steps=2, batch_size=4, lora_r=4, learning_rate=1e-3, warmup_ratio=0.0,
+                    save_steps=1, logging_steps=1, progress=False, threads=1, max_length=4096)
+    settings.update(overrides)
+    return CoTConfig(**settings)
+
+
+# -- prompts and examples ---------------------------------------------------------------------------------------------
+
+
+def test_cot_prompts_start_differently_and_completions_end_with_cue_and_label():
+    record = make_records()[0]
+    direct = direct_prompt(record, SCHEME)
+    teacher = RulesTeacher().fit(make_records())
+    prefixes = set()
+    for task in ("ee", "ra", "dr"):
+        prompt = cot_prompt(task, record, SCHEME, RULES, wrong_label="Exact" if record.label != "Exact" else "Partial")
+        assert prompt.prefix.split("\n", 1)[0] != direct.prefix.split("\n", 1)[0]
+        assert not prompt.prefix.startswith(direct.prefix[:20])
+        prefixes.add(prompt.prefix)
+        examples, _ = cot_examples(task, make_records(), SCHEME, teacher, 3, rules=RULES, seed=1, progress=False)
+        for example in examples:
+            assert example.completion.endswith(f"\n{ANSWER_CUE}{label_completion(SCHEME, example.label)}")
+            assert parse_label(example.completion, SCHEME) == example.label
+    assert len(prefixes) == 3
+    assert "[HD-PERFECT]" in cot_prompt("ra", record, SCHEME, RULES).prefix  # the rules are in the shared prefix
+
+
+def test_ra_examples_cite_rule_ids_and_ee_does_not():
+    records = make_records()
+    teacher = RulesTeacher().fit(records)
+    ra, stats = cot_examples("ra", records, SCHEME, teacher, len(records), rules=RULES, progress=False)
+    assert stats["examples"] == len(records) and stats["rejected_disagreeing"] == 0
+    known = {rule.id for rule in RULES.rules}
+    for example in ra:
+        cited = {rid for rid in known if f"[{rid}]" in example.completion}
+        assert cited, example.completion
+    ee, _ = cot_examples("ee", records, SCHEME, teacher, 4, progress=False)
+    assert all("Rule [" not in example.completion for example in ee)
+    assert {e.id for e in ee} < {r.id for r in records}
+
+
+def test_disagreeing_explanations_are_dropped_and_too_few_fail():
+    records = make_records()
+    flipped = [Record(id=r.id, query=r.query, title=r.title, label="Irrelevant" if r.label != "Irrelevant" else "Exact")
+               if i < 4 else r for i, r in enumerate(records)]
+    teacher = RulesTeacher().fit(records)
+    examples, stats = cot_examples("ra", flipped, SCHEME, teacher, len(records) - 4, rules=RULES, progress=False)
+    assert 1 <= stats["rejected_disagreeing"] <= 4  # it stops asking once it has enough
+    assert {e.id for e in examples} == {r.id for r in records[4:]}
+    with pytest.raises(DataError, match=r"ra: only 8 of 12 pairs.*0 without a label, 4 disagreeing.*ra_samples=9"):
+        cot_examples("ra", flipped, SCHEME, teacher, 9, rules=RULES, progress=False)
+
+
+def test_dr_wrong_labels_differ_from_gold_with_an_over_estimate_bias():
+    middle = [Record(id=f"m{i}", query="q", title="t", label="Partial") for i in range(600)]
+    for share, low, high in ((0.8, 0.74, 0.86), (0.3, 0.24, 0.36)):
+        wrong = [sample_wrong_label(r, SCHEME, share, seed=0) for r in middle]
+        assert "Partial" not in wrong
+        assert low < Counter(wrong)["Exact"] / len(wrong) < high
+    assert sample_wrong_label(middle[0], SCHEME, 0.8) == sample_wrong_label(middle[0], SCHEME, 0.8)  # fixed per pair
+    top, bottom = Record("t", "q", "t", label="Exact"), Record("b", "q", "t", label="Irrelevant")
+    assert {sample_wrong_label(top, SCHEME, 1.0, seed=s) for s in range(20)} == {"Partial", "Irrelevant"}
+    assert {sample_wrong_label(bottom, SCHEME, 0.0, seed=s) for s in range(20)} == {"Exact", "Partial"}
+
+    records = make_records()
+    examples, stats = cot_examples("dr", records, SCHEME, RulesTeacher(), len(records), over_estimate_share=1.0,
+                                   progress=False)
+    gold = {r.id: r.label for r in records}
+    for example in examples:
+        decided = example.prompt.pair.split("Model's decision: ")[1].split("\n")[0]
+        assert SCHEME.parse(decided) != gold[example.id] and example.label == gold[example.id]
+        assert ("Exact" == gold[example.id]) or SCHEME.index(SCHEME.parse(decided)) < SCHEME.index(gold[example.id])
+    assert stats["over_estimate_share"] == pytest.approx(
+        sum(gold[e.id] != "Exact" for e in examples) / len(examples))
+
+
+def test_teacher_texts_are_cached(tmp_path):
+    records = make_records()
+    cache = tmp_path / "teacher_ee.jsonl"
+    calls = []
+
+    class Counting(RulesTeacher):
+        def explain(self, batch, scheme):
+            calls.append(len(batch))
+            return super().explain(batch, scheme)
+
+    first, stats = teach(Counting(), "ee", records[:5], SCHEME, cache_path=cache, chunk_size=2, progress=False)
+    assert stats["generated"] == 5 and stats["cache_hits"] == 0 and calls == [2, 2, 1]
+    assert len(read_teacher_file(cache)) == 5
+    again, stats = teach(Counting(), "ee", records, SCHEME, cache_path=cache, progress=False)
+    assert stats["cache_hits"] == 5 and stats["generated"] == 7 and stats["hit_rate"] == pytest.approx(5 / 12, abs=1e-4)
+    assert [e.to_dict() for e in again[:5]] == [e.to_dict() for e in first]
+    cache.write_text(cache.read_text() + "{broken\n")
+    with pytest.raises(DataError, match="row 13"):
+        read_teacher_file(cache)
+
+
+def test_prefix_grouped_order_keeps_batches_homogeneous():
+    records = make_records()
+    teacher = RulesTeacher().fit(records)
+    ee, _ = cot_examples("ee", records, SCHEME, teacher, 6, progress=False)
+    examples = ee + [cot_module.direct_example(r, SCHEME) for r in records[:7]]
+    order = prefix_grouped_order(examples, batch_size=3, seed=0)
+    assert sorted(order) == list(range(len(examples)))
+    full_batches = [order[i:i + 3] for i in range(0, 12, 3)]  # 2 EE + 2 direct full batches, then the partial ones
+    assert all(len({examples[i].prompt.prefix for i in batch}) == 1 for batch in full_batches)
+    assert direct_count(6, 0.5) == 6 and direct_count(6, 0.25) == 2 and direct_count(6, 0.0) == 0
+
+
+# -- training ---------------------------------------------------------------------------------------------------------
+
+
+class _Steps(TrainerCallback):
+    def __init__(self):
+        self.steps = []
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.steps.append((os.path.basename(os.path.dirname(args.output_dir)), state.global_step))
+
+
+class _CrashIn(TrainerCallback):
+    def __init__(self, stage: str, step: int):
+        self.stage, self.step = stage, step
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        if os.path.basename(os.path.dirname(args.output_dir)) == self.stage and state.global_step == self.step:
+            raise RuntimeError("simulated crash")
+
+
+@pytest.fixture(scope="module")
+def trained(stage1, tmp_path_factory):
+    out = tmp_path_factory.mktemp("cot") / "run"
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        train_cot(cot_config(stage1, out), make_records(), callbacks=[_CrashIn("ra", 1)])
+    assert (out / "ee" / MANIFEST_NAME).is_file() and not (out / "ra" / MANIFEST_NAME).exists()
+    steps = _Steps()
+    adapters = train_cot(cot_config(stage1, out), make_records(), callbacks=[steps])
+    return out, adapters, steps.steps
+
+
+def test_stages_train_in_order_each_on_the_previous(trained, stage1):
+    out, adapters, steps = trained
+    assert list(adapters) == ["ee", "ra", "dr"]
+    manifests = {task: json.loads((folder / MANIFEST_NAME).read_text()) for task, folder in adapters.items()}
+    assert manifests["ee"]["base_model"] == str(stage1.resolve())
+    assert manifests["ra"]["base_model"] == str(adapters["ee"].resolve())
+    assert manifests["dr"]["base_model"] == str(adapters["ra"].resolve())
+    for task, manifest in manifests.items():
+        assert manifest["stage"] == f"cot-{task}" and manifest["cot"]["task"] == task
+        assert manifest["cot"]["n_cot"] == 4 and manifest["cot"]["n_direct"] == 4 and manifest["n_train"] == 8
+    assert manifests["ra"]["cot"]["rules"].endswith("homedepot.yaml")
+    for task in ("ee", "ra", "dr"):
+        assert len(read_teacher_file(out / f"teacher_{task}.jsonl")) >= 4
+
+    # Each stage changed the model it started from.
+    _, tokenizer, _ = load_causal_lm(adapters["dr"])
+    record = make_records()[0]
+    ids = torch.tensor([sum(encode_prompt(tokenizer, direct_prompt(record, SCHEME)), [])])
+    logits = []
+    for folder in (stage1, *adapters.values()):
+        model, _, _ = load_causal_lm(folder)
+        with torch.no_grad():
+            logits.append(model(ids).logits[0, -1])
+    for before, after in zip(logits, logits[1:]):
+        assert not torch.allclose(before, after, atol=1e-4)
+
+
+def test_an_interrupted_stage_resumes_and_finished_ones_are_skipped(trained, stage1):
+    out, adapters, steps = trained
+    # EE finished before the crash: skipped; RA resumed after its checkpoint-1; DR trained from scratch.
+    assert steps == [("ra", 2), ("dr", 1), ("dr", 2)]
+    report = json.loads((out / REPORT_NAME).read_text())
+    assert report["stages"]["ee"]["skipped"] and not report["stages"]["ra"]["skipped"]
+    assert report["stages"]["ee"]["teacher"]["hit_rate"] == 1.0
+    assert json.loads((adapters["ra"] / MANIFEST_NAME).read_text())["train_metrics"]["resumed_from_step"] == 1
+
+    created = {t: json.loads((f / MANIFEST_NAME).read_text())["created"] for t, f in adapters.items()}
+    again = _Steps()
+    assert train_cot(cot_config(stage1, out), make_records(), callbacks=[again]) == adapters
+    assert again.steps == []
+    assert {t: json.loads((f / MANIFEST_NAME).read_text())["created"] for t, f in adapters.items()} == created
+    report = json.loads((out / REPORT_NAME).read_text())
+    assert all(stage["skipped"] for stage in report["stages"].values())
+
+    with pytest.raises(FileExistsError, match="other inputs"):  # changed settings do not silently reuse a stage
+        train_cot(cot_config(stage1, out, ee_samples=3), make_records())
+    with pytest.raises(FileExistsError, match="already holds"):
+        train_cot(cot_config(stage1, out, resume=False), make_records())
+
+
+# -- inference --------------------------------------------------------------------------------------------------------
+
+
+def test_cot_generation_falls_back_to_the_direct_label(trained):
+    _, adapters, _ = trained
+    records = make_records()[:5]
+    model, tokenizer, _ = load_causal_lm(adapters["dr"])
+    predictions, stats = generate_predictions(adapters["dr"], records, max_new_tokens=12, batch_size=3,
+                                              progress=False, model=model, tokenizer=tokenizer)
+    one_by_one, _ = generate_predictions(adapters["dr"], records, max_new_tokens=12, batch_size=1, progress=False,
+                                         model=model, tokenizer=tokenizer)
+    assert stats["texts"] == _["texts"]  # left-padded batches generate what single pairs do
+    assert [p.id for p in predictions] == [r.id for r in records]
+    unparsed = [i for i, text in enumerate(stats["texts"]) if parse_label(text, SCHEME) is None]
+    assert stats["fallbacks"] == len(unparsed) and stats["pairs"] == 5 and stats["pairs_per_s"] > 0
+    direct = LabelScorer(model, tokenizer, SCHEME).predict(records)
+    for i in unparsed:
+        assert predictions[i].label == direct[i].label and predictions[i].probs == direct[i].probs
+    assert stats["generated_tokens"] <= 5 * 12
+
+
+def test_cot_generation_parses_the_label(trained, monkeypatch):
+    _, adapters, _ = trained
+    records = make_records()[:4]
+    model, tokenizer, _ = load_causal_lm(adapters["ee"])
+    answers = ["Product type: both are a drill.\nRelevance: Partial", "no grade here",
+               "Verdict: same.\nRelevance: Exact", "Relevance: Irrelevant"]
+    prompts = []
+
+    def fake_generate(input_ids, attention_mask, max_new_tokens, **kwargs):
+        rows = []
+        for row in range(input_ids.shape[0]):
+            prompt = tokenizer.decode(input_ids[row][attention_mask[row].bool()], skip_special_tokens=True)
+            prompts.append(prompt)
+            index = next(i for i, r in enumerate(records) if f"Query: {r.query}\n" in prompt)
+            new = tokenizer(answers[index], add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+            rows.append(input_ids[row].tolist() + new)
+        width = max(len(r) for r in rows)
+        return torch.tensor([r + [tokenizer.pad_token_id] * (width - len(r)) for r in rows])
+
+    monkeypatch.setattr(model, "generate", fake_generate)
+    predictions, stats = generate_predictions(adapters["ee"], records, batch_size=2, progress=False, model=model,
+                                              tokenizer=tokenizer)
+    assert all(p.startswith("Task: expert analysis") and p.rstrip().endswith("Analysis:") for p in prompts)
+    assert [p.label for p in predictions][0::2] == ["Partial", "Exact"] and predictions[3].label == "Irrelevant"
+    assert stats["fallbacks"] == 1 and stats["texts"] == answers and stats["hit_max_new_tokens"] == 0
+    assert predictions[1].label == LabelScorer(model, tokenizer, SCHEME).predict(records[1:2])[0].label
+
+    ra_predictions, _ = generate_predictions(adapters["ee"], records, task="ra", progress=False, model=model,
+                                             tokenizer=tokenizer, rules="homedepot", max_length=4096)
+    assert "[HD-PERFECT]" in prompts[-1] and ra_predictions[0].label == "Partial"
+
+
+def test_direct_mode_still_scores(trained):
+    _, adapters, _ = trained
+    model, tokenizer, manifest = load_causal_lm(adapters["dr"])
+    result = LabelScorer(model, tokenizer, SCHEME).score(make_records())
+    assert result.probs.shape == (12, 3)
+    assert abs(result.probs.sum(axis=1) - 1).max() < 1e-9
+    assert manifest["scheme"]["name"] == "graded3"
+
+
+# -- bad input --------------------------------------------------------------------------------------------------------
+
+
+def test_bad_inputs(stage1, tmp_path):
+    with pytest.raises(ValueError, match="unknown teacher 'gpt'"):
+        CoTConfig(teacher="gpt")
+    with pytest.raises(ValueError, match="teacher_model"):
+        CoTConfig(teacher="openai")
+    with pytest.raises(ValueError, match="order"):
+        CoTConfig(stages=["ra", "ee"])
+    with pytest.raises(ValueError, match="direct_share"):
+        CoTConfig(direct_share=1.0)
+    with pytest.raises(ValueError, match="dr_samples"):
+        CoTConfig(dr_samples=0)
+    with pytest.raises(FileNotFoundError, match="no_such_rules.yaml"):
+        train_cot(cot_config(stage1, tmp_path / "a", rules=str(tmp_path / "no_such_rules.yaml")), make_records())
+    with pytest.raises(DataError, match="ee_samples=50"):
+        train_cot(cot_config(stage1, tmp_path / "b", ee_samples=50), make_records())
+    unlabelled = make_records()
+    unlabelled[3] = Record(id="x", query="q", title="t")
+    with pytest.raises(DataError, match="'x' has no label"):
+        train_cot(cot_config(stage1, tmp_path / "c"), unlabelled)
+    assert not (tmp_path / "a").exists() and not (tmp_path / "c").exists()
+
+
+# -- commands ---------------------------------------------------------------------------------------------------------
+
+
+def _write_records(path, records):
+    path.write_text("".join(json.dumps(r.to_dict()) + "\n" for r in records))
+    return path
+
+
+def test_cli_teach_with_shards(tmp_path, monkeypatch, capsys):
+    data = _write_records(tmp_path / "pairs.jsonl", make_records())
+    outs = []
+    for shard in ("0/2", "1/2"):
+        out = tmp_path / f"ra.{shard[0]}.jsonl"
+        code, _, err = run_lref(monkeypatch, capsys, "teach", "--data", str(data), "--task", "ra", "--rules",
+                                "homedepot", "--out", str(out), "--shard", shard)
+        assert code == 0, err
+        outs.append([json.loads(line) for line in out.read_text().splitlines()])
+    assert [row["id"] for row in outs[0]] == [f"p{i}" for i in range(0, 12, 2)]
+    assert all(row["kind"] == "ra" and row["rule_ids"] for rows in outs for row in rows)
+    code, _, err = run_lref(monkeypatch, capsys, "teach", "--data", str(data), "--task", "dr", "--out",
+                            str(tmp_path / "dr.jsonl"), "--over-estimate-share", "1")
+    assert code == 0 and "cache hits 0" in err
+    code, _, err = run_lref(monkeypatch, capsys, "teach", "--data", str(data), "--task", "dr", "--out",
+                            str(tmp_path / "dr.jsonl"), "--over-estimate-share", "1")
+    assert code == 0 and "cache hits 12" in err
+    rows = [json.loads(line) for line in (tmp_path / "dr.jsonl").read_text().splitlines()]
+    assert all(row["wrong_label"] != row["label"] for row in rows)
+    code, _, err = run_lref(monkeypatch, capsys, "teach", "--data", str(data), "--task", "ra", "--out",
+                            str(tmp_path / "x.jsonl"), "--rules", str(tmp_path / "missing.yaml"))
+    assert code == 2 and "missing.yaml" in err
+
+
+def test_cli_cot_and_predict_cot(stage1, tmp_path, monkeypatch, capsys):
+    data = _write_records(tmp_path / "pairs.jsonl", make_records())
+    out = tmp_path / "cot"
+    code, stdout, err = run_lref(monkeypatch, capsys, "cot", "--model", str(stage1), "--train", str(data),
+                                 "--output-dir", str(out), "--stages", "ee", "--ee-samples", "3", "--max-steps", "1",
+                                 "--batch-size", "4", "--lora-r", "4", "--threads", "1", "--max-length", "4096")
+    assert code == 0, err
+    assert (out / "ee" / MANIFEST_NAME).is_file() and str(out / "ee") in stdout
+    code, _, err = run_lref(monkeypatch, capsys, "cot", "--model", str(stage1), "--train", str(data),
+                            "--output-dir", str(tmp_path / "bad"), "--teacher", "gpt")
+    assert code != 0 and "unknown teacher" in err
+
+    preds = tmp_path / "preds.jsonl"
+    code, _, err = run_lref(monkeypatch, capsys, "cot-predict", "--model", str(out / "ee"), "--data", str(data),
+                            "--out", str(preds), "--max-new-tokens", "4", "--cot-texts",
+                            str(tmp_path / "texts.jsonl"))
+    assert code == 0, err
+    rows = [json.loads(line) for line in preds.read_text().splitlines()]
+    assert len(rows) == 12 and all(row["label"] in SCHEME.labels for row in rows)
+    assert "fallbacks" in err and len((tmp_path / "texts.jsonl").read_text().splitlines()) == 12

@@ -1,0 +1,322 @@
+"""Distillation: the soft-label loss, unlabelled rows in cross-encoder training, the pool, the cached teacher scores,
+the `distill` entry point end to end on tiny models, and `lref distill`."""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+torch = pytest.importorskip("torch")
+
+pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning", "ignore::UserWarning")
+
+import torch.nn.functional as F  # noqa: E402
+from helpers import run_lref  # noqa: E402
+
+from lref.data.records import DataError, Record  # noqa: E402
+from lref.labels import LabelError, get_scheme  # noqa: E402
+from lref.models.distill_loss import IGNORE_LABEL, soft_label_loss  # noqa: E402
+from lref.models.loading import MANIFEST_NAME  # noqa: E402
+from lref.stages.distill import (  # noqa: E402
+    CANDIDATE_TAG,
+    SCORES_NAME,
+    DistillConfig,
+    build_pool,
+    candidate_pairs,
+    distill,
+    pair_hash,
+    teacher_identity,
+)
+
+SCHEME = get_scheme("graded3")
+E, P, I = SCHEME.labels
+
+
+# -- the loss ---------------------------------------------------------------------------------------------------------
+
+
+def _batch(n=5, k=3, seed=0, labels=None):
+    g = torch.Generator().manual_seed(seed)
+    targets = torch.softmax(torch.randn(n, k, generator=g) * 2, dim=-1)
+    labels = torch.tensor(labels if labels is not None else [i % k for i in range(n)])
+    return torch.randn(n, k, generator=g) * 2, {"targets": targets, "labels": labels}
+
+
+def test_loss_is_zero_when_the_student_is_the_teacher_and_no_pair_is_labelled():
+    _, batch = _batch(labels=[IGNORE_LABEL] * 5)
+    student = torch.log(batch["targets"]) + 3.0  # a shift leaves the softmax unchanged
+    for temperature in (0.5, 1.0, 4.0):
+        loss = soft_label_loss(student, batch, temperature=temperature, ce_weight=1.0)
+        assert float(loss) == pytest.approx(0, abs=1e-6)
+
+
+def test_loss_matches_a_hand_computation():
+    logits, batch = _batch(labels=[0, IGNORE_LABEL, 2, 1, IGNORE_LABEL])
+    T, lam = 2.0, 0.7
+    teacher_t = batch["targets"] ** (1 / T)
+    teacher_t = teacher_t / teacher_t.sum(dim=1, keepdim=True)
+    student_t = torch.softmax(logits / T, dim=1)
+    kl = (teacher_t * (teacher_t.log() - student_t.log())).sum(dim=1).mean()
+    rows = [0, 2, 3]
+    ce = -torch.log_softmax(logits, dim=1)[rows, batch["labels"][rows]].mean()
+    expected = T**2 * kl + lam * ce
+    loss = soft_label_loss(logits, batch, temperature=T, ce_weight=lam)
+    assert float(loss) == pytest.approx(float(expected), rel=1e-5)
+
+
+def test_kl_term_scales_with_t_squared():
+    logits, batch = _batch()
+    for T in (1.0, 2.0, 5.0):
+        teacher_log_t = F.log_softmax(batch["targets"].log() / T, dim=1)
+        kl = F.kl_div(F.log_softmax(logits / T, dim=1), teacher_log_t, log_target=True, reduction="batchmean")
+        loss = soft_label_loss(logits, batch, temperature=T, ce_weight=0.0)
+        assert float(loss) == pytest.approx(T**2 * float(kl), rel=1e-5)
+
+
+def test_zero_ce_weight_ignores_labels_and_unlabelled_rows_add_no_ce():
+    logits, batch = _batch()
+    other = {**batch, "labels": torch.tensor([2, 2, 0, 0, 1])}
+    assert float(soft_label_loss(logits, batch, ce_weight=0.0)) == float(soft_label_loss(logits, other, ce_weight=0.0))
+    # the CE is averaged over the labelled rows only: dropping a row's label removes exactly its CE
+    partial = {**batch, "labels": torch.tensor([0, IGNORE_LABEL, IGNORE_LABEL, IGNORE_LABEL, IGNORE_LABEL])}
+    kl_only = soft_label_loss(logits, batch, ce_weight=0.0)
+    ce_row0 = F.cross_entropy(logits[:1], torch.tensor([0]))
+    assert float(soft_label_loss(logits, partial, ce_weight=1.0)) == pytest.approx(float(kl_only + ce_row0), rel=1e-5)
+    none = {**batch, "labels": torch.full((5,), IGNORE_LABEL)}
+    assert float(soft_label_loss(logits, none, ce_weight=1.0)) == pytest.approx(float(kl_only), rel=1e-6)
+
+
+def test_gradient_flows_and_moves_the_student_toward_the_teacher():
+    logits, batch = _batch(labels=[IGNORE_LABEL] * 5)
+    logits.requires_grad_(True)
+    soft_label_loss(logits, batch, temperature=1.0).backward()
+    assert logits.grad is not None and logits.grad.abs().sum() > 0
+    # at T=1 the gradient of batch-mean KL is (student - teacher) / N
+    expected = (torch.softmax(logits.detach(), dim=1) - batch["targets"]) / 5
+    assert torch.allclose(logits.grad, expected, atol=1e-6)
+
+
+def test_loss_checks_its_inputs():
+    logits, batch = _batch()
+    with pytest.raises(ValueError, match="temperature"):
+        soft_label_loss(logits, batch, temperature=0)
+    with pytest.raises(ValueError, match="ce_weight"):
+        soft_label_loss(logits, batch, ce_weight=-1)
+    with pytest.raises(KeyError, match="targets"):
+        soft_label_loss(logits, {"labels": batch["labels"]})
+    with pytest.raises(ValueError, match="targets are"):
+        soft_label_loss(logits, {**batch, "targets": batch["targets"][:, :2]})
+
+
+# -- the pool ---------------------------------------------------------------------------------------------------------
+
+
+def pool_records(n: int = 12) -> list[Record]:
+    words = {E: "drill", P: "hose", I: "fan"}
+    return [
+        Record(id=f"r{i}", query=f"{words[SCHEME.labels[i % 3]]} {i % 4}", title=f"white steel pack {i}",
+               label=SCHEME.labels[i % 3], meta={"product_id": f"p{i}"})
+        for i in range(n)
+    ]
+
+
+def test_candidate_pairs_pair_each_query_with_new_products_deterministically():
+    pool = pool_records()
+    candidates = candidate_pairs(pool, 3, seed=1)
+    queries = {r.query for r in pool}
+    assert len(candidates) == 3 * len(queries)
+    paired = {(r.query, r.meta["product_id"]) for r in pool}
+    assert all((c.query, c.meta["product_id"]) not in paired for c in candidates)
+    assert all(c.label is None and c.meta[CANDIDATE_TAG] for c in candidates)
+    assert [c.id for c in candidate_pairs(pool, 3, seed=1)] == [c.id for c in candidates]
+    assert [c.id for c in candidate_pairs(pool, 3, seed=2)] != [c.id for c in candidates]
+    assert len(candidate_pairs(pool, 100)) == sum(12 - sum(r.query == q for r in pool) for q in queries)
+
+
+def test_build_pool_counts_drops_unlabelled_labels_and_rejects_bad_input():
+    pool, counts = build_pool(pool_records(6), [Record(id="u1", query="fan", title="x", label=E)], SCHEME, 1)
+    assert counts == {"labelled": 6, "unlabelled": 1, "candidates": counts["candidates"], "total": len(pool)}
+    assert counts["candidates"] > 0 and next(r for r in pool if r.id == "u1").label is None
+    with pytest.raises(DataError, match="nothing to distil"):
+        build_pool([], None, SCHEME)
+    with pytest.raises(DataError, match="occurs twice"):
+        build_pool(pool_records(3), [Record(id="r0", query="q", title="t")], SCHEME)
+    with pytest.raises(DataError, match="r0"):
+        build_pool([Record(id="r0", query="q", title="t", label="Perfect-ish")], None, SCHEME)
+
+
+def test_config_is_validated():
+    with pytest.raises(ValueError, match="teacher"):
+        DistillConfig()
+    for bad, match in [({"temperature": 0}, "temperature"), ({"ce_weight": -0.1}, "ce_weight"),
+                       ({"candidates_per_query": -1}, "candidates_per_query"), ({"batch_size": 0}, "batch_size"),
+                       ({"scheme": "nope"}, "nope")]:
+        with pytest.raises((ValueError, LabelError), match=match):
+            DistillConfig(teacher="t", **bad)
+
+
+# -- unlabelled rows in cross-encoder training ------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_encoder(tmp_path_factory):
+    from lref.testing import build_tiny_encoder
+
+    torch.set_num_threads(1)
+    return build_tiny_encoder(tmp_path_factory.mktemp("encoder"))
+
+
+@pytest.fixture(scope="module")
+def tiny_teacher(tmp_path_factory):
+    from lref.testing import build_tiny_causal_lm
+
+    return build_tiny_causal_lm(tmp_path_factory.mktemp("teacher"), embedding_scale=10.0)
+
+
+def test_student_learns_unlabelled_pairs_from_soft_targets(tmp_path, tiny_encoder):
+    """Two students on the same unlabelled pairs, taught by teachers that disagree everywhere: each follows its own."""
+    from lref.models.cross_encoder import CrossEncoderConfig, CrossEncoderScorer, train_cross_encoder
+
+    records = [Record(id=r.id, query=r.query, title="white steel pack") for r in pool_records(24)]  # no labels
+    word_class = np.arange(24) % 3
+    loss_fn = functools.partial(soft_label_loss, temperature=1.0, ce_weight=0.5)
+    predicted = {}
+    for name, teacher in {"a": word_class, "b": (word_class + 1) % 3}.items():
+        targets = np.full((24, 3), 0.05)
+        targets[np.arange(24), teacher] = 0.9
+        config = CrossEncoderConfig(model=str(tiny_encoder), output_dir=str(tmp_path / name), learning_rate=5e-3,
+                                    max_steps=80, batch_size=8, warmup_ratio=0.0, progress=False, threads=1)
+        folder = train_cross_encoder(config, records, targets=targets, loss_fn=loss_fn)
+        manifest = json.loads((folder / MANIFEST_NAME).read_text())
+        assert manifest["n_unlabelled"] == 24 and manifest["label_counts"] == {}
+        predicted[name] = CrossEncoderScorer.from_pretrained(folder).score(records).probs.argmax(axis=1)
+    b_teacher = (word_class + 1) % 3
+    assert np.mean(predicted["a"] == word_class) >= 0.6 and np.mean(predicted["b"] == b_teacher) >= 0.6  # chance 1/3
+    assert np.mean(predicted["a"] == b_teacher) <= 0.4 and np.mean(predicted["b"] == word_class) <= 0.4
+    with pytest.raises(DataError, match="no label"):  # without targets a pair still needs its label
+        train_cross_encoder(CrossEncoderConfig(**{**config.__dict__, "output_dir": str(tmp_path / "x")}), records)
+
+
+# -- distill end to end -----------------------------------------------------------------------------------------------
+
+
+def distill_config(tmp_path, teacher, student, **overrides) -> DistillConfig:
+    settings = dict(teacher=str(teacher), student=str(student), output_dir=str(tmp_path / "student"), max_steps=3,
+                    batch_size=4, learning_rate=1e-3, teacher_batch_size=8, progress=False, threads=1)
+    return DistillConfig(**{**settings, **overrides})
+
+
+def test_distill_writes_a_loadable_student_and_caches_teacher_scores(tmp_path, tiny_teacher, tiny_encoder, monkeypatch):
+    from lref.models.cross_encoder import CrossEncoderScorer
+    from lref.models.loading import load_causal_lm
+    from lref.models.scorer import LabelScorer
+
+    records = pool_records(8)
+    unlabeled = [Record(id=f"u{i}", query="garden fan", title=f"ceiling fan {i}") for i in range(3)]
+    config = distill_config(tmp_path, tiny_teacher, tiny_encoder, candidates_per_query=1)
+    folder = distill(config, records, unlabeled)
+
+    manifest = json.loads((folder / MANIFEST_NAME).read_text())
+    info = manifest["distill"]
+    assert manifest["stage"] == "distill" and manifest["scheme"]["name"] == "graded3"
+    total = info["pairs"]["total"]
+    assert info["pairs"]["labelled"] == 8 and info["pairs"]["unlabelled"] == 3
+    assert info["pairs"]["candidates"] == 9  # one per query
+    assert total == 20 and manifest["n_train"] == 20 and manifest["n_unlabelled"] == 12
+    assert info["teacher_cache"]["hits"] == 0 and info["teacher_cache"]["scored"] == total
+    assert info["config"]["temperature"] == 2.0 and info["teacher"]["key"] == teacher_identity(config)["key"]
+
+    # the cache holds exactly the teacher's probabilities
+    rows = [json.loads(line) for line in (folder / SCORES_NAME).read_text().splitlines()]
+    assert len(rows) == total and len({(r["id"], r["pair"]) for r in rows}) == total
+    lm, tokenizer, _ = load_causal_lm(tiny_teacher)
+    direct = LabelScorer(lm, tokenizer, SCHEME).score(records)
+    cached = {r["id"]: r["probs"] for r in rows}
+    assert np.allclose([cached[r.id] for r in records], direct.probs, atol=1e-5)
+    assert next(r for r in rows if r["id"] == "r0")["pair"] == pair_hash(records[0])
+
+    result = CrossEncoderScorer.from_pretrained(folder).score(records)
+    assert result.probs.shape == (8, 3) and np.isfinite(result.probs).all()
+
+    # a resumed run never loads (let alone runs) the teacher again
+    def no_teacher(*args, **kwargs):
+        raise AssertionError("the teacher was loaded although every score was cached")
+
+    monkeypatch.setattr("lref.models.loading.load_causal_lm", no_teacher)
+    with pytest.raises(FileExistsError, match="resume"):
+        distill(config, records, unlabeled)
+    distill(DistillConfig(**{**config.__dict__, "resume": True}), records, unlabeled)
+    info = json.loads((folder / MANIFEST_NAME).read_text())["distill"]
+    assert info["teacher_cache"]["hits"] == total and info["teacher_cache"]["scored"] == 0
+
+
+def test_killed_run_keeps_its_scores_and_a_changed_teacher_invalidates_them(tmp_path, tiny_teacher, tiny_encoder):
+    from lref.testing import build_tiny_causal_lm
+
+    records = pool_records(10)
+    first = distill_config(tmp_path / "a", tiny_teacher, tiny_encoder)
+    rows = (distill(first, records) / SCORES_NAME).read_text().splitlines()
+
+    # a run killed mid-write: six whole rows and half a line
+    second = distill_config(tmp_path / "b", tiny_teacher, tiny_encoder)
+    cache = tmp_path / "b" / "student" / SCORES_NAME
+    cache.parent.mkdir(parents=True)
+    cache.write_text("\n".join(rows[:6]) + "\n" + rows[6][:20])
+    info = json.loads((distill(second, records) / MANIFEST_NAME).read_text())["distill"]["teacher_cache"]
+    assert (info["hits"], info["scored"], info["dropped"]) == (6, 4, 1)
+    rescored = sorted(cache.read_text().splitlines())
+    assert len(rescored) == 10 and all(json.loads(r) for r in rescored)
+
+    # another teacher (same architecture, other weights) re-scores everything
+    other = build_tiny_causal_lm(tmp_path / "other", seed=1, embedding_scale=10.0)
+    third = distill_config(tmp_path / "c", other, tiny_encoder)
+    cache = tmp_path / "c" / "student" / SCORES_NAME
+    cache.parent.mkdir(parents=True)
+    cache.write_text("\n".join(rows) + "\n")
+    info = json.loads((distill(third, records) / MANIFEST_NAME).read_text())["distill"]["teacher_cache"]
+    assert (info["hits"], info["scored"], info["dropped"]) == (0, 10, 10)
+    new = {json.loads(r)["id"]: json.loads(r)["probs"] for r in cache.read_text().splitlines()}
+    old = {json.loads(r)["id"]: json.loads(r)["probs"] for r in rows}
+    assert len(new) == 10 and not np.allclose(new["r0"], old["r0"])
+
+
+def test_scheme_mismatch_and_unlabelled_only(tmp_path, tiny_teacher, tiny_encoder):
+    teacher = tmp_path / "teacher"
+    shutil.copytree(tiny_teacher, teacher)
+    esci4 = {"scheme": {"name": "esci4", "labels": list(get_scheme("esci4").labels)}}
+    (teacher / MANIFEST_NAME).write_text(json.dumps(esci4))
+    with pytest.raises(LabelError, match="esci4"):
+        distill(distill_config(tmp_path, teacher, tiny_encoder), pool_records(4))
+    assert not (tmp_path / "student" / SCORES_NAME).exists()  # refused before scoring anything
+
+    unlabeled = [Record(id=r.id, query=r.query, title=r.title) for r in pool_records(6)]
+    folder = distill(distill_config(tmp_path, tiny_teacher, tiny_encoder, ce_weight=0.5), [], unlabeled)
+    info = json.loads((folder / MANIFEST_NAME).read_text())["distill"]
+    assert info["pairs"]["labelled"] == 0 and info["pairs"]["unlabelled"] == 6
+
+
+def test_cli_distill(tmp_path, tiny_teacher, tiny_encoder, monkeypatch, capsys):
+    train = tmp_path / "train.jsonl"
+    train.write_text("".join(json.dumps(r.to_dict()) + "\n" for r in pool_records(6)))
+    out = tmp_path / "student"
+    code, stdout, stderr = run_lref(
+        monkeypatch, capsys, "distill", "--teacher", str(tiny_teacher), "--train", str(train), "--output-dir", str(out),
+        "--student", str(tiny_encoder), "--max-steps", "2", "--batch-size", "3", "--ce-weight", "0.25",
+        "--candidates-per-query", "1", "--threads", "1",
+    )
+    assert code == 0, stderr
+    assert stdout.strip().splitlines()[-1] == str(out)
+    info = json.loads((out / MANIFEST_NAME).read_text())["distill"]
+    assert info["config"]["ce_weight"] == 0.25 and info["pairs"]["candidates"] > 0
+    code, _, stderr = run_lref(monkeypatch, capsys, "distill", "--teacher", str(tiny_teacher), "--output-dir", str(out))
+    assert code != 0 and "--train" in stderr
+    code, _, stderr = run_lref(monkeypatch, capsys, "distill", "--teacher", str(tiny_teacher), "--train", str(train),
+                               "--output-dir", str(tmp_path / "x"), "--temperature", "0")
+    assert code != 0 and "temperature" in stderr

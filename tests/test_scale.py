@@ -1,0 +1,94 @@
+"""Scale-out on existing engines: SFT under `accelerate launch` (2 CPU processes, gloo), precision selection."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import numpy as np
+import pytest
+
+from lref.training import prepare_device, resolve_precision
+
+torch = pytest.importorskip("torch")
+
+REPO = Path(__file__).resolve().parents[1]
+DRIVER = Path(__file__).with_name("ddp_sft_driver.py")
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_sft_under_accelerate_launch_two_cpu_processes(tmp_path):
+    from lref.data import load_records, write_records
+    from lref.data.synthetic import SyntheticCatalogConfig, generate_catalog
+    from lref.models.loading import MANIFEST_NAME, load_causal_lm
+    from lref.models.scorer import LabelScorer
+    from lref.testing import build_tiny_causal_lm
+
+    model = build_tiny_causal_lm(tmp_path / "model", embedding_scale=10)
+    train = tmp_path / "train.jsonl"
+    write_records(train, generate_catalog(SyntheticCatalogConfig(n_pairs=64, seed=1)))
+    out = tmp_path / "adapter"
+    accelerate = Path(sys.executable).with_name("accelerate")
+    command = [
+        str(accelerate), "launch", "--config_file", str(REPO / "configs/accelerate/ddp_cpu.yaml"),
+        "--main_process_port", str(_free_port()),
+        str(DRIVER), str(model), str(train), str(out), "4", "4",
+    ]
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run(command, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr[-4000:]
+
+    ranks = [json.loads((out / "ranks" / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert [r["world_size"] for r in ranks] == [2, 2]
+    assert [r["steps"] for r in ranks] == [4, 4]
+    # The Trainer shards the data: 64 examples / (batch 4 x 2 processes) = 8 batches per process and epoch.
+    assert [r["batches_per_epoch"] for r in ranks] == [8, 8]
+    # Gradients are all-reduced (the custom loss runs inside the DDP forward), so the replicas stay identical.
+    assert ranks[0]["trainable_checksum"] == pytest.approx(ranks[1]["trainable_checksum"], rel=1e-9)
+
+    manifest = json.loads((out / MANIFEST_NAME).read_text())
+    assert manifest["train_metrics"]["steps"] == 4
+    records = load_records(train)[:12]
+    tuned_lm, tokenizer, _ = load_causal_lm(out)
+    base_lm, _, _ = load_causal_lm(model)
+    tuned = LabelScorer(tuned_lm, tokenizer, manifest["scheme"]["name"]).score(records)
+    base = LabelScorer(base_lm, tokenizer, manifest["scheme"]["name"]).score(records)
+    assert tuned.probs.shape == (12, 3)
+    assert np.allclose(tuned.probs.sum(axis=1), 1.0)
+    assert np.abs(tuned.probs - base.probs).max() > 1e-3  # the saved adapter carries the trained weights
+
+
+def _config(**fields):
+    return SimpleNamespace(**{"use_cpu": None, "threads": None, **fields})
+
+
+def test_precision_auto_is_fp32_on_cpu_and_can_be_forced():
+    assert resolve_precision(_config(bf16=None), use_cpu=True) == "fp32"
+    assert resolve_precision(_config(bf16=False), use_cpu=False) == "fp32"
+    assert resolve_precision(_config(bf16=True), use_cpu=False) == "bf16"
+    assert resolve_precision(_config(), use_cpu=True) == "fp32"  # configs without the field
+    if not torch.cuda.is_available():
+        assert resolve_precision(_config(bf16=None), use_cpu=False) == "fp32"
+        assert prepare_device(_config(bf16=None)) is True
+    with pytest.raises(ValueError, match="bf16 mixed precision is only supported on a GPU"):
+        prepare_device(_config(bf16=True, use_cpu=True))
+
+
+def test_training_arguments_follow_the_resolved_precision():
+    from lref.stages.sft import SFTStageConfig
+    from lref.training import training_arguments
+
+    config = SFTStageConfig(output_dir="unused")
+    assert config.bf16 is None
+    arguments = training_arguments(config, "unused", use_cpu=True)
+    assert (arguments["bf16"], arguments["fp16"], arguments["use_cpu"]) == (False, False, True)

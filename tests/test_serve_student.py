@@ -1,0 +1,335 @@
+"""`lref serve student`: the real server on a loopback port over a tiny cross-encoder, called over HTTP (no mocks)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+import time
+
+import httpx
+import numpy as np
+import pytest
+import torch
+from prometheus_client.parser import text_string_to_metric_families
+
+from lref.data.records import Record
+from lref.labels import get_scheme
+from lref.models.cross_encoder import CrossEncoderConfig, CrossEncoderScorer, train_cross_encoder
+from lref.models.scorer import ScorerConfig
+from lref.serve.background import free_port, serve_in_background
+from lref.serve.student import MicroBatcher, ServeStudentConfig, StudentMetrics, build_server, relevance_results
+from lref.testing import build_tiny_encoder
+
+G3 = get_scheme("graded3")
+LIMITS = dict(max_batch_pairs=16, max_field_chars=50, max_body_bytes=2048, micro_batch_size=8)
+
+
+class Flaky:
+    """The real scorer, except that a batch holding the query 'explode' raises (a model call that fails)."""
+
+    def __init__(self, scorer):
+        self.scorer, self.scheme = scorer, scorer.scheme
+
+    def score(self, records):
+        if any(r.query == "explode" for r in records):
+            raise RuntimeError("simulated model failure")
+        return self.scorer.score(records)
+
+
+@pytest.fixture(scope="module")
+def student(tmp_path_factory):
+    torch.set_num_threads(1)
+    encoder = build_tiny_encoder(tmp_path_factory.mktemp("encoder"))
+    records = [Record(f"r{i}", f"drill {i}", "DeWalt drill kit", label=G3.labels[i % 3]) for i in range(6)]
+    config = CrossEncoderConfig(model=str(encoder), output_dir=str(tmp_path_factory.mktemp("student") / "ce"),
+                                max_steps=1, batch_size=4, progress=False, threads=1)
+    return train_cross_encoder(config, records)
+
+
+@pytest.fixture(scope="module")
+def reference(student):
+    """The same student scored in-process: what the service must return."""
+    return CrossEncoderScorer.from_pretrained(student, config=ScorerConfig(batch_size=64, max_length=128))
+
+
+@pytest.fixture(scope="module")
+def server_url(student, reference):
+    # A long max_wait_ms makes concurrent requests land in one micro-batch even on a busy machine.
+    config = ServeStudentConfig(model=str(student), backend="torch", port=free_port(), max_wait_ms=100,
+                                threads=1, log_level="warning", **LIMITS)
+    with serve_in_background(build_server(config, Flaky(reference))) as url:
+        yield url
+
+
+def pair(i: int, **extra) -> dict:
+    return {"query": f"cordless drill {i}", "title": f"DeWalt {i} V drill driver kit", **extra}
+
+
+def as_records(pairs: list[dict]) -> list[Record]:
+    return [Record(str(i), p["query"], p["title"], brand=p.get("brand"), description=p.get("description"))
+            for i, p in enumerate(pairs)]
+
+
+def post(url: str, body=None, **kwargs) -> httpx.Response:
+    return httpx.post(f"{url}/v1/relevance", json=body, timeout=30, **kwargs)
+
+
+def metrics(url: str) -> dict[str, float]:
+    """Every sample of /metrics, keyed by name and labels, e.g. 'lref_student_batch_pairs_count'."""
+    text = httpx.get(f"{url}/metrics").text
+    out = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            labels = ",".join(f"{k}={v}" for k, v in sorted(sample.labels.items()))
+            out[f"{sample.name}{{{labels}}}" if labels else sample.name] = sample.value
+    return out
+
+
+def assert_matches(results: list[dict], pairs: list[dict], reference) -> None:
+    expected = reference.score(as_records(pairs)).probs
+    assert len(results) == len(pairs)
+    for result, row in zip(results, expected):
+        probs = np.array([result["probabilities"][label] for label in G3.labels])
+        assert list(result["probabilities"]) == list(G3.labels)  # scheme order
+        np.testing.assert_allclose(probs, row, atol=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Scoring
+
+
+def test_relevance_happy_path(server_url, reference):
+    pairs = [pair(1), pair(2, brand="DeWalt"), pair(3, description="A 20V drill with two batteries.")]
+    response = post(server_url, {"pairs": pairs})
+    assert response.status_code == 200, response.text
+    data = response.json()
+    assert data["scheme"] == "graded3" and len(data["results"]) == 3
+    for result in data["results"]:
+        probs = result["probabilities"]
+        assert abs(sum(probs.values()) - 1.0) < 1e-6
+        assert result["label"] == max(probs, key=probs.get)
+        assert 1.0 <= result["expected_grade"] <= 3.0
+        assert result["expected_grade"] == pytest.approx(sum(p * G3.rating(label) for label, p in probs.items()))
+    assert_matches(data["results"], pairs, reference)
+    # Brand and description reach the model: the same query and title without them scores differently.
+    bare = post(server_url, {"pairs": [pair(2)]}).json()["results"][0]["probabilities"]
+    assert bare != data["results"][1]["probabilities"]
+
+
+def test_relevance_results_from_logits():
+    (result,) = relevance_results(np.log(np.array([[0.2, 0.5, 0.3]])), G3)
+    assert result["label"] == "Partial" and result["expected_grade"] == pytest.approx(0.6 + 1.0 + 0.3)
+    assert result["probabilities"] == pytest.approx({"Exact": 0.2, "Partial": 0.5, "Irrelevant": 0.3})
+
+
+def test_concurrent_clients_are_batched_and_get_their_own_results(server_url, reference):
+    before = metrics(server_url)
+    clients, start = 12, threading.Barrier(12)
+    bodies = [[pair(100 + i)] for i in range(clients)]  # one pair each: a batch > 1 can only come from batching
+    answers: list = [None] * clients
+
+    def client(i: int) -> None:
+        start.wait()
+        answers[i] = post(server_url, {"pairs": bodies[i]})
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for body, answer in zip(bodies, answers):
+        assert answer.status_code == 200, answer.text
+        assert_matches(answer.json()["results"], body, reference)
+    after = metrics(server_url)
+    calls = after["lref_student_batch_pairs_count"] - before["lref_student_batch_pairs_count"]
+    pairs = after["lref_student_batch_pairs_sum"] - before["lref_student_batch_pairs_sum"]
+    assert pairs == clients and calls < clients  # some model call scored pairs of several requests
+
+
+def test_a_request_over_the_micro_batch_size_is_split_and_reassembled(server_url, reference):
+    pairs = [pair(200 + i) for i in range(LIMITS["max_batch_pairs"])]  # 16 pairs, micro-batches of 8
+    before = metrics(server_url)
+    response = post(server_url, {"pairs": pairs})
+    assert response.status_code == 200, response.text
+    assert_matches(response.json()["results"], pairs, reference)
+    after = metrics(server_url)
+    assert after["lref_student_batch_pairs_count"] - before["lref_student_batch_pairs_count"] == 2
+    assert after["lref_student_batch_pairs_bucket{le=8.0}"] - before["lref_student_batch_pairs_bucket{le=8.0}"] == 2
+
+
+def test_a_failing_model_call_fails_its_request_and_the_server_keeps_serving(server_url, reference):
+    before = metrics(server_url)
+    failed = post(server_url, {"pairs": [{"query": "explode", "title": "anything"}]})
+    assert failed.status_code == 500
+    assert "model call failed: RuntimeError: simulated model failure" in failed.json()["error"]["message"]
+    ok = post(server_url, {"pairs": [pair(7)]})
+    assert ok.status_code == 200
+    assert_matches(ok.json()["results"], [pair(7)], reference)
+    after = metrics(server_url)
+    assert after["lref_student_model_errors_total"] - before["lref_student_model_errors_total"] == 1
+    key = "lref_student_requests_total{path=/v1/relevance,status=500}"
+    assert after[key] - before.get(key, 0) == 1
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Validation and limits
+
+
+@pytest.mark.parametrize("body, message", [
+    ({"pairs": [pair(0), {"query": "", "title": "drill"}]}, "pairs[1].query: String should have at least 1 character"),
+    ({"pairs": [{"query": "drill", "title": "   "}]}, "pairs[0].title: String should have at least 1 character"),
+    ({"pairs": [pair(0, description="x" * 51)]}, "pairs[0].description: String should have at most 50 characters"),
+    ({"pairs": [pair(0), {"query": "drill"}]}, "pairs[1].title: Field required"),
+    ({"pairs": [pair(0, titel="typo")]}, "pairs[0].titel: Extra inputs are not permitted"),
+    ({"pairs": [{"query": 5, "title": "drill"}]}, "pairs[0].query: Input should be a valid string"),
+    ({"pairs": []}, "pairs: List should have at least 1 item"),
+    ({"pairs": [pair(i) for i in range(17)]}, "pairs: 17 pairs exceed this server's limit of 16 per request"),
+    ({"items": []}, "pairs: Field required"),
+])
+def test_invalid_requests_are_refused_naming_the_problem(server_url, body, message):
+    response = post(server_url, body)
+    assert response.status_code == 422
+    assert message in response.json()["error"]["message"]
+
+
+def test_malformed_json_is_refused(server_url):
+    response = post(server_url, content=b'{"pairs": [{"query": "drill",', headers={"content-type": "application/json"})
+    assert response.status_code == 422
+    assert "malformed JSON at offset 29: Expecting property name" in response.json()["error"]["message"]
+
+
+def test_bodies_over_the_limit_are_refused_with_413(server_url):
+    big = {"pairs": [pair(i, brand="b" * 50, description="d" * 50) for i in range(16)]}
+    by_header = post(server_url, big)  # httpx sends Content-Length
+    assert by_header.status_code == 413 and "2048 bytes" in by_header.json()["error"]["message"]
+
+    def stream():  # chunked transfer: no Content-Length, so only the bytes received can tell
+        for _ in range(50):
+            yield b" " * 100
+
+    by_stream = httpx.post(f"{server_url}/v1/relevance", content=stream(), timeout=30,
+                           headers={"content-type": "application/json"})
+    assert "content-length" not in by_stream.request.headers
+    assert by_stream.status_code == 413 and "2048 bytes" in by_stream.json()["error"]["message"]
+    # A body under the limit, chunked the same way, is read whole and scored.
+    small = httpx.post(f"{server_url}/v1/relevance", content=iter([b'{"pairs": [', b'{"query": "a", "title": "b"}]}']),
+                       timeout=30, headers={"content-type": "application/json"})
+    assert small.status_code == 200 and len(small.json()["results"]) == 1
+    assert metrics(server_url)["lref_student_requests_total{path=/v1/relevance,status=413}"] >= 2
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Health and metrics
+
+
+def test_healthz(server_url, student):
+    data = httpx.get(f"{server_url}/healthz").json()
+    assert data["status"] == "ok" and data["model"] == str(student) and data["backend"] == "torch"
+    assert data["scheme"] == {"name": "graded3", "labels": ["Exact", "Partial", "Irrelevant"],
+                              "ratings": [3.0, 2.0, 1.0]}
+    assert data["limits"]["max_batch_pairs"] == 16
+
+
+def test_metrics_are_prometheus_text(server_url):
+    post(server_url, {"pairs": [pair(1)]})
+    httpx.get(f"{server_url}/healthz")
+    response = httpx.get(f"{server_url}/metrics")
+    assert response.headers["content-type"].startswith("text/plain")
+    samples = metrics(server_url)
+    assert samples["lref_student_requests_total{path=/v1/relevance,status=200}"] >= 1
+    assert samples["lref_student_requests_total{path=/healthz,status=200}"] >= 1
+    assert samples["lref_student_request_seconds_count"] >= 1 and samples["lref_student_request_seconds_sum"] > 0
+    assert samples["lref_student_queue_pairs"] == 0  # nothing waiting now
+    assert samples["lref_student_pairs_total"] >= 1
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The micro-batcher alone
+
+
+def test_micro_batcher_splits_batches_and_routes_results():
+    calls = []
+    gate = threading.Event()
+
+    def score(records):
+        gate.wait(5)  # hold the first call so the rest queue up behind it
+        calls.append(len(records))
+        return np.array([[float(r.query), 0.0, 0.0] for r in records])
+
+    metrics = StudentMetrics.create()
+    batcher = MicroBatcher(score, 3, micro_batch_size=4, max_wait_s=0.0, metrics=metrics).start()
+    try:
+        first = batcher.submit([Record("0", "1", "t")])
+        time.sleep(0.1)  # the worker now waits in the first call
+        futures = [batcher.submit([Record(str(j), str(10 * i + j), "t") for j in range(n)])
+                   for i, n in enumerate([3, 1, 6, 2])]
+        assert metrics.registry.get_sample_value("lref_student_queue_pairs") == 12  # all but the first request wait
+        gate.set()
+        assert first.result(5)[:, 0].tolist() == [1.0]
+        for i, (n, future) in enumerate(zip([3, 1, 6, 2], futures)):
+            assert future.result(5)[:, 0].tolist() == [float(10 * i + j) for j in range(n)]
+    finally:
+        batcher.stop()
+    # queued chunks [3], [1], [4, 2] (the 6-pair request split), [2]: packed FIFO into calls of at most 4 pairs
+    assert calls == [1, 4, 4, 4]
+    assert metrics.registry.get_sample_value("lref_student_queue_pairs") == 0
+    assert metrics.registry.get_sample_value("lref_student_batch_pairs_sum") == 13
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Backends and the command line
+
+
+def test_int8_backend_serves_an_exported_student(student, tmp_path):
+    from lref.models.onnx import ExportConfig, export_student
+
+    exported = export_student(ExportConfig(model=str(student), output_dir=str(tmp_path / "onnx")))
+    config = ServeStudentConfig(model=str(exported), backend="int8", port=free_port(), threads=1, log_level="warning")
+    pairs = [pair(1), pair(2, brand="DeWalt")]
+    with serve_in_background(build_server(config)) as url:
+        assert httpx.get(f"{url}/healthz").json()["backend"] == "int8"
+        response = post(url, {"pairs": pairs})
+    assert response.status_code == 200, response.text
+    torch_probs = CrossEncoderScorer.from_pretrained(student).score(as_records(pairs)).probs
+    served = np.array([[r["probabilities"][label] for label in G3.labels] for r in response.json()["results"]])
+    np.testing.assert_allclose(served.sum(axis=1), 1.0, atol=1e-6)
+    np.testing.assert_allclose(served, torch_probs, atol=0.05)  # int8 weights: close to the fp32 model, not equal
+
+
+def test_config_is_validated():
+    with pytest.raises(ValueError, match="backend must be one of int8, onnx, torch"):
+        ServeStudentConfig(backend="tensorrt")
+    with pytest.raises(ValueError, match="micro_batch_size must be >= 1"):
+        ServeStudentConfig(micro_batch_size=0)
+    with pytest.raises(ValueError, match="max_wait_ms must be >= 0"):
+        ServeStudentConfig(max_wait_ms=-1)
+
+
+def test_cli_serve_student_end_to_end(student):
+    port = free_port()
+    command = [sys.executable, "-m", "lref.cli", "serve", "student", str(student), "--backend", "torch",
+               "--port", str(port), "--log-level", "warning", "--threads", "1", "--max-batch-pairs", "2"]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        url, deadline = f"http://127.0.0.1:{port}", time.time() + 90
+        while True:
+            assert process.poll() is None, process.stdout.read().decode()
+            try:
+                if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.time() < deadline, "lref serve student did not come up"
+            time.sleep(0.2)
+        assert post(url, {"pairs": [pair(1)]}).status_code == 200
+        assert "limit of 2 per request" in post(url, {"pairs": [pair(i) for i in range(3)]}).json()["error"]["message"]
+    finally:
+        process.terminate()
+        process.wait(timeout=20)
+
+
+def test_cli_serve_student_refuses_a_bad_backend(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "lref.cli", "serve", "student", str(tmp_path), "--backend", "gpu"],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and "backend must be one of int8, onnx, torch" in result.stderr
