@@ -159,7 +159,10 @@ class CoTConfig:
     use_cpu: bool | None = field(
         default=None, metadata={"help": "Train on the CPU (default: CPU unless a CUDA device is available)."}
     )
-    bf16: bool = field(default=False, metadata={"help": "bfloat16 mixed precision (GPU only)."})
+    bf16: bool | None = field(
+        default=None,
+        metadata={"help": "bfloat16 mixed precision; None: on where the GPU supports it, float32 on CPU (as SFT)."},
+    )
     logging_steps: int = field(default=10, metadata={"help": "Log the training loss every this many steps."})
     progress: bool = field(default=True, metadata={"help": "Show progress bars."})
 

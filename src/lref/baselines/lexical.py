@@ -1,0 +1,490 @@
+"""The lexical baseline: query–product text-match features and a scikit-learn classifier.
+
+Features (one row per pair, `FEATURE_NAMES`), computed on the query and the product text (title, plus brand when
+the record has one), with the token and character n-gram overlaps done on hashed sparse matrices:
+
+* word overlap: query coverage, title coverage and Jaccard of the word sets, plain and crudely stemmed;
+  IDF-weighted query coverage; TF-IDF cosine;
+* character 3-gram overlap (query coverage, Jaccard) and TF-IDF cosine, which forgive misspellings;
+* BM25 of the query against the title (IDF and average length from the training titles);
+* the query's last word (usually the product type) found in the title, exactly or by its first 4 letters;
+* numbers and number+unit pairs (`18v`, `1/2 in.`, `50 ft`; unit spellings normalised) of the query found in the
+  title, and whether the query names a number the title lacks;
+* brand: the record's brand, or else the title's first word, mentioned in the query; the query naming a known
+  brand (a brand or first title word seen 3+ times in training) absent from the product text;
+* lengths of query and title;
+* optionally (`query_context`) the pair's coverage and BM25 relative to the best pair of the same query among the
+  pairs scored together: judgements are relative within a query's result list.
+
+The classifier is `HistGradientBoostingClassifier` (default) or a standardised `LogisticRegression`.
+
+    >>> from lref.baselines.lexical import LexicalConfig
+    >>> LexicalConfig().classifier
+    'gbdt'
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+import time
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from threadpoolctl import threadpool_limits
+
+from lref.data.records import DataError, Record
+from lref.labels import get_scheme
+from lref.predictions import Prediction
+
+CLASSIFIERS = ("gbdt", "logistic")
+MODEL_FILE = "lexical.joblib"
+KIND = "lexical"
+_HASH_FEATURES = 2**18
+_TOKEN = re.compile(r"\d+(?:[./]\d+)*|[a-z]+")
+_NUMBER = re.compile(r"\d+(?:[./]\d+)*$")
+_UNITS = {
+    "in": "in", "inch": "in", "inches": "in", '"': "in",
+    "ft": "ft", "foot": "ft", "feet": "ft", "'": "ft",
+    "v": "v", "volt": "v", "volts": "v",
+    "w": "w", "watt": "w", "watts": "w",
+    "a": "amp", "amp": "amp", "amps": "amp", "ampere": "amp",
+    "gal": "gal", "gallon": "gal", "gallons": "gal",
+    "lb": "lb", "lbs": "lb", "pound": "lb", "pounds": "lb",
+    "oz": "oz", "ounce": "oz", "ounces": "oz",
+    "qt": "qt", "quart": "qt", "quarts": "qt",
+    "mm": "mm", "cm": "cm", "m": "m", "btu": "btu", "psi": "psi", "cu": "cu", "sq": "sq", "yd": "yd",
+    "gauge": "gauge", "ga": "gauge", "pack": "pack", "pk": "pack", "piece": "piece", "pc": "piece", "count": "count",
+    "ct": "count", "k": "k", "mah": "mah", "ah": "ah", "hp": "hp", "rpm": "rpm", "cfm": "cfm", "gpm": "gpm",
+}
+_STOP = frozenset("a an and the of for with in on to by x or".split())
+
+FEATURE_NAMES = (
+    "word_cov_q", "word_cov_t", "word_jaccard", "stem_cov_q", "stem_cov_t", "stem_jaccard", "idf_cov_q",
+    "word_tfidf_cos", "char_cov_q", "char_jaccard", "char_tfidf_cos", "bm25", "bm25_per_term",
+    "last_in_title", "last_prefix_in_title", "n_numbers", "number_cov", "number_missing", "n_units", "unit_cov",
+    "brand_in_query", "known_brand_missing", "query_words", "title_words", "query_chars",
+)
+CONTEXT_FEATURE_NAMES = ("stem_cov_q_gap", "bm25_gap", "char_cov_q_gap", "stem_cov_q_rank", "query_pairs")
+
+
+@dataclass
+class LexicalConfig:
+    """Settings of the lexical baseline."""
+
+    scheme: str = field(default="graded3", metadata={"help": "Label scheme (preset name) the records are labelled in."})
+    classifier: str = field(
+        default="gbdt",
+        metadata={"help": "'gbdt' (scikit-learn HistGradientBoostingClassifier) or 'logistic' (standardised "
+                  "multinomial logistic regression)."},
+    )
+    query_context: bool = field(
+        default=False,
+        metadata={"help": "Add features relative to the best-matching pair of the same query among the pairs scored "
+                  "together (coverage and BM25 gaps, rank, pairs per query). Then a pair's score depends on its batch: train and score on whole query result lists."},
+    )
+    class_balance: str = field(
+        default="none",
+        metadata={"help": "Per-example weights by label frequency: 'none', 'sqrt' or 'inverse' (as in SFT)."},
+    )
+    max_iter: int = field(default=300, metadata={"help": "Boosting rounds (gbdt) or solver iterations (logistic)."})
+    learning_rate: float = field(default=0.1, metadata={"help": "Boosting learning rate (gbdt)."})
+    max_leaf_nodes: int = field(default=15, metadata={"help": "Leaves per tree (gbdt)."})
+    l2_regularization: float = field(
+        default=1.0, metadata={"help": "L2 penalty of the trees (gbdt); inverse strength C = 1/this (logistic)."}
+    )
+    bm25_k1: float = field(default=1.2, metadata={"help": "BM25 term-frequency saturation."})
+    bm25_b: float = field(default=0.75, metadata={"help": "BM25 length normalisation."})
+    seed: int = field(default=0, metadata={"help": "Seed of the classifier (gbdt's validation split)."})
+    threads: int | None = field(
+        default=1,
+        metadata={"help": "OpenMP threads of the classifier (None: all cores). One is nearly as fast at these sizes "
+                  "and never stalls on a busy machine, where spinning OpenMP threads can be 40x slower."},
+    )
+
+    def __post_init__(self) -> None:
+        from lref.stages.sft import CLASS_BALANCE
+
+        get_scheme(self.scheme)
+        if self.classifier not in CLASSIFIERS:
+            raise ValueError(f"classifier must be one of {', '.join(CLASSIFIERS)}, not {self.classifier!r}")
+        if self.class_balance not in CLASS_BALANCE:
+            raise ValueError(f"class_balance must be one of {', '.join(CLASS_BALANCE)}, not {self.class_balance!r}")
+        if self.max_iter < 1:
+            raise ValueError(f"max_iter must be at least 1, not {self.max_iter}")
+        if self.max_leaf_nodes < 2:
+            raise ValueError(f"max_leaf_nodes must be at least 2, not {self.max_leaf_nodes}")
+        for name in ("learning_rate", "l2_regularization", "bm25_k1"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive, not {getattr(self, name)}")
+        if self.threads is not None and self.threads < 1:
+            raise ValueError(f"threads must be at least 1 or None, not {self.threads}")
+        if not 0 <= self.bm25_b <= 1:
+            raise ValueError(f"bm25_b must lie in [0, 1], not {self.bm25_b}")
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Text
+
+
+def normalise_text(text: str) -> str:
+    """Lower case, digits split from letters (`18v` -> `18 v`), inch/foot marks spelled out."""
+    text = text.lower().replace('"', " in ").replace("''", " in ").replace("'", " ft ")
+    text = re.sub(r"(\d)([a-z])", r"\1 \2", text)
+    return re.sub(r"([a-z])(\d)", r"\1 \2", text)
+
+
+def tokenize(text: str) -> list[str]:
+    return _TOKEN.findall(normalise_text(text))
+
+
+@functools.lru_cache(maxsize=200_000)
+def stem(token: str) -> str:
+    """A crude plural/suffix stripper: enough to match `hoses`/`hose`, `batteries`/`battery`."""
+    if len(token) <= 3 or token[0].isdigit():
+        return token
+    if token.endswith("ies"):
+        return token[:-3] + "y"
+    if token.endswith(("ches", "shes", "xes", "sses")):
+        return token[:-2]
+    if token.endswith("s") and not token.endswith("ss"):
+        return token[:-1]
+    return token
+
+
+def _number(token: str) -> str:
+    return token.rstrip("0").rstrip(".") if "." in token else token
+
+
+def numbers_and_units(tokens: Sequence[str]) -> tuple[set[str], set[str]]:
+    """The numbers of a token list, and its number+unit pairs with units normalised (`50 feet` -> `50 ft`)."""
+    numbers, units = set(), set()
+    for i, token in enumerate(tokens):
+        if _NUMBER.match(token):
+            number = _number(token)
+            numbers.add(number)
+            if i + 1 < len(tokens) and tokens[i + 1] in _UNITS:
+                units.add(f"{number} {_UNITS[tokens[i + 1]]}")
+    return numbers, units
+
+
+def product_text(record: Record) -> str:
+    return f"{record.brand} {record.title}" if record.brand and record.brand.lower() not in record.title.lower() \
+        else record.title
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Features
+
+
+def _row_sum(matrix) -> np.ndarray:
+    return np.asarray(matrix.sum(axis=1)).ravel().astype(np.float64)
+
+
+def _divide(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return np.divide(a, b, out=np.zeros_like(a, dtype=np.float64), where=b > 0)
+
+
+def _hash_tokens(token_lists: Sequence[Sequence[str]]):
+    from sklearn.feature_extraction import FeatureHasher
+
+    hasher = FeatureHasher(n_features=_HASH_FEATURES, input_type="string", alternate_sign=False)
+    return hasher.transform(token_lists).tocsr()
+
+
+def _hash_chars(texts: Sequence[str]):
+    from sklearn.feature_extraction.text import HashingVectorizer
+
+    vectorizer = HashingVectorizer(
+        analyzer="char_wb", ngram_range=(3, 3), n_features=_HASH_FEATURES, alternate_sign=False, norm=None,
+        lowercase=False,
+    )
+    return vectorizer.transform(texts).tocsr()
+
+
+def _binary(matrix):
+    matrix = matrix.copy()
+    matrix.data[:] = 1.0
+    return matrix
+
+
+def _cosine(a, b, idf: np.ndarray) -> np.ndarray:
+    from sklearn.preprocessing import normalize
+
+    a = normalize(a.multiply(idf).tocsr())
+    b = normalize(b.multiply(idf).tocsr())
+    return _row_sum(a.multiply(b))
+
+
+def _idf(document_matrix) -> np.ndarray:
+    """Smoothed IDF (scikit-learn's formula) over the hashed columns, from binary document occurrences."""
+    n = document_matrix.shape[0]
+    df = np.bincount(document_matrix.indices, minlength=_HASH_FEATURES)
+    return (np.log((1 + n) / (1 + df)) + 1).astype(np.float32)
+
+
+@dataclass
+class _Texts:
+    query_words: list[list[str]]
+    title_words: list[list[str]]
+    query_text: list[str]
+    title_text: list[str]
+
+
+def _texts(records: Sequence[Record]) -> _Texts:
+    queries = [tokenize(r.query) for r in records]
+    titles = [tokenize(product_text(r)) for r in records]
+    return _Texts(queries, titles, [" ".join(t) for t in queries], [" ".join(t) for t in titles])
+
+
+class LexicalFeatures:
+    """The corpus statistics (IDF, BM25 average length, known brands) learned from training pairs, and the feature
+    matrix of any pairs."""
+
+    def __init__(self, k1: float = 1.2, b: float = 0.75, query_context: bool = False):
+        self.k1, self.b, self.query_context = k1, b, query_context
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return FEATURE_NAMES + (CONTEXT_FEATURE_NAMES if self.query_context else ())
+
+    def fit(self, records: Sequence[Record]) -> "LexicalFeatures":
+        texts = _texts(records)
+        words = _hash_tokens([sorted(set(t)) for t in texts.title_words])
+        chars = _binary(_hash_chars(texts.title_text))
+        self.word_idf_ = _idf(words)
+        self.char_idf_ = _idf(chars)
+        n = max(len(records), 1)
+        self.bm25_idf_ = np.log(1 + (n - np.bincount(words.indices, minlength=_HASH_FEATURES) + 0.5)
+                                / (np.bincount(words.indices, minlength=_HASH_FEATURES) + 0.5)).astype(np.float32)
+        self.avg_title_words_ = float(np.mean([len(t) for t in texts.title_words])) if records else 1.0
+        leads = Counter(r.brand.lower() if r.brand else (t[0] if t else "") for r, t in zip(records, texts.title_words))
+        self.known_brands_ = frozenset(
+            b for b, c in leads.items() if c >= 3 and b and not b[0].isdigit() and b not in _STOP and b not in _UNITS
+        )
+        return self
+
+    def transform(self, records: Sequence[Record]) -> np.ndarray:
+        if not hasattr(self, "word_idf_"):
+            raise RuntimeError("LexicalFeatures.transform before fit")
+        texts = _texts(records)
+        n = len(records)
+        columns: dict[str, np.ndarray] = {}
+
+        def overlap(prefix: str, q, t) -> np.ndarray:
+            nq, nt = _row_sum(q), _row_sum(t)
+            common = _row_sum(q.multiply(t))
+            columns[f"{prefix}_cov_q"] = _divide(common, nq)
+            if f"{prefix}_cov_t" in FEATURE_NAMES:
+                columns[f"{prefix}_cov_t"] = _divide(common, nt)
+            columns[f"{prefix}_jaccard"] = _divide(common, nq + nt - common)
+            return common
+
+        q_words = _binary(_hash_tokens(texts.query_words))
+        t_counts = _hash_tokens(texts.title_words)
+        t_words = _binary(t_counts)
+        overlap("word", q_words, t_words)
+        overlap("stem", _binary(_hash_tokens([[stem(w) for w in q] for q in texts.query_words])),
+                _binary(_hash_tokens([[stem(w) for w in t] for t in texts.title_words])))
+        columns["idf_cov_q"] = _divide(_row_sum(q_words.multiply(t_words).multiply(self.word_idf_)),
+                                       _row_sum(q_words.multiply(self.word_idf_)))
+        columns["word_tfidf_cos"] = _cosine(q_words, t_words, self.word_idf_)
+        q_chars, t_chars = _hash_chars(texts.query_text), _hash_chars(texts.title_text)
+        overlap("char", _binary(q_chars), _binary(t_chars))
+        columns["char_tfidf_cos"] = _cosine(q_chars, t_chars, self.char_idf_)
+
+        # BM25: the title's term frequencies saturated and length-normalised, weighted by IDF, summed over the query.
+        lengths = np.array([len(t) for t in texts.title_words], dtype=np.float64)
+        norm = self.k1 * (1 - self.b + self.b * lengths / max(self.avg_title_words_, 1e-9))
+        weighted = t_counts.copy().astype(np.float64)
+        rows = np.repeat(np.arange(n), np.diff(weighted.indptr))
+        tf = weighted.data
+        weighted.data = self.bm25_idf_[weighted.indices] * tf * (self.k1 + 1) / (tf + norm[rows])
+        columns["bm25"] = _row_sum(q_words.multiply(weighted))
+        columns["bm25_per_term"] = _divide(columns["bm25"], _row_sum(q_words))
+
+        last_in, last_prefix = np.zeros(n), np.zeros(n)
+        n_numbers, number_cov, number_missing = np.zeros(n), np.zeros(n), np.zeros(n)
+        n_units, unit_cov = np.zeros(n), np.zeros(n)
+        brand_in_query, brand_missing = np.zeros(n), np.zeros(n)
+        for i, (record, q, t) in enumerate(zip(records, texts.query_words, texts.title_words)):
+            title_set = set(t) | {stem(w) for w in t}
+            content = [w for w in q if w not in _STOP and not _NUMBER.match(w) and w not in _UNITS]
+            if content:
+                last = content[-1]
+                last_in[i] = last in title_set or stem(last) in title_set
+                last_prefix[i] = any(w[:4] == last[:4] for w in t if len(w) >= 4) if len(last) >= 4 else last_in[i]
+            q_numbers, q_units = numbers_and_units(q)
+            t_numbers, t_units = numbers_and_units(t)
+            n_numbers[i], n_units[i] = len(q_numbers), len(q_units)
+            if q_numbers:
+                number_cov[i] = len(q_numbers & t_numbers) / len(q_numbers)
+                number_missing[i] = bool(q_numbers - t_numbers)
+            if q_units:
+                unit_cov[i] = len(q_units & t_units) / len(q_units)
+            brand = record.brand.lower().split() if record.brand else t[:1]
+            query_set = set(q)
+            brand_in_query[i] = bool(brand) and all(w in query_set for w in tokenize(" ".join(brand)))
+            brand_missing[i] = any(w in self.known_brands_ and w not in title_set for w in query_set)
+        columns.update(
+            last_in_title=last_in, last_prefix_in_title=last_prefix, n_numbers=n_numbers, number_cov=number_cov,
+            number_missing=number_missing, n_units=n_units, unit_cov=unit_cov, brand_in_query=brand_in_query,
+            known_brand_missing=brand_missing,
+            query_words=np.array([len(q) for q in texts.query_words], dtype=np.float64),
+            title_words=lengths, query_chars=np.array([len(r.query) for r in records], dtype=np.float64),
+        )
+        if self.query_context:
+            columns.update(_query_context(records, columns))
+        return np.column_stack([columns[name] for name in self.names]) if n else np.zeros((0, len(self.names)))
+
+
+def _query_context(records: Sequence[Record], columns: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Each pair's gap to the best pair of its query (same normalised query among `records`) and its rank."""
+    import pandas as pd
+
+    from lref.data.splits import normalise_query
+
+    frame = pd.DataFrame({
+        "query": [normalise_query(r.query) for r in records],
+        "stem": columns["stem_cov_q"], "bm25": columns["bm25"], "char": columns["char_cov_q"],
+    })
+    groups = frame.groupby("query", sort=False)
+    return {
+        "stem_cov_q_gap": (groups["stem"].transform("max") - frame["stem"]).to_numpy(),
+        "bm25_gap": (groups["bm25"].transform("max") - frame["bm25"]).to_numpy(),
+        "char_cov_q_gap": (groups["char"].transform("max") - frame["char"]).to_numpy(),
+        "stem_cov_q_rank": groups["stem"].rank(ascending=False, pct=True).to_numpy(),
+        "query_pairs": groups["stem"].transform("size").to_numpy(dtype=np.float64),
+    }
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Model
+
+
+class LexicalModel:
+    """Text-match features + a scikit-learn classifier, with the scikit-learn contract: `fit` returns self."""
+
+    def __init__(self, config: LexicalConfig | None = None):
+        self.config = config or LexicalConfig()
+
+    @property
+    def scheme(self):
+        return get_scheme(self.config.scheme)
+
+    def _classifier(self):
+        config = self.config
+        if config.classifier == "gbdt":
+            from sklearn.ensemble import HistGradientBoostingClassifier
+
+            return HistGradientBoostingClassifier(
+                max_iter=config.max_iter, learning_rate=config.learning_rate, max_leaf_nodes=config.max_leaf_nodes,
+                l2_regularization=config.l2_regularization, early_stopping=True, random_state=config.seed,
+            )
+        from sklearn.linear_model import LogisticRegression
+        from sklearn.pipeline import make_pipeline
+        from sklearn.preprocessing import StandardScaler
+
+        return make_pipeline(
+            StandardScaler(), LogisticRegression(C=1 / config.l2_regularization, max_iter=config.max_iter)
+        )
+
+    def fit(self, records: Sequence[Record]) -> "LexicalModel":
+        from lref.stages.sft import class_weights, data_hash, validate_records
+
+        scheme = self.scheme
+        records = validate_records(records, scheme, "training")
+        labels = np.array([scheme.index(r.label) for r in records])
+        if len(set(labels.tolist())) < 2:
+            raise DataError(f"the training records carry a single label ({records[0].label}); need at least two")
+        started = time.perf_counter()
+        self.features_ = LexicalFeatures(self.config.bm25_k1, self.config.bm25_b, self.config.query_context)
+        matrix = self.features_.fit(records).transform(records)
+        weights = class_weights([r.label for r in records], scheme, self.config.class_balance)
+        sample_weight = np.array([weights[r.label] for r in records])
+        classifier = self._classifier()
+        step = classifier.steps[-1][0] + "__" if hasattr(classifier, "steps") else ""
+        with threadpool_limits(self.config.threads):
+            classifier.fit(matrix, labels, **{f"{step}sample_weight": sample_weight})
+        self.classifier_ = classifier
+        self.train_info_ = {
+            "n_train": len(records),
+            "data_hash": data_hash(records),
+            "label_counts": dict(Counter(r.label for r in records)),
+            "fit_seconds": round(time.perf_counter() - started, 3),
+        }
+        return self
+
+    def predict_proba(self, records: Sequence[Record]) -> np.ndarray:
+        """N x K probabilities in scheme order (a label unseen in training gets 0)."""
+        if not hasattr(self, "classifier_"):
+            raise RuntimeError("LexicalModel.predict_proba before fit")
+        out = np.zeros((len(records), len(self.scheme)))
+        if records:
+            classes = self.classifier_.classes_
+            with threadpool_limits(self.config.threads):
+                out[:, classes] = self.classifier_.predict_proba(self.features_.transform(records))
+        return out
+
+    def score(self, records: Sequence[Record]):
+        """A `ScoreResult`, as `LabelScorer` and `CrossEncoderScorer` return (log-probabilities as logits)."""
+        from lref.models.scorer import ScoreResult
+
+        probs = self.predict_proba(records)
+        return ScoreResult([r.id for r in records], self.scheme.labels, np.log(np.clip(probs, 1e-9, 1.0)))
+
+    def predict(self, records: Sequence[Record]) -> list[Prediction]:
+        return self.score(records).predictions()
+
+    def save(self, folder: str | Path) -> Path:
+        """Write `lexical.joblib` and `lref_manifest.json` into `folder` (atomically, file by file)."""
+        import joblib
+
+        from lref.io import atomic_write, write_json
+        from lref.models.loading import MANIFEST_NAME
+        from lref.stages.sft import _library_versions
+
+        if not hasattr(self, "classifier_"):
+            raise RuntimeError("LexicalModel.save before fit")
+        folder = Path(folder)
+        with atomic_write(folder / MODEL_FILE, "wb") as handle:
+            joblib.dump({"config": asdict(self.config), "features": self.features_, "classifier": self.classifier_,
+                         "train_info": self.train_info_}, handle)
+        write_json(folder / MANIFEST_NAME, {
+            "kind": KIND,
+            "scheme": {"name": self.scheme.name, "labels": list(self.scheme.labels)},
+            "features": list(self.features_.names),
+            "config": asdict(self.config),
+            **self.train_info_,
+            "versions": {**_library_versions(), "scikit-learn": _sklearn_version()},
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        })
+        return folder
+
+    @classmethod
+    def load(cls, folder: str | Path) -> "LexicalModel":
+        import joblib
+
+        path = Path(folder) / MODEL_FILE
+        if not path.is_file():
+            raise FileNotFoundError(f"{folder} holds no {MODEL_FILE}: not a saved lexical model")
+        state = joblib.load(path)
+        model = cls(LexicalConfig(**state["config"]))
+        model.features_, model.classifier_, model.train_info_ = state["features"], state["classifier"], \
+            state["train_info"]
+        return model
+
+
+def _sklearn_version() -> str:
+    import sklearn
+
+    return sklearn.__version__
+
+
+__all__ = ["FEATURE_NAMES", "LexicalConfig", "LexicalFeatures", "LexicalModel", "normalise_text", "numbers_and_units",
+           "stem", "tokenize"]

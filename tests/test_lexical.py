@@ -1,0 +1,75 @@
+"""The lexical baseline: features, the scikit-learn contract, save/load, quality on the synthetic catalog."""
+
+import numpy as np
+import pytest
+
+from lref.baselines.lexical import FEATURE_NAMES, LexicalConfig, LexicalFeatures, LexicalModel, numbers_and_units, tokenize
+from lref.data import split_by_query
+from lref.data.records import DataError, Record
+from lref.data.synthetic import SyntheticCatalogConfig, generate_catalog
+from lref.metrics import evaluate
+
+
+@pytest.fixture(scope="module")
+def splits():
+    catalog = generate_catalog(SyntheticCatalogConfig(n_pairs=3000, seed=1))
+    return split_by_query(catalog, {"train": 0.7, "test": 0.3}, seed=0)
+
+
+def test_tokens_numbers_and_units_are_normalised():
+    assert tokenize('DeWalt 18V 1/2" drill') == ["dewalt", "18", "v", "1/2", "in", "drill"]
+    numbers, units = numbers_and_units(tokenize("garden hose 50 feet 5/8 in."))
+    assert numbers == {"50", "5/8"} and units == {"50 ft", "5/8 in"}
+
+
+def test_features_reward_matching_titles():
+    train = [Record(str(i), "cordless drill", t, "Exact") for i, t in enumerate(["DeWalt cordless drill"] * 3)]
+    features = LexicalFeatures().fit(train)
+    pairs = [
+        Record("a", "dewalt 20v drill", "DeWalt 20V MAX cordless drill"),
+        Record("b", "dewalt 20v drill", "Ryobi 18V circular saw"),
+    ]
+    matrix = features.transform(pairs)
+    column = {name: matrix[:, i] for i, name in enumerate(FEATURE_NAMES)}
+    assert matrix.shape == (2, len(FEATURE_NAMES))
+    assert column["word_cov_q"].tolist() == [1.0, 0.25]  # only the unit "v" of "20v" is in the saw title
+    assert column["bm25"][0] > column["bm25"][1] and column["char_tfidf_cos"][0] > column["char_tfidf_cos"][1]
+    assert column["unit_cov"].tolist() == [1.0, 0.0] and column["number_missing"].tolist() == [0.0, 1.0]
+    assert column["last_in_title"].tolist() == [1.0, 0.0]
+    assert column["known_brand_missing"].tolist() == [0.0, 1.0]  # "dewalt" is a known brand absent from the saw
+
+
+@pytest.mark.parametrize("classifier", ["gbdt", "logistic"])
+def test_fit_predict_beats_the_majority_floor(splits, classifier):
+    model = LexicalModel(LexicalConfig(classifier=classifier))
+    assert model.fit(splits["train"]) is model
+    predictions = model.predict(splits["test"])
+    assert [p.id for p in predictions] == [r.id for r in splits["test"]]
+    probs = np.array([[p.probs[label] for label in model.scheme.labels] for p in predictions])
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-6)
+    assert all(p.topk[0] == p.label for p in predictions)
+    result = evaluate(splits["test"], predictions, "graded3", bootstrap=0)
+    assert result["accuracy"] > result["majority_floor"] + 0.1
+    assert result["macro_f1"] > 0.5
+
+
+def test_save_and_load_give_the_same_probabilities(splits, tmp_path):
+    model = LexicalModel().fit(splits["train"][:600])
+    model.save(tmp_path / "lexical")
+    loaded = LexicalModel.load(tmp_path / "lexical")
+    np.testing.assert_array_equal(loaded.predict_proba(splits["test"]), model.predict_proba(splits["test"]))
+    manifest = (tmp_path / "lexical" / "lref_manifest.json").read_text()
+    assert '"kind": "lexical"' in manifest and '"n_train": 600' in manifest
+    with pytest.raises(FileNotFoundError, match="not a saved lexical model"):
+        LexicalModel.load(tmp_path)
+
+
+def test_bad_input_is_refused():
+    with pytest.raises(ValueError, match="classifier must be one of"):
+        LexicalConfig(classifier="svm")
+    with pytest.raises(DataError, match="has no label"):
+        LexicalModel().fit([Record("1", "q", "t")])
+    with pytest.raises(DataError, match="single label"):
+        LexicalModel().fit([Record("1", "q", "t", "Exact"), Record("2", "q", "u", "Exact")])
+    with pytest.raises(RuntimeError, match="before fit"):
+        LexicalModel().predict([Record("1", "q", "t")])
