@@ -898,18 +898,22 @@ def report_command(
     typer.echo(f"report written to {write_report(run_dir, out)}")
 
 
+def _demo_help(name: str) -> str:
+    from lref.demo import DemoConfig
+
+    return field_help(DemoConfig, name)
+
+
 @app.command("demo")
 def demo(
-    out_dir: str = typer.Option("runs/demo", "--out-dir", help="Folder for every artefact of the run."),
-    model: str = typer.Option("gemma-3-270m", "--model", help="Base LLM: a zoo name or an HF folder."),
-    train_pairs: int = typer.Option(480, "--train-pairs", help="Training pairs sampled from the train split."),
-    test_pairs: int = typer.Option(300, "--test-pairs", help="Test pairs scored before and after tuning."),
-    seed: int = typer.Option(0, "--seed", help="Seed for the catalog, the samples and training."),
+    out_dir: str = typer.Option("runs/demo", "--out-dir", help=_demo_help("out_dir")),
+    config: str | None = typer.Option(None, "--config", help=_demo_help("config")),
+    fresh: bool = typer.Option(False, "--fresh", help=_demo_help("fresh")),
 ) -> None:
-    """The embedded default job: synthetic catalog, real Gemma-3-270M, LoRA SFT, scoring and evaluation."""
+    """The embedded default job: every baseline and the LREF chain on the synthetic catalog, real weights."""
     from lref.demo import DemoConfig, run_demo
 
-    run_demo(DemoConfig(out_dir=out_dir, model=model, train_pairs=train_pairs, test_pairs=test_pairs, seed=seed))
+    run_demo(DemoConfig(out_dir=out_dir, config=config, fresh=fresh))
 
 
 def main() -> None:
