@@ -16,3 +16,21 @@ def run_lref(monkeypatch, capsys, *args):
         code = done.code
     captured = capsys.readouterr()
     return code, captured.out, captured.err
+
+
+def wait_until_up(process, url: str, timeout: float = 90) -> None:
+    """Poll `url` until it answers 200, failing with the server's output if `process` exits or `timeout` passes."""
+    import time
+
+    import httpx
+
+    deadline = time.time() + timeout
+    while True:
+        assert process.poll() is None, process.stdout.read().decode()
+        try:
+            if httpx.get(url, timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        assert time.time() < deadline, f"{url} did not come up within {timeout} s"
+        time.sleep(0.2)

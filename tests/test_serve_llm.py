@@ -9,6 +9,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx
 import pytest
+from helpers import wait_until_up
 
 from lref.data.records import Record
 from lref.labels import get_scheme
@@ -271,16 +272,8 @@ def test_cli_serve_llm_end_to_end(tmp_path):
                "--served-name", "tiny", "--log-level", "warning", "--threads", "1"]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
-        url, deadline = f"http://127.0.0.1:{port}", time.time() + 90
-        while True:
-            assert process.poll() is None, process.stdout.read().decode()
-            try:
-                if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.time() < deadline, "lref serve llm did not come up"
-            time.sleep(0.2)
+        url = f"http://127.0.0.1:{port}"
+        wait_until_up(process, f"{url}/health")
         response = post(url, {"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3})
         assert response.status_code == 200 and response.json()["usage"]["completion_tokens"] <= 3
     finally:

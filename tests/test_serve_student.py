@@ -11,6 +11,7 @@ import httpx
 import numpy as np
 import pytest
 import torch
+from helpers import wait_until_up
 from prometheus_client.parser import text_string_to_metric_families
 
 from lref.data.records import Record
@@ -312,16 +313,8 @@ def test_cli_serve_student_end_to_end(student):
                "--port", str(port), "--log-level", "warning", "--threads", "1", "--max-batch-pairs", "2"]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
-        url, deadline = f"http://127.0.0.1:{port}", time.time() + 90
-        while True:
-            assert process.poll() is None, process.stdout.read().decode()
-            try:
-                if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.time() < deadline, "lref serve student did not come up"
-            time.sleep(0.2)
+        url = f"http://127.0.0.1:{port}"
+        wait_until_up(process, f"{url}/healthz")
         assert post(url, {"pairs": [pair(1)]}).status_code == 200
         assert "limit of 2 per request" in post(url, {"pairs": [pair(i) for i in range(3)]}).json()["error"]["message"]
     finally:
