@@ -24,18 +24,24 @@ from lref.models.loading import MANIFEST_NAME, load_causal_lm  # noqa: E402
 from lref.models.scorer import LabelScorer, ScorerConfig, ScoreResult  # noqa: E402
 from lref.prompts import direct_prompt, encode_prompt  # noqa: E402
 from lref.metrics import evaluate  # noqa: E402
+from lref.stages.cot import cot_prompt  # noqa: E402
 from lref.stages.dpo import (  # noqa: E402
     PAIRS_FILE,
     DPOStageConfig,
     PreferencePair,
     chosen_collapsed,
+    cot_mistakes,
+    cot_pairs,
     guard_winner,
     mine_pairs,
+    own_completion,
     preference_example,
     split_guard,
     train_dpo,
 )
-from lref.stages.sft import SFTStageConfig, completion_ids, train_sft  # noqa: E402
+from lref.teachers.base import Explanation  # noqa: E402
+from lref.stages.sft import SFTStageConfig, TextExample, completion_ids, text_completion_ids, train_sft  # noqa: E402
+from lref.stages.sft import train_sft_examples  # noqa: E402
 from lref.testing import build_tiny_causal_lm  # noqa: E402
 
 SCHEME = get_scheme("graded3")  # Exact, Partial, Irrelevant
@@ -284,6 +290,28 @@ def test_cli_train_dpo(tiny_model, tmp_path, monkeypatch, capsys):
     assert code == 2 and "beta" in err
 
 
+def test_cli_train_dpo_cot_mode(tiny_model, tmp_path, monkeypatch, capsys):
+    pool = tmp_path / "pool.jsonl"
+    write_records(pool, make_records(6))
+    code, out, err = run_lref(monkeypatch, capsys, "train", "dpo", "--help")
+    assert code == 0 and all(flag in out for flag in ("--mode", "--cot-task", "--teacher", "--rules"))
+    code, out, err = run_lref(
+        monkeypatch, capsys, "train", "dpo", "--model", str(tiny_model), "--pool", str(pool), "--scheme", "graded3",
+        "--out", str(tmp_path / "dpo"), "--mode", "cot", "--cot-task", "ra", "--rules", "homedepot",
+        "--max-new-tokens", "4", "--max-length", "2048", "--threads", "1",
+    )
+    assert code == 0, err
+    assert out.strip() == str(tiny_model) and "DPO skipped" in err
+    manifest = json.loads((tmp_path / "dpo" / MANIFEST_NAME).read_text())
+    assert manifest["mining"]["mode"] == "cot" and manifest["mining"]["cot_task"] == "ra"
+    assert manifest["config"]["rules"] == "homedepot"
+    code, out, err = run_lref(
+        monkeypatch, capsys, "train", "dpo", "--model", str(tiny_model), "--pool", str(pool), "--out",
+        str(tmp_path / "x"), "--mode", "cot", "--cot-task", "dr",
+    )
+    assert code == 2 and "cot_task" in err
+
+
 @pytest.mark.smoke
 def test_dpo_steps_on_real_gemma(tmp_path):
     from lref.data.synthetic import SyntheticCatalogConfig, generate_catalog
@@ -388,3 +416,152 @@ def test_recall_guard_keeps_the_winning_check(sft_adapter, tmp_path):
     predictions = LabelScorer(model, tokenizer, SCHEME, ScorerConfig(batch_size=8)).predict(guard_records)
     again = evaluate(guard_records, predictions, SCHEME, bootstrap=0)
     assert again["weighted_f1"] == pytest.approx(guard["checks"][winner]["weighted_f1"], abs=1e-6)
+
+
+# -- CoT pairs --------------------------------------------------------------------------------------------------------
+
+
+def _cot_hand_made():
+    """Six records, the model's generated analyses and the teacher's explanations of the mistakes."""
+    rows = [
+        ("right", "Exact", " Same drill.\nRelevance: Exact", None),
+        ("over", "Partial", " Type: drill\nBrand: same\nRelevance: Exact", "Partial"),
+        ("under", "Exact", " Looks different.\nRelevance: Partial", "Exact"),
+        ("garbage", "Partial", " drill drill pack steel", None),  # no label: a fallback, never a pair
+        ("disagree", "Irrelevant", " Close enough.\nRelevance: Partial", "Partial"),  # teacher says Partial too
+        ("rambles", "Irrelevant", " A fan, not a hose.\nRelevance: Exact\nQuery: more text", "Irrelevant"),
+    ]
+    records = [Record(id=i, query=f"q {i}", title=f"t {i}", label=gold) for i, gold, _, _ in rows]
+    texts = [text for _, _, text, _ in rows]
+    explanations = [Explanation(i, "ee", f"Teacher on {i}.", label) for i, _, _, label in rows if label]
+    return records, texts, explanations
+
+
+def test_cot_pairs_from_generated_and_teacher_analyses():
+    records, texts, explanations = _cot_hand_made()
+    assert cot_mistakes(records, texts, SCHEME) == [1, 2, 4, 5]
+    assert cot_mistakes(records, texts, SCHEME, over_estimates_only=True) == [1, 4, 5]
+    pairs, report = cot_pairs(records, texts, explanations, SCHEME)
+    assert [(p.record.id, p.chosen, p.rejected, p.gold_rank) for p in pairs] == [
+        ("over", "Partial", "Exact", None),
+        ("under", "Exact", "Partial", None),
+        ("rambles", "Irrelevant", "Exact", None),
+    ]
+    over, under, rambles = pairs
+    assert over.chosen_text == " Teacher on over.\nRelevance: Partial"
+    assert over.rejected_text == " Type: drill\nBrand: same\nRelevance: Exact"
+    assert under.rejected_text == " Looks different.\nRelevance: Partial"
+    assert rambles.rejected_text == " A fan, not a hose.\nRelevance: Exact"  # the text after the decision is dropped
+    assert report["scored"] == 6 and report["fallbacks"] == 1 and report["errors"] == 4
+    assert report["error_rate"] == pytest.approx(4 / 5)  # of the texts with a label
+    assert report["over_estimate_share"] == pytest.approx(3 / 4)
+    assert report["teacher_disagreements"] == 1 and report["pairs"] == 3
+    assert report["gold_at_rank2_share"] is None and report["top_k"] is None
+    assert report["pair_transitions"] == {"Exact->Irrelevant": 1, "Exact->Partial": 1, "Partial->Exact": 1}
+
+    pairs, report = cot_pairs(records, texts, explanations, SCHEME, over_estimates_only=True)
+    assert [p.record.id for p in pairs] == ["over", "rambles"] and report["errors"] == 4
+    with pytest.raises(ValueError, match="no teacher explanation for pair 'under'"):
+        cot_pairs(records, texts, explanations[:1], SCHEME)
+    with pytest.raises(ValueError, match="5 generated texts for 6 records"):
+        cot_mistakes(records, texts[:5], SCHEME)
+
+
+def test_own_completion_keeps_the_analysis_before_the_decision():
+    assert own_completion(" a\nb\nRelevance: Exact", "Exact", SCHEME) == " a\nb\nRelevance: Exact"
+    assert own_completion("a\nExact\n", "Exact", SCHEME) == " a\nRelevance: Exact"  # a bare grade line
+    assert own_completion("a\nRelevance: Partial\nRelevance: Exact", "Exact", SCHEME) == " a\nRelevance: Exact"
+
+
+def test_cot_pairs_round_trip_through_json():
+    records, texts, explanations = _cot_hand_made()
+    pairs, _ = cot_pairs(records, texts, explanations, SCHEME)
+    data = [json.loads(json.dumps(p.to_dict())) for p in pairs]
+    assert data[0]["gold_rank"] is None and data[0]["chosen_text"].endswith("Relevance: Partial")
+    assert [PreferencePair.from_dict(item) for item in data] == pairs
+    with pytest.raises(ValueError, match="both chosen_text and rejected_text"):
+        PreferencePair(records[0], "Exact", "Partial", None, {}, chosen_text=" x\nRelevance: Exact")
+
+
+def test_cot_preference_example_uses_the_cot_prompt_and_keeps_the_answer(tiny_model):
+    tokenizer = AutoTokenizer.from_pretrained(str(tiny_model))
+    records, texts, explanations = _cot_hand_made()
+    pair = cot_pairs(records, texts, explanations, SCHEME)[0][0]
+    example = preference_example(tokenizer, pair, SCHEME, max_length=512)
+    prefix_ids, pair_ids = encode_prompt(tokenizer, cot_prompt("ee", pair.record, SCHEME))
+    assert example["prompt_ids"] == prefix_ids + pair_ids
+    assert example["chosen_ids"] == text_completion_ids(tokenizer, pair.chosen_text)
+    assert example["rejected_ids"] == text_completion_ids(tokenizer, pair.rejected_text)
+
+    long = PreferencePair(
+        Record(id="x", query="drill", title="drill " * 300, label="Partial"), "Partial", "Exact", None, {},
+        chosen_text=" " + "brass steel " * 100 + "\nRelevance: Partial", rejected_text=" short\nRelevance: Exact",
+    )
+    cut = preference_example(tokenizer, long, SCHEME, max_length=300)
+    assert len(cut["prompt_ids"]) + max(len(cut["chosen_ids"]), len(cut["rejected_ids"])) <= 300
+    assert cut["prompt_ids"][: len(prefix_ids)] == prefix_ids  # the instruction is never cut
+    assert tokenizer.decode(cut["prompt_ids"]).endswith("Analysis:")  # nor the cue
+    assert cut["chosen_ids"][-1] == cut["rejected_ids"][-1] == tokenizer.eos_token_id
+    assert tokenizer.decode(cut["chosen_ids"][:-1]).endswith("\nRelevance: Partial")
+    assert cut["rejected_ids"] == text_completion_ids(tokenizer, long.rejected_text)  # short enough: whole
+    with pytest.raises(DataError, match="record 'x'.*raise max_length"):
+        preference_example(tokenizer, long, SCHEME, max_length=len(prefix_ids) + 20)
+
+
+def test_cot_config_validation():
+    with pytest.raises(ValueError, match="mode"):
+        DPOStageConfig(mode="beam")
+    with pytest.raises(ValueError, match="cot_task"):
+        DPOStageConfig(mode="cot", cot_task="dr")
+    with pytest.raises(ValueError, match="teacher_model"):
+        DPOStageConfig(mode="cot", teacher="openai")
+    with pytest.raises(ValueError, match="max_new_tokens"):
+        DPOStageConfig(mode="cot", max_new_tokens=0)
+
+
+ANALYSIS = " Type: same\nBrand: same"
+
+
+COT_POOL = make_records(16, offset=200)
+
+
+@pytest.fixture(scope="module")
+def cot_adapter(tiny_model, tmp_path_factory):
+    """A tiny model taught to answer the EE prompt of every pool pair with one fixed analysis ending in Exact, so its
+    mistakes are exactly the pool pairs whose gold label is not Exact."""
+    out = tmp_path_factory.mktemp("cot") / "ee"
+    examples = [TextExample(r.id, cot_prompt("ee", r, SCHEME), f"{ANALYSIS}\nRelevance: Exact", "Exact")
+                for r in COT_POOL]
+    config = SFTStageConfig(model=str(tiny_model), output_dir=str(out), learning_rate=3e-2, warmup_ratio=0.0,
+                            max_steps=60, batch_size=8, save_steps=1000, progress=False, threads=1)
+    return train_sft_examples(config, examples)
+
+
+def test_train_dpo_on_cot_pairs(cot_adapter, tmp_path):
+    out = tmp_path / "dpo"
+    folder = train_dpo(dpo_config(cot_adapter, out, mode="cot", max_new_tokens=20, max_steps=2, min_pairs=2), COT_POOL)
+    manifest = json.loads((out / MANIFEST_NAME).read_text())
+    mining = manifest["mining"]
+    assert mining["mode"] == "cot" and mining["cot_task"] == "ee" and mining["teacher"] == "rules"
+    assert mining["scored"] == 16 and mining["fallbacks"] == 0
+    assert mining["errors"] == sum(r.label != "Exact" for r in COT_POOL) and mining["over_estimate_share"] == 1.0
+    assert mining["teacher_stats"]["requested"] == mining["errors"]  # only the mistakes are explained
+    assert mining["pairs"] + mining["teacher_disagreements"] == mining["errors"]
+    pairs = [PreferencePair.from_dict(json.loads(line)) for line in (out / PAIRS_FILE).read_text().splitlines()]
+    assert len(pairs) == mining["pairs"] >= 2
+    assert all(p.rejected == "Exact" and p.rejected_text == f"{ANALYSIS}\nRelevance: Exact" for p in pairs)
+    assert all(p.chosen_text.endswith(f"\nRelevance: {p.chosen}") and p.chosen == p.record.label for p in pairs)
+    assert (out / "teacher_ee.jsonl").is_file()  # the teacher's answers are cached
+    assert folder == out and manifest["kind"] == "lora-adapter" and manifest["n_train"] == len(pairs)
+    assert manifest["train_metrics"]["steps"] == 2 and manifest["train_metrics"]["final_rewards/margins"] > 0
+
+
+def test_train_dpo_cot_skips_a_model_without_analyses(tiny_model, tmp_path):
+    out = tmp_path / "dpo"
+    result = train_dpo(dpo_config(tiny_model, out, mode="cot", max_new_tokens=4), make_records(8))
+    manifest = json.loads((out / MANIFEST_NAME).read_text())
+    mining = manifest["mining"]
+    assert result == str(tiny_model) and manifest["kind"] == "skipped" and "min_pairs=4" in manifest["skipped_reason"]
+    assert mining["fallbacks"] == mining["scored"] == 8 and mining["errors"] == 0 and mining["pairs"] == 0
+    assert mining["over_estimate_share"] is None and mining["teacher_stats"] is None
+    assert (out / PAIRS_FILE).read_text() == ""

@@ -415,6 +415,13 @@ def train_dpo_command(
     out: str = typer.Option(..., "--out", "-o", help=_dpo_help("output_dir")),
     top_k: int = typer.Option(3, "--top-k", min=1, help=_dpo_help("top_k")),
     over_estimates_only: bool = typer.Option(False, "--over-estimates-only", help=_dpo_help("over_estimates_only")),
+    mode: str = typer.Option("direct", "--mode", help=_dpo_help("mode")),
+    cot_task: str = typer.Option("ee", "--cot-task", help=_dpo_help("cot_task")),
+    teacher: str = typer.Option("rules", "--teacher", help=_dpo_help("teacher")),
+    teacher_model: str | None = typer.Option(None, "--teacher-model", help=_dpo_help("teacher_model")),
+    teacher_url: str = typer.Option("http://127.0.0.1:8000/v1", "--teacher-url", help=_dpo_help("teacher_url")),
+    rules: str | None = typer.Option(None, "--rules", help=_dpo_help("rules")),
+    max_new_tokens: int = typer.Option(160, "--max-new-tokens", min=1, help=_dpo_help("max_new_tokens")),
     min_pairs: int = typer.Option(16, "--min-pairs", min=1, help=_dpo_help("min_pairs")),
     beta: float = typer.Option(0.1, "--beta", min=0.0, help=_dpo_help("beta")),
     alpha: float = typer.Option(0.65, "--alpha", min=0.0, help=_dpo_help("sft_weight")),
@@ -439,7 +446,8 @@ def train_dpo_command(
     resume: bool = typer.Option(False, "--resume", help=_dpo_help("resume")),
     option: list[str] | None = typer.Option(None, "--option", help=_OPTION_HELP),
 ) -> None:
-    """DPO de-biasing: mine near misses (gold in top-k, top-1 wrong), train DPO + alpha*SFT; prints the model to use."""
+    """DPO de-biasing: mine near misses (gold in top-k, top-1 wrong; --mode cot: wrong generated analyses vs the
+    teacher's), train DPO + alpha*SFT; prints the model to use."""
     from lref.data import default_scheme
     from lref.models.loading import read_manifest
     from lref.models.scorer import scheme_for_model
@@ -450,7 +458,9 @@ def train_dpo_command(
     try:
         config = DPOStageConfig(
             model=model, scheme=label_scheme.name, output_dir=out, top_k=top_k,
-            over_estimates_only=over_estimates_only, min_pairs=min_pairs, beta=beta, sft_weight=alpha, epochs=epochs,
+            over_estimates_only=over_estimates_only, mode=mode, cot_task=cot_task, teacher=teacher,
+            teacher_model=teacher_model, teacher_url=teacher_url, rules=rules, max_new_tokens=max_new_tokens,
+            min_pairs=min_pairs, beta=beta, sft_weight=alpha, epochs=epochs,
             max_steps=max_steps, learning_rate=lr, lora_r=lora_r, lora_alpha=lora_alpha, batch_size=batch_size,
             grad_accum=grad_accum, max_length=max_length, collapse_tolerance=collapse_tolerance,
             guard_fraction=guard_fraction, guard_steps=guard_steps, guard_objective=guard_objective,

@@ -17,6 +17,12 @@ LLM judges are optimistic: most of their errors grade a product as more relevant
    with a fresh LoRA the reference *is* the starting model, so rewards/chosen / β is how far the chosen log-prob has
    moved from its start. Training stops once it falls below `-collapse_tolerance`.
 
+**CoT pairs** (`mode="cot"`, for models tuned by the Multi-CoT stage): the model writes its own analysis of every
+pool pair after the CoT prompt (`lref.stages.cot.generate_predictions`); a pair whose analysis ends in a wrong label
+(`cot_mistakes`) is explained by the teacher (`lref.stages.cot.teach`, cached), and when that explanation ends in the
+gold label it gives a pair (`cot_pairs`): chosen = the teacher's analysis + "Relevance: <gold>", rejected = the
+model's own analysis + "Relevance: <wrong>", both after the CoT prompt. The recall guard still scores in direct mode.
+
 Too few pairs (fewer than `min_pairs`, e.g. when the model is already right) skip training: the stage writes the
 pairs and a manifest of kind ``"skipped"`` into `output_dir` and returns the input model reference unchanged.
 
@@ -47,7 +53,10 @@ import numpy as np
 
 from lref.data.records import DataError, Record
 from lref.labels import LabelScheme, get_scheme
-from lref.prompts import PROMPT_VERSION
+from lref.prompts import ANSWER_CUE, PROMPT_VERSION, encode_prompt, label_completion
+from lref.stages.cot import TEACHER_FILE, TEACHERS, cot_completion, cot_prompt, load_rule_set
+from lref.teachers.base import Explanation, parse_label, strip_answer
+from lref.teachers.rules_file import RuleSet
 from lref.training import check_training_fields, is_main_process, prepare_device, training_arguments
 
 logger = logging.getLogger(__name__)
@@ -56,6 +65,8 @@ PAIRS_FILE = "dpo_pairs.jsonl"
 CHECKPOINT_DIR = "checkpoints"
 RUN_FILE = "lref_run.json"
 GUARD_OBJECTIVES = ("over_estimate", "weighted_f1")
+MODES = ("direct", "cot")
+COT_TASKS = ("ee", "ra")
 
 
 @dataclass
@@ -80,6 +91,39 @@ class DPOStageConfig:
     over_estimates_only: bool = field(
         default=False,
         metadata={"help": "Keep only pairs whose wrong top-1 is more relevant than gold (the optimistic errors)."},
+    )
+    mode: str = field(
+        default="direct",
+        metadata={
+            "help": "Pair kind: 'direct' (label words after the direct prompt, mined with the label scorer) or 'cot' "
+            "(for CoT-tuned models: chosen = the teacher's analysis ending in gold, rejected = the model's own "
+            "generated analysis ending in its wrong label)."
+        },
+    )
+    cot_task: str = field(
+        default="ee",
+        metadata={"help": "cot mode: the CoT prompt of the pairs, 'ee' (expert analysis) or 'ra' (rules)."},
+    )
+    teacher: str = field(
+        default="rules",
+        metadata={"help": "cot mode: teacher writing the chosen analyses: 'rules' (offline), 'openai' or 'local'."},
+    )
+    teacher_model: str | None = field(
+        default=None,
+        metadata={"help": "cot mode: the teacher's model, the served model name (openai, required) or a zoo "
+                  "name/folder (local)."},
+    )
+    teacher_url: str = field(
+        default="http://127.0.0.1:8000/v1",
+        metadata={"help": "cot mode: base URL of the openai teacher's API, with /v1."},
+    )
+    rules: str | None = field(
+        default=None,
+        metadata={"help": "cot mode, ra task: business rules (a YAML rule file or a shipped set); default: the rules "
+                  "in the model's CoT manifest, else the scheme's own set."},
+    )
+    max_new_tokens: int = field(
+        default=160, metadata={"help": "cot mode: most tokens the model may write per analysis when mining."}
     )
     min_pairs: int = field(
         default=16,
@@ -176,7 +220,15 @@ class DPOStageConfig:
 
     def __post_init__(self) -> None:
         check_training_fields(self, ("top_k", "lora_r", "guard_steps", "batch_size", "grad_accum", "save_steps", "logging_steps",
-                                     "max_length", "scorer_batch_size", "min_pairs"))
+                                     "max_length", "scorer_batch_size", "min_pairs", "max_new_tokens"))
+        if self.mode not in MODES:
+            raise ValueError(f"mode must be one of {', '.join(MODES)}, not {self.mode!r}")
+        if self.cot_task not in COT_TASKS:
+            raise ValueError(f"cot_task must be one of {', '.join(COT_TASKS)}, not {self.cot_task!r}")
+        if self.teacher not in TEACHERS:
+            raise ValueError(f"unknown teacher {self.teacher!r}: choose one of {', '.join(TEACHERS)}")
+        if self.mode == "cot" and self.teacher == "openai" and not self.teacher_model:
+            raise ValueError("the openai teacher needs teacher_model: the model name its endpoint serves")
         if self.beta <= 0:
             raise ValueError(f"beta must be positive, not {self.beta}")
         if self.sft_weight < 0:
@@ -199,23 +251,41 @@ class DPOStageConfig:
 
 @dataclass
 class PreferencePair:
-    """One mined pair: the record, the gold label (chosen), the wrong top-1 label (rejected), gold's rank."""
+    """One mined pair: the record, the gold label (chosen), the wrong label (rejected), gold's rank; CoT pairs also
+    carry the two completions written after the CoT prompt."""
 
     record: Record
     chosen: str
     rejected: str
-    gold_rank: int
-    """1-based rank of the gold label in the model's label distribution (2 = runner-up)."""
+    gold_rank: int | None
+    """1-based rank of the gold label in the model's label distribution (2 = runner-up); None for CoT pairs."""
     probs: dict[str, float]
+    chosen_text: str | None = None
+    """CoT pairs: the teacher's analysis, then "Relevance: <chosen>" (what the model should write)."""
+    rejected_text: str | None = None
+    """CoT pairs: the model's own analysis, then "Relevance: <rejected>"."""
+
+    def __post_init__(self) -> None:
+        if (self.chosen_text is None) != (self.rejected_text is None):
+            raise ValueError(f"pair {self.record.id!r}: a CoT pair needs both chosen_text and rejected_text")
+
+    @property
+    def is_cot(self) -> bool:
+        return self.chosen_text is not None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"chosen": self.chosen, "rejected": self.rejected, "gold_rank": self.gold_rank, "probs": self.probs,
+        data = {"chosen": self.chosen, "rejected": self.rejected, "gold_rank": self.gold_rank, "probs": self.probs,
                 "record": self.record.to_dict()}
+        if self.is_cot:
+            data.update(chosen_text=self.chosen_text, rejected_text=self.rejected_text)
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> PreferencePair:
+        rank = data.get("gold_rank")
         return cls(record=Record.from_dict(data["record"]), chosen=data["chosen"], rejected=data["rejected"],
-                   gold_rank=int(data["gold_rank"]), probs=dict(data["probs"]))
+                   gold_rank=None if rank is None else int(rank), probs=dict(data.get("probs") or {}),
+                   chosen_text=data.get("chosen_text"), rejected_text=data.get("rejected_text"))
 
 
 def mine_pairs(
@@ -279,6 +349,96 @@ def mine_pairs(
         "pairs": len(pairs),
         "pair_transitions": dict(sorted(transitions.items())),
         "top_k": top_k,
+        "over_estimates_only": over_estimates_only,
+    }
+    return pairs, report
+
+
+def cot_mistakes(
+    records: Sequence[Record], texts: Sequence[str], scheme: LabelScheme | str, over_estimates_only: bool = False
+) -> list[int]:
+    """Indices of the records whose generated analysis (`texts`, same order) ends in a wrong label; a text without a
+    label (a fallback) is no mistake. With `over_estimates_only`, only the labels more relevant than gold. These are
+    the pairs the teacher has to explain."""
+    scheme = get_scheme(scheme)
+    if len(texts) != len(records):
+        raise ValueError(f"{len(texts)} generated texts for {len(records)} records")
+    out = []
+    for i, (record, text) in enumerate(zip(records, texts)):
+        decided, gold = parse_label(text, scheme), scheme.parse(record.label)
+        if decided is None or decided == gold:
+            continue
+        if over_estimates_only and scheme.index(decided) > scheme.index(gold):
+            continue
+        out.append(i)
+    return out
+
+
+def own_completion(text: str, label: str, scheme: LabelScheme, kind: str = "ee") -> str:
+    """The model's generated text as a CoT completion: its analysis up to the line that gives `label` (anything
+    written after its decision dropped), then the answer line in the canonical form, as `cot_completion` writes it."""
+    lines = text.splitlines()
+    decision_lines = [i for i, line in enumerate(lines) if parse_label(line, scheme) == label]
+    analysis = strip_answer("\n".join(lines[: decision_lines[-1]] if decision_lines else lines))
+    return cot_completion(Explanation(id="", kind=kind, analysis=analysis, label=label), scheme)
+
+
+def cot_pairs(
+    records: Sequence[Record],
+    texts: Sequence[str],
+    explanations: Sequence[Explanation],
+    scheme: LabelScheme | str,
+    over_estimates_only: bool = False,
+) -> tuple[list[PreferencePair], dict[str, Any]]:
+    """CoT preference pairs and the mining report, from the model's generated analyses and the teacher's.
+
+    `texts` are the model's generations after the CoT prompt, one per record; `explanations` the teacher's answers
+    (any order, matched by record id) for at least every `cot_mistakes` record. A mistake gives a pair when the
+    teacher's explanation ends in the gold label: chosen_text = the teacher's completion ("... Relevance: <gold>"),
+    rejected_text = the model's own (`own_completion`, "... Relevance: <wrong>"). The report is `mine_pairs`' with
+    `gold_at_rank2_share`, `gold_outside_topk_share` and `top_k` null (no ranking), `error_rate` over the texts with a
+    label, plus `fallbacks` (texts without a label) and `teacher_disagreements` (explanations not ending in gold).
+    """
+    scheme = get_scheme(scheme)
+    mistakes = cot_mistakes(records, texts, scheme)
+    by_id = {str(explanation.id): explanation for explanation in explanations}
+    fallbacks = sum(parse_label(text, scheme) is None for text in texts)
+    pairs: list[PreferencePair] = []
+    over = disagreements = 0
+    transitions: Counter[str] = Counter()
+    for i in mistakes:
+        record, gold, decided = records[i], scheme.parse(records[i].label), parse_label(texts[i], scheme)
+        over_estimate = scheme.index(decided) < scheme.index(gold)
+        over += over_estimate
+        if over_estimates_only and not over_estimate:
+            continue
+        explanation = by_id.get(str(record.id))
+        if explanation is None:
+            raise ValueError(f"no teacher explanation for pair {record.id!r}, whose analysis ends in a wrong label")
+        if explanation.label != gold:
+            disagreements += 1
+            continue
+        transitions[f"{decided}->{gold}"] += 1
+        pairs.append(PreferencePair(
+            record=record if record.label == gold else replace(record, label=gold),
+            chosen=gold, rejected=decided, gold_rank=None, probs={},
+            chosen_text=cot_completion(explanation, scheme),
+            rejected_text=own_completion(texts[i], decided, scheme, explanation.kind),
+        ))
+    errors, decided_count = len(mistakes), len(records) - fallbacks
+    report = {
+        "scored": len(records),
+        "fallbacks": fallbacks,
+        "errors": errors,
+        "error_rate": errors / decided_count if decided_count else None,
+        "over_estimate_share": over / errors if errors else None,
+        "under_estimate_share": (errors - over) / errors if errors else None,
+        "gold_at_rank2_share": None,
+        "gold_outside_topk_share": None,
+        "teacher_disagreements": disagreements,
+        "pairs": len(pairs),
+        "pair_transitions": dict(sorted(transitions.items())),
+        "top_k": None,
         "over_estimates_only": over_estimates_only,
     }
     return pairs, report
@@ -460,13 +620,22 @@ def __getattr__(name: str):
 
 
 def preference_example(
-    tokenizer, pair: PreferencePair, scheme: LabelScheme, max_length: int | None
+    tokenizer,
+    pair: PreferencePair,
+    scheme: LabelScheme,
+    max_length: int | None,
+    *,
+    cot_task: str = "ee",
+    rules: RuleSet | None = None,
 ) -> dict[str, list[int]]:
     """Token ids in TRL's pre-tokenized preference format. `prompt_ids` are the prompt ids of the SFT stage
     (`build_example`: `encode_prompt`'s prefix + pair, BOS included, the pair cut in its middle to fit), `chosen_ids`
-    and `rejected_ids` the verbalised labels plus EOS (`completion_ids`)."""
+    and `rejected_ids` the verbalised labels plus EOS (`completion_ids`). A CoT pair gets the `cot_task` prompt
+    (`cot_prompt`; `rules` for ra) and its two texts instead (`cot_preference_example`)."""
     from lref.stages.sft import build_example, completion_ids
 
+    if pair.is_cot:
+        return cot_preference_example(tokenizer, pair, scheme, max_length, cot_task=cot_task, rules=rules)
     chosen = completion_ids(tokenizer, scheme, pair.chosen)
     rejected = completion_ids(tokenizer, scheme, pair.rejected)
     # Leave room for the longer of the two answers.
@@ -475,6 +644,45 @@ def preference_example(
     prompt = [t for t, label in zip(example["input_ids"], example["labels"]) if label == -100]
     assert example["input_ids"][len(prompt):] == chosen  # the answer follows the prompt
     return {"prompt_ids": prompt, "chosen_ids": chosen, "rejected_ids": rejected}
+
+
+def cot_preference_example(
+    tokenizer,
+    pair: PreferencePair,
+    scheme: LabelScheme,
+    max_length: int | None,
+    *,
+    cot_task: str = "ee",
+    rules: RuleSet | None = None,
+) -> dict[str, list[int]]:
+    """Token ids of a CoT pair: the CoT prompt (prefix and pair tokenized apart, BOS included, as in CoT training),
+    then each text plus EOS. Too long, the pair loses its middle first (as on the direct path, its last tokens, the
+    analysis cue, kept); when even that is not enough, the texts lose the middle of their analysis, their final
+    "Relevance: <label>" and EOS kept."""
+    from lref.models.scorer import truncate_pair
+    from lref.stages.sft import _PAIR_TAIL_TOKENS, text_completion_ids
+
+    if not pair.is_cot:
+        raise ValueError(f"pair {pair.record.id!r} has no CoT texts")
+    prefix_ids, pair_ids = encode_prompt(tokenizer, cot_prompt(cot_task, pair.record, scheme, rules))
+    texts = {"chosen_ids": (pair.chosen_text, pair.chosen), "rejected_ids": (pair.rejected_text, pair.rejected)}
+    answers = {key: text_completion_ids(tokenizer, text) for key, (text, _) in texts.items()}
+    if max_length is not None:
+        room = max_length - len(prefix_ids)
+        pair_ids = truncate_pair(pair_ids, max(room - max(map(len, answers.values())), 2 * _PAIR_TAIL_TOKENS),
+                                 _PAIR_TAIL_TOKENS)
+        room -= len(pair_ids)
+        for key, (_, label) in texts.items():
+            # the answer line tokenized on its own, + EOS: what must survive
+            tail = len(tokenizer(f"\n{ANSWER_CUE}{label_completion(scheme, label)}",
+                                 add_special_tokens=False)["input_ids"]) + 1
+            if room <= tail:
+                raise DataError(
+                    f"record {pair.record.id!r}: max_length {max_length} leaves no room for the analysis after the "
+                    f"{len(prefix_ids)}-token instruction and the {len(pair_ids)}-token pair; raise max_length"
+                )
+            answers[key] = truncate_pair(answers[key], room, tail)
+    return {"prompt_ids": prefix_ids + pair_ids, **answers}
 
 
 @contextlib.contextmanager
@@ -579,13 +787,52 @@ def _save_atomically(output_dir: Path, model, tokenizer) -> None:
     scratch.rmdir()
 
 
+def _pair_source(config: DPOStageConfig) -> dict[str, str | None]:
+    """What the mined pairs depend on besides pool and model (a resumed run must match it)."""
+    return {"mode": config.mode, "cot_task": config.cot_task if config.mode == "cot" else None}
+
+
+def _mine_cot_pairs(config: DPOStageConfig, model, tokenizer, scheme: LabelScheme, records: Sequence[Record],
+                    rules: RuleSet | None, output_dir: Path) -> tuple[list[PreferencePair], dict[str, Any]]:
+    """cot mode: the model writes its analyses (greedy), the teacher explains its mistakes (cached in
+    output_dir/teacher_<task>.jsonl), `cot_pairs` pairs them."""
+    from lref.stages.cot import generate_predictions, make_teacher, teach
+
+    _, generation = generate_predictions(
+        config.model, records, scheme, task=config.cot_task, rules=rules, max_new_tokens=config.max_new_tokens,
+        batch_size=config.scorer_batch_size, max_length=config.max_length, progress=config.progress, model=model,
+        tokenizer=tokenizer,
+    )
+    texts = generation.pop("texts")
+    wanted = [records[i] for i in cot_mistakes(records, texts, scheme, config.over_estimates_only)]
+    explanations: list[Explanation] = []
+    teacher_stats = None
+    if wanted:  # an LLM teacher is only started when there is something to explain
+        teacher = make_teacher(config.teacher, model=config.teacher_model, base_url=config.teacher_url,
+                               cache_path=output_dir / "teacher_cache.sqlite", records=records,
+                               progress=config.progress)
+        try:
+            explanations, teacher_stats = teach(
+                teacher, config.cot_task, wanted, scheme, rules=rules, progress=config.progress,
+                cache_path=output_dir / TEACHER_FILE.format(task=config.cot_task),
+            )
+        finally:
+            if hasattr(teacher, "close"):
+                teacher.close()
+    pairs, report = cot_pairs(records, texts, explanations, scheme, config.over_estimates_only)
+    report.update(mode="cot", cot_task=config.cot_task, teacher=config.teacher, teacher_stats=teacher_stats,
+                  generation=generation)
+    return pairs, report
+
+
 def train_dpo(config: DPOStageConfig, records: Sequence[Record], *, callbacks: list | None = None) -> Path | str:
     """Mine preference pairs from `records` with `config.model`, train a LoRA with DPO + α·SFT, return its folder.
 
     The folder holds the PEFT adapter, the tokenizer, `lref_manifest.json` (base_model = the input model, so
     `load_causal_lm(folder)` loads input + adapter; mining report, collapse guard, train metrics) and the mined pairs
     (`dpo_pairs.jsonl`). With fewer than `min_pairs` pairs nothing is trained: the folder gets the pairs and a manifest
-    of kind "skipped", and the input model reference `config.model` is returned as given.
+    of kind "skipped", and the input model reference `config.model` is returned as given. With `mode="cot"` the
+    pairs are CoT pairs (`_mine_cot_pairs`); the recall guard still scores the guard slice in direct mode.
     """
     import torch
     from datasets import Dataset
@@ -621,10 +868,13 @@ def train_dpo(config: DPOStageConfig, records: Sequence[Record], *, callbacks: l
     use_cpu = prepare_device(config)
 
     set_seed(config.seed)
-    model, tokenizer, _ = load_causal_lm(config.model, merge_adapter=True, dtype=torch.float32)
+    model, tokenizer, input_manifest = load_causal_lm(config.model, merge_adapter=True, dtype=torch.float32)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     label_token_ids(tokenizer, scheme)  # fail early when two labels share their first token
+    rules = None
+    if config.mode == "cot" and config.cot_task == "ra":  # the rules the model was RA-tuned on, unless given
+        rules = load_rule_set(config.rules or ((input_manifest or {}).get("cot") or {}).get("rules"), scheme)
 
     if resuming:
         previous = json.loads(run_file.read_text()) if run_file.is_file() else {}
@@ -633,22 +883,29 @@ def train_dpo(config: DPOStageConfig, records: Sequence[Record], *, callbacks: l
                 f"cannot resume {output_dir}: its checkpoints come from another pool or model; use another output "
                 "folder"
             )
+        if previous.get("pairs", {"mode": "direct", "cot_task": None}) != _pair_source(config):
+            raise DataError(f"cannot resume {output_dir}: its pairs are of another kind ({previous.get('pairs')})")
         pairs, report = _read_pairs(pairs_path), previous["mining"]
         logger.info("resuming %s: reusing %d mined pairs", output_dir, len(pairs))
     else:
-        scorer = LabelScorer(model, tokenizer, scheme, ScorerConfig(
-            batch_size=config.scorer_batch_size, top_k=config.top_k, max_length=config.max_length,
-            progress=config.progress,
-        ))
         started = time.perf_counter()
-        scores = scorer.score(mining_records)
-        pairs, report = mine_pairs(mining_records, scores, scheme, config.top_k, config.over_estimates_only)
+        if config.mode == "cot":
+            pairs, report = _mine_cot_pairs(config, model, tokenizer, scheme, mining_records, rules, output_dir)
+        else:
+            scorer = LabelScorer(model, tokenizer, scheme, ScorerConfig(
+                batch_size=config.scorer_batch_size, top_k=config.top_k, max_length=config.max_length,
+                progress=config.progress,
+            ))
+            scores = scorer.score(mining_records)
+            pairs, report = mine_pairs(mining_records, scores, scheme, config.top_k, config.over_estimates_only)
         report["scoring_s"] = round(time.perf_counter() - started, 2)
         if is_main_process():  # under `accelerate launch` every process mines the same pairs; one writes them
             write_jsonl(pairs_path, (pair.to_dict() for pair in pairs))
     logger.info(
-        "mining: %d errors in %d pairs, %d preference pairs (top-%d%s)", report["errors"], report["scored"],
-        report["pairs"], config.top_k, ", over-estimates only" if config.over_estimates_only else "",
+        "mining (%s): %d errors in %d pairs, %d preference pairs (%s%s)", config.mode, report["errors"],
+        report["scored"], report["pairs"],
+        f"{report.get('fallbacks')} fallbacks" if config.mode == "cot" else f"top-{config.top_k}",
+        ", over-estimates only" if config.over_estimates_only else "",
     )
 
     manifest = _base_manifest(config, scheme, pool_hash, len(records), report)
@@ -662,8 +919,12 @@ def train_dpo(config: DPOStageConfig, records: Sequence[Record], *, callbacks: l
         return config.model
 
     if not resuming and is_main_process():
-        write_json(run_file, {"data_hash": pool_hash, "model": config.model, "mining": report})
-    dataset = Dataset.from_list([preference_example(tokenizer, pair, scheme, config.max_length) for pair in pairs])
+        write_json(run_file, {"data_hash": pool_hash, "model": config.model, "pairs": _pair_source(config),
+                              "mining": report})
+    dataset = Dataset.from_list([
+        preference_example(tokenizer, pair, scheme, config.max_length, cot_task=config.cot_task, rules=rules)
+        for pair in pairs
+    ])
     model.config.use_cache = False
     args = DPOConfig(
         **training_arguments(
@@ -742,8 +1003,12 @@ __all__ = [
     "chosen_collapsed",
     "chosen_logp_change",
     "compact_lm_head",
+    "cot_mistakes",
+    "cot_pairs",
+    "cot_preference_example",
     "guard_winner",
     "mine_pairs",
+    "own_completion",
     "preference_example",
     "split_guard",
     "train_dpo",
