@@ -103,7 +103,7 @@ def main() -> None:
     parser.add_argument("--collapse-tolerance", type=float, default=1.0)
     parser.add_argument("--guard-fraction", type=float, default=0.2, help="share of the pool held out as guard slice")
     parser.add_argument("--guard-steps", type=int, default=10)
-    parser.add_argument("--guard-objective", default="over_estimate", choices=("over_estimate", "weighted_f1"))
+    parser.add_argument("--guard-objective", default="weighted_f1", choices=("over_estimate", "weighted_f1"))
     parser.add_argument("--guard-tolerance", type=float, default=0.01)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--run-dir", default=str(ROOT / "runs" / "dpo"))

@@ -438,7 +438,7 @@ def train_dpo_command(
     ),
     guard_fraction: float = typer.Option(0.2, "--guard-fraction", min=0.0, max=0.99, help=_dpo_help("guard_fraction")),
     guard_steps: int = typer.Option(10, "--guard-steps", min=1, help=_dpo_help("guard_steps")),
-    guard_objective: str = typer.Option("over_estimate", "--guard-objective", help=_dpo_help("guard_objective")),
+    guard_objective: str = typer.Option("weighted_f1", "--guard-objective", help=_dpo_help("guard_objective")),
     guard_tolerance: float = typer.Option(0.01, "--guard-tolerance", min=0.0, help=_dpo_help("guard_tolerance")),
     save_steps: int = typer.Option(100, "--save-steps", min=1, help=_dpo_help("save_steps")),
     seed: int = typer.Option(0, "--seed", help=_dpo_help("seed")),

@@ -178,10 +178,10 @@ class DPOStageConfig:
     )
     guard_steps: int = field(default=10, metadata={"help": "Score the guard slice every this many steps."})
     guard_objective: str = field(
-        default="over_estimate",
+        default="weighted_f1",
         metadata={
-            "help": "Which check wins: 'over_estimate' (the lowest over-estimate share among the checks whose "
-            "weighted-F1 is within guard_tolerance of the start) or 'weighted_f1' (the highest weighted-F1)."
+            "help": "Which check wins: 'weighted_f1' (the highest weighted-F1) or 'over_estimate' (the lowest "
+            "over-estimate share among the checks whose weighted-F1 is within guard_tolerance of the start)."
         },
     )
     guard_tolerance: float = field(
