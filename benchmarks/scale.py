@@ -38,15 +38,8 @@ DEFAULT_ADAPTER = REPO / "runs" / "sft_quality" / "adapter"
 DRIVER = REPO / "tests" / "ddp_sft_driver.py"
 DDP_CONFIG = REPO / "configs" / "accelerate" / "ddp_cpu.yaml"
 
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from scoring import cpu_name  # noqa: E402  (benchmarks/scoring.py)
 
 
 def bench_scoring(args, records, scheme, work: Path) -> dict:

@@ -104,17 +104,6 @@ def label_loss(logits, batch: dict[str, Any]):
     return loss.mean()
 
 
-class _Examples:
-    def __init__(self, examples: list[dict[str, Any]]):
-        self.examples = examples
-
-    def __len__(self) -> int:
-        return len(self.examples)
-
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        return self.examples[index]
-
-
 class EncoderCollator:
     """Pads the token fields with the tokenizer and stacks `labels`, `weights` and (when present) `targets`."""
 
@@ -185,6 +174,7 @@ def train_cross_encoder(
     from lref.stages.sft import (
         CHECKPOINT_DIR,
         RUN_FILE,
+        _ExampleDataset,
         _library_versions,
         _stored_model_reference,
         class_weights,
@@ -264,8 +254,8 @@ def train_cross_encoder(
     trainer = _make_trainer_class()(
         model=model,
         args=args,
-        train_dataset=_Examples(examples),
-        eval_dataset=_Examples(eval_examples) if eval_examples else None,
+        train_dataset=_ExampleDataset(examples),
+        eval_dataset=_ExampleDataset(eval_examples) if eval_examples else None,
         data_collator=EncoderCollator(tokenizer),
         processing_class=tokenizer,
         callbacks=callbacks,
