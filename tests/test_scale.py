@@ -72,16 +72,27 @@ def _config(**fields):
     return SimpleNamespace(**{"use_cpu": None, "threads": None, **fields})
 
 
-def test_precision_auto_is_fp32_on_cpu_and_can_be_forced():
-    assert resolve_precision(_config(bf16=None), use_cpu=True) == "fp32"
+@pytest.mark.parametrize("native", [False, True])
+def test_precision_auto_on_cpu_follows_native_bf16_and_can_be_forced(monkeypatch, native):
+    import lref.training
+
+    monkeypatch.setattr(lref.training, "cpu_has_native_bf16", lambda: native)
+    monkeypatch.setenv(lref.training.CPU_BF16_VARIABLE, "auto")
+    auto_cpu = "bf16" if native else "fp32"
+    assert resolve_precision(_config(bf16=None), use_cpu=True) == auto_cpu
     assert resolve_precision(_config(bf16=False), use_cpu=False) == "fp32"
     assert resolve_precision(_config(bf16=True), use_cpu=False) == "bf16"
     assert resolve_precision(_config(), use_cpu=True) == "fp32"  # configs without the field
     if not torch.cuda.is_available():
-        assert resolve_precision(_config(bf16=None), use_cpu=False) == "fp32"
+        assert resolve_precision(_config(bf16=None), use_cpu=False) == auto_cpu
         assert prepare_device(_config(bf16=None)) is True
-    with pytest.raises(ValueError, match="bf16 mixed precision is only supported on a GPU"):
-        prepare_device(_config(bf16=True, use_cpu=True))
+    monkeypatch.setenv(lref.training.CPU_BF16_VARIABLE, "0")
+    assert resolve_precision(_config(bf16=None), use_cpu=True) == "fp32"
+    if native:
+        assert prepare_device(_config(bf16=True, use_cpu=True)) is True
+    else:
+        with pytest.raises(ValueError, match="no native bf16"):
+            prepare_device(_config(bf16=True, use_cpu=True))
 
 
 def test_training_arguments_follow_the_resolved_precision():

@@ -220,6 +220,16 @@ def test_fast_matches_naive_on_real_gemma():
     fast = LabelScorer(model, tokenizer, "graded3", ScorerConfig(batch_size=4)).score(records)
     assert np.abs(fast.probs - naive.probs).max() < TOLERANCE
 
+    from lref.training import cpu_has_native_bf16
+
+    if not cpu_has_native_bf16():
+        pytest.skip("this CPU has no native bf16, so bf16 scoring is not offered here")
+    bf16 = LabelScorer(model, tokenizer, "graded3", ScorerConfig(batch_size=4, bf16=True)).score(records)
+    assert np.abs(bf16.probs - fast.probs).max() < 0.05  # bf16 keeps 8 bits of mantissa: close, not equal
+    assert np.abs(bf16.probs - fast.probs).max() > 0  # and it really ran in bf16
+    confident = np.sort(fast.probs, axis=1)[:, -1] - np.sort(fast.probs, axis=1)[:, -2] > 0.1
+    assert (bf16.probs.argmax(axis=1) == fast.probs.argmax(axis=1))[confident].all()
+
 
 # ------------------------------------------------------------------ CLI: lref predict
 def run_cli(monkeypatch, capsys, *args):

@@ -47,6 +47,7 @@ from lref.data.records import Record
 from lref.labels import LabelError, LabelScheme, get_scheme
 from lref.predictions import Prediction
 from lref.prompts import ANSWER_CUE, Prompt, direct_prompt, encode_prompt, label_token_ids
+from lref.training import resolve_precision
 
 PromptFn = Callable[[Record, LabelScheme], Prompt]
 
@@ -68,6 +69,11 @@ class ScorerConfig:
                   "full-logits forward (the reference)."},
     )
     progress: bool = field(default=False, metadata={"help": "Show a progress bar on stderr."})
+    bf16: bool | None = field(
+        default=None,
+        metadata={"help": "bfloat16 autocast for the forward passes: None (auto) = on a CUDA GPU that supports it or "
+                  "a CPU with native bf16 (AVX512-BF16, AMX), about 3x faster there; False: float32 throughout."},
+    )
     num_threads: int | None = field(
         default=None, metadata={"help": "torch.set_num_threads before scoring; None leaves torch's default."}
     )
@@ -234,8 +240,10 @@ class LabelScorer:
         encoded = self.encode(prompts)
         was_training = self.model.training
         self.model.eval()
+        device = self.model.device.type
+        bf16 = resolve_precision(self.config, use_cpu=device == "cpu") == "bf16"
         try:
-            with torch.inference_mode():
+            with torch.inference_mode(), torch.autocast(device, torch.bfloat16, enabled=bf16):
                 if self.config.fast:
                     self._score_fast(encoded, logits)
                 else:

@@ -52,7 +52,7 @@ from lref.prompts import ANSWER_CUE, Prompt, product_fields
 from lref.stages.sft import SFTStageConfig, TextExample, direct_example, examples_hash
 from lref.teachers.base import Explanation, Teacher, parse_label
 from lref.teachers.rules_file import RuleSet, default_rules, load_rules
-from lref.training import check_training_fields
+from lref.training import BF16_HELP, check_training_fields
 
 logger = logging.getLogger(__name__)
 
@@ -161,7 +161,7 @@ class CoTConfig:
     )
     bf16: bool | None = field(
         default=None,
-        metadata={"help": "bfloat16 mixed precision; None: on where the GPU supports it, float32 on CPU (as SFT)."},
+        metadata={"help": BF16_HELP},
     )
     logging_steps: int = field(default=10, metadata={"help": "Log the training loss every this many steps."})
     progress: bool = field(default=True, metadata={"help": "Show progress bars."})

@@ -57,7 +57,7 @@ from lref.prompts import ANSWER_CUE, PROMPT_VERSION, encode_prompt, label_comple
 from lref.stages.cot import TEACHER_FILE, TEACHERS, cot_completion, cot_prompt, load_rule_set
 from lref.teachers.base import Explanation, parse_label, strip_answer
 from lref.teachers.rules_file import RuleSet
-from lref.training import check_training_fields, is_main_process, prepare_device, training_arguments
+from lref.training import BF16_HELP, check_training_fields, is_main_process, prepare_device, training_arguments
 
 logger = logging.getLogger(__name__)
 
@@ -207,8 +207,7 @@ class DPOStageConfig:
     )
     bf16: bool | None = field(
         default=None,
-        metadata={"help": "bfloat16 mixed precision: None (auto) = on a CUDA GPU that supports it, float32 elsewhere; "
-                  "True forces it (GPU only), False forces float32."},
+        metadata={"help": BF16_HELP},
     )
     logging_steps: int = field(
         default=10,

@@ -43,7 +43,7 @@ from typing import Any
 from lref.data.records import DataError, Record
 from lref.labels import LabelError, LabelScheme, get_scheme
 from lref.prompts import PROMPT_VERSION, Prompt, direct_prompt, encode_prompt, label_completion
-from lref.training import check_training_fields, is_main_process, prepare_device, training_arguments
+from lref.training import BF16_HELP, check_training_fields, is_main_process, prepare_device, training_arguments
 
 logger = logging.getLogger(__name__)
 
@@ -126,8 +126,7 @@ class SFTStageConfig:
     )
     bf16: bool | None = field(
         default=None,
-        metadata={"help": "bfloat16 mixed precision: None (auto) = on a CUDA GPU that supports it, float32 elsewhere; "
-                  "True forces it (GPU only), False forces float32."},
+        metadata={"help": BF16_HELP},
     )
     logging_steps: int = field(default=10, metadata={"help": "Log the training loss every this many steps."})
     progress: bool = field(default=True, metadata={"help": "Show progress bars."})
@@ -493,12 +492,17 @@ def completion_loss(
 
 @contextmanager
 def forward_replaced(module, forward):
-    """Within the block, calling `module` runs `forward` instead of its own forward (hooks and wrappers kept)."""
+    """Within the block, calling `module` runs `forward` instead of its own forward (hooks and wrappers kept). A
+    forward set on the instance before (accelerate's autocast wrapper, say) is put back afterwards."""
+    previous = module.__dict__.get("forward")
     module.forward = forward
     try:
         yield module
     finally:
-        del module.forward
+        if previous is None:
+            del module.forward
+        else:
+            module.forward = previous
 
 
 def _make_trainer_class():
@@ -517,6 +521,8 @@ def _make_trainer_class():
             self.share_prefix = share_prefix
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            import torch
+
             inner = self.accelerator.unwrap_model(model)
             num_items = num_items_in_batch
             if num_items is None:
@@ -525,13 +531,15 @@ def _make_trainer_class():
                 num_items = max(local, 1) * steps
 
             def loss_forward(**batch):
-                return completion_loss(
-                    inner,
-                    batch,
-                    logits_at_labels_only=self.logits_at_labels_only,
-                    share_prefix=self.share_prefix,
-                    num_items=num_items,
-                )
+                # The replaced forward bypasses accelerate's autocast wrapper, so mixed precision is applied here.
+                with torch.autocast(inputs["input_ids"].device.type, torch.bfloat16, enabled=self.args.bf16):
+                    return completion_loss(
+                        inner,
+                        batch,
+                        logits_at_labels_only=self.logits_at_labels_only,
+                        share_prefix=self.share_prefix,
+                        num_items=num_items,
+                    )
 
             # DDP, FSDP and DeepSpeed sync gradients (or gather sharded weights) only around their own forward
             # call, so the whole loss (prefix pass included) runs as the model's forward for this one call.
