@@ -31,6 +31,7 @@ from lref.stages.cot import (  # noqa: E402
     cot_prompt,
     direct_count,
     generate_predictions,
+    label_quotas,
     read_teacher_file,
     sample_wrong_label,
     teach,
@@ -140,6 +141,29 @@ def test_disagreeing_explanations_are_dropped_and_too_few_fail():
     assert {e.id for e in examples} == {r.id for r in records[4:]}
     with pytest.raises(DataError, match=r"ra: only 8 of 12 pairs.*0 without a label, 4 disagreeing.*ra_samples=9"):
         cot_examples("ra", flipped, SCHEME, teacher, 9, rules=RULES, progress=False)
+
+
+def test_label_quotas_follow_the_mix_by_largest_remainders():
+    assert label_quotas(["Exact"] * 5 + ["Partial"] * 3 + ["Irrelevant"] * 2, 5) == Counter(
+        {"Exact": 3, "Partial": 1, "Irrelevant": 1})  # 2.5, 1.5, 1.0: one remainder seat, to the first of the ties
+    assert sum(label_quotas(["Exact", "Partial", "Irrelevant"], 7).values()) == 7
+
+
+def test_cot_examples_keep_the_records_label_mix_and_top_up_a_short_grade():
+    records = make_records()
+    mix = Counter(r.label for r in records)
+    assert len(mix) == 3  # the fixture pairs span every grade
+    teacher = RulesTeacher().fit(records)
+    examples, stats = cot_examples("ra", records, SCHEME, teacher, 6, rules=RULES, progress=False)
+    assert Counter(e.label for e in examples) == label_quotas([r.label for r in records], 6) == Counter(stats["labels"])
+    # one grade's human labels all flipped: the teacher never agrees there, so the others fill its seats
+    short = min(mix, key=mix.get)
+    other = next(label for label in SCHEME.labels if label != short)
+    flipped = [Record(id=r.id, query=r.query, title=r.title, label=other if r.label == short else r.label)
+               for r in records]
+    kept_ids = {r.id for r in records if r.label != short}
+    examples, stats = cot_examples("ra", flipped, SCHEME, teacher, len(kept_ids), rules=RULES, progress=False)
+    assert {e.id for e in examples} == kept_ids and stats["rejected_disagreeing"] == mix[short]
 
 
 def test_dr_wrong_labels_differ_from_gold_with_an_over_estimate_bias():

@@ -581,7 +581,7 @@ def make_scorer(kind: str, ref: str, scheme: str, settings: EvalSettings):
     from lref.models.loading import load_causal_lm
     from lref.models.scorer import LabelScorer, scheme_for_model
 
-    model, tokenizer, manifest = load_causal_lm(ref)
+    model, tokenizer, manifest = load_causal_lm(ref, device="auto")
     return LabelScorer(model, tokenizer, scheme_for_model(manifest, scheme), scorer_config)
 
 

@@ -260,7 +260,7 @@ def _init_worker(model: str, scheme: str, config: ScorerConfig, threads: int) ->
 
     global _WORKER_SCORER
     torch.set_num_threads(threads)
-    lm, tokenizer, _ = load_causal_lm(model)
+    lm, tokenizer, _ = load_causal_lm(model, device="auto")
     _WORKER_SCORER = LabelScorer(lm, tokenizer, scheme, config)
 
 

@@ -142,7 +142,7 @@ class LLMBackbone:
         from lref.models.loading import load_causal_lm
         from lref.models.scorer import LabelScorer
 
-        model, tokenizer, _ = load_causal_lm(model_dir)
+        model, tokenizer, _ = load_causal_lm(model_dir, device="auto")
         return LabelScorer(model, tokenizer, self.sft.scheme, self.scorer).score(records)
 
 

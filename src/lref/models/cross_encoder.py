@@ -31,7 +31,7 @@ from lref.data.records import DataError, Record
 from lref.labels import LabelScheme, get_scheme
 from lref.models.scorer import ScoreResult, ScorerConfig, scheme_for_model
 from lref.prompts import product_fields
-from lref.training import check_training_fields, prepare_device, training_arguments
+from lref.training import BF16_HELP, check_training_fields, prepare_device, resolve_precision, training_arguments
 
 logger = logging.getLogger(__name__)
 
@@ -73,6 +73,7 @@ class CrossEncoderConfig:
     use_cpu: bool | None = field(
         default=None, metadata={"help": "Train on the CPU (default: CPU unless a CUDA device is available)."}
     )
+    bf16: bool | None = field(default=None, metadata={"help": BF16_HELP})
     logging_steps: int = field(default=20, metadata={"help": "Log the training loss every this many steps."})
     progress: bool = field(default=True, metadata={"help": "Show progress bars."})
 
@@ -349,7 +350,7 @@ def score_pairs(
 class CrossEncoderScorer:
     """Scores pairs with a trained cross-encoder; the same `ScoreResult` as `LabelScorer` (logits in scheme order).
 
-    Uses `ScorerConfig`'s batch_size, top_k, max_length, progress and num_threads (`fast` does not apply)."""
+    Uses `ScorerConfig`'s batch_size, top_k, max_length, progress, num_threads and bf16 (`fast` does not apply)."""
 
     def __init__(self, model, tokenizer, scheme: LabelScheme | str, config: ScorerConfig | None = None):
         self.model = model
@@ -373,8 +374,10 @@ class CrossEncoderScorer:
             torch.set_num_threads(self.config.num_threads)
         was_training = self.model.training
         self.model.eval()
+        device = self.model.device.type
+        bf16 = resolve_precision(self.config, use_cpu=device == "cpu") == "bf16"
         try:
-            with torch.inference_mode():
+            with torch.inference_mode(), torch.autocast(device, torch.bfloat16, enabled=bf16):
                 return score_pairs(records, self.scheme, self.tokenizer, self.config, self._logits)
         finally:
             if was_training:

@@ -20,9 +20,11 @@ def is_adapter(folder: str | Path) -> bool:
     return (Path(folder) / "adapter_config.json").is_file()
 
 
-def load_causal_lm(name_or_path: str | Path, *, merge_adapter: bool = True, dtype=None):
+def load_causal_lm(name_or_path: str | Path, *, merge_adapter: bool = True, dtype=None, device: str | None = None):
     """Return (model, tokenizer, manifest). Adapter folders load their base model (named in the manifest) plus
-    the adapter; `merge_adapter` folds LoRA weights in for faster inference."""
+    the adapter; `merge_adapter` folds LoRA weights in for faster inference. `device`: None leaves the model on the
+    CPU (trainers place it themselves), "auto" moves it to the GPU when CUDA is available (for scoring), any other
+    value is a torch device."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -47,5 +49,9 @@ def load_causal_lm(name_or_path: str | Path, *, merge_adapter: bool = True, dtyp
         model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=dtype)
         tokenizer_folder = folder
     tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_folder))
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else None
+    if device is not None:
+        model.to(device)
     model.eval()
     return model, tokenizer, manifest

@@ -71,8 +71,9 @@ class ScorerConfig:
     progress: bool = field(default=False, metadata={"help": "Show a progress bar on stderr."})
     bf16: bool | None = field(
         default=None,
-        metadata={"help": "bfloat16 autocast for the forward passes: None (auto) = on a CUDA GPU that supports it or "
-                  "a CPU with native bf16 (AVX512-BF16, AMX), about 3x faster there; False: float32 throughout."},
+        metadata={"help": "bfloat16 autocast for the forward passes: None (auto) = on a CPU with native bf16 "
+                  "(AVX512-BF16, AMX), about 3x faster there, float32 elsewhere (GPUs included, where it measured "
+                  "faster); True forces it; False: float32 throughout."},
     )
     num_threads: int | None = field(
         default=None, metadata={"help": "torch.set_num_threads before scoring; None leaves torch's default."}

@@ -40,6 +40,7 @@ import json
 import logging
 import random
 import time
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -400,15 +401,21 @@ def cot_examples(
     progress: bool = True,
 ) -> tuple[list[TextExample], dict[str, Any]]:
     """`count` CoT examples of `task`: pairs drawn in a seeded order, explained by the teacher (cached), kept when
-    the explanation has a label equal to the human one. DataError when the records cannot give `count`."""
+    the explanation has a label equal to the human one. The labels keep the records' label mix: the teacher agrees
+    with the raters more often on some grades, and a skewed stage shifts the model's label prior. A grade that cannot
+    fill its share within the first 4 x `count` pairs is topped up with the others. DataError when the records cannot give `count`."""
     if task == "ra" and rules is None:
         raise ValueError("RA needs a rule set")
     order = list(records)
     random.Random(f"{seed}:{task}").shuffle(order)
-    examples: list[TextExample] = []
+    quota = label_quotas([scheme.parse(r.label) for r in records], count)
+    examples: list[tuple[TextExample, bool]] = []  # with whether a DR example's wrong decision over-estimates
+    reserve: list[tuple[TextExample, bool]] = []  # agreeing examples of a grade whose share was already full
     stats: dict[str, Any] = {"rejected_disagreeing": 0}
-    position = over = 0
-    while len(examples) < count and position < len(order):
+    position = 0
+    # Stop early once 4x `count` pairs were explained and the reserve can fill the rest: a paid teacher stays cheap.
+    while len(examples) < count and position < len(order) and (position < 4 * count or
+                                                                 len(examples) + len(reserve) < count):
         chunk = order[position : position + max(count - len(examples), 8)]
         position += len(chunk)
         wrong = ([sample_wrong_label(r, scheme, over_estimate_share, seed) for r in chunk] if task == "dr" else None)
@@ -423,10 +430,18 @@ def cot_examples(
                 stats["rejected_disagreeing"] += 1
                 continue
             prompt = cot_prompt(task, record, scheme, rules, wrong[row] if wrong else None)
-            over += bool(wrong) and scheme.index(wrong[row]) < scheme.index(gold)
-            examples.append(TextExample(record.id, prompt, cot_completion(answer, scheme), gold))
+            example = TextExample(record.id, prompt, cot_completion(answer, scheme), gold)
+            over = bool(wrong) and scheme.index(wrong[row]) < scheme.index(gold)
+            if quota[gold] > 0:
+                quota[gold] -= 1
+                examples.append((example, over))
+            else:
+                reserve.append((example, over))
             if len(examples) == count:
                 break
+    examples += reserve[: count - len(examples)]
+    over_estimates = sum(over for _, over in examples)
+    examples = [example for example, _ in examples]
     if len(examples) < count:
         raise DataError(
             f"{task}: only {len(examples)} of {len(records)} pairs gave a usable teacher explanation (a label equal to "
@@ -436,9 +451,20 @@ def cot_examples(
     stats["examples"] = len(examples)
     stats["hit_rate"] = round(stats["cache_hits"] / stats["requested"], 4) if stats.get("requested") else None
     stats["pairs_per_s"] = round(stats["generated"] / stats["seconds"], 2) if stats.get("seconds") else None
+    stats["labels"] = dict(Counter(example.label for example in examples))
     if task == "dr":
-        stats["over_estimate_share"] = round(over / len(examples), 4)
+        stats["over_estimate_share"] = round(over_estimates / len(examples), 4)
     return examples, stats
+
+
+def label_quotas(labels: Sequence[str], count: int) -> Counter:
+    """How many of `count` examples each label gets to match its share of `labels` (largest remainders)."""
+    mix = Counter(labels)
+    exact = {label: count * n / len(labels) for label, n in mix.items()}
+    quota = Counter({label: int(share) for label, share in exact.items()})
+    for label in sorted(exact, key=lambda name: exact[name] - quota[name], reverse=True)[: count - sum(quota.values())]:
+        quota[label] += 1
+    return quota
 
 
 def direct_examples(records: Sequence[Record], scheme: LabelScheme, count: int, seed: int = 0) -> list[TextExample]:
@@ -605,7 +631,7 @@ def generate_predictions(
         raise ValueError("batch_size and max_new_tokens must be at least 1")
     manifest = None
     if model is None or tokenizer is None:
-        model, tokenizer, manifest = load_causal_lm(model_dir)
+        model, tokenizer, manifest = load_causal_lm(model_dir, device="auto")
     else:
         from lref.models.loading import read_manifest
 
@@ -641,7 +667,8 @@ def generate_predictions(
                 for row, i in enumerate(rows):  # left padding: every prompt ends at the last column
                     input_ids[row, width - len(encoded[i]) :] = torch.tensor(encoded[i])
                     attention_mask[row, width - len(encoded[i]) :] = 1
-                output = model.generate(input_ids=input_ids, attention_mask=attention_mask, do_sample=False,
+                output = model.generate(input_ids=input_ids.to(model.device),
+                                        attention_mask=attention_mask.to(model.device), do_sample=False,
                                         max_new_tokens=max_new_tokens, pad_token_id=pad,
                                         eos_token_id=tokenizer.eos_token_id, top_p=None, top_k=None)
                 for row, i in enumerate(rows):

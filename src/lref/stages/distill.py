@@ -268,9 +268,7 @@ def teacher_targets(
         from lref.models.scorer import LabelScorer, ScorerConfig
 
         started = time.perf_counter()
-        model, tokenizer, _ = load_causal_lm(config.teacher)
-        if not use_cpu:
-            model.to("cuda")
+        model, tokenizer, _ = load_causal_lm(config.teacher, device="cpu" if use_cpu else "cuda")
         scorer = LabelScorer(
             model, tokenizer, scheme,
             ScorerConfig(batch_size=config.teacher_batch_size, max_length=config.teacher_max_length,

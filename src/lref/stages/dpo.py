@@ -990,6 +990,7 @@ def train_dpo(config: DPOStageConfig, records: Sequence[Record], *, callbacks: l
         "collapse_guard": guard.report(),
         "recall_guard": recall_guard.report() if recall_guard else None,
         "train_metrics": metrics,
+        "precision": "bf16" if args.bf16 else "fp32",
     })
     logger.info("DPO adapter written to %s (%d steps)", output_dir, result.global_step)
     trainer.accelerator.wait_for_everyone()

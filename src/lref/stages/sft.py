@@ -758,6 +758,7 @@ def train_sft_examples(
         "class_weights": weights,
         "config": asdict(config),
         "train_metrics": metrics,
+        "precision": "bf16" if args.bf16 else "fp32",
         "versions": _library_versions(),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         **(manifest_extra or {}),

@@ -41,7 +41,7 @@ class ChatModel:
 
         if threads:
             torch.set_num_threads(threads)
-        model, tokenizer, _ = load_causal_lm(name_or_path)
+        model, tokenizer, _ = load_causal_lm(name_or_path, device="auto")
         return cls(model, tokenizer, name or str(name_or_path))
 
     def render(self, messages: Sequence[dict[str, str]]) -> tuple[str, bool]:
@@ -60,7 +60,7 @@ class ChatModel:
         import torch
 
         text, templated = self.render(messages)
-        encoded = self.tokenizer(text, return_tensors="pt", add_special_tokens=not templated)
+        encoded = self.tokenizer(text, return_tensors="pt", add_special_tokens=not templated).to(self.model.device)
         prompt_tokens = int(encoded["input_ids"].shape[1])
         sampling: dict[str, Any] = {"do_sample": False}
         if temperature > 0:
