@@ -4,6 +4,7 @@ bad input, both real backbones on tiny models, the cross-encoder module and `lre
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 
@@ -30,6 +31,7 @@ from lref.stages.select import (  # noqa: E402
     apply_rule,
     balanced_sample,
     confusion_map,
+    floor_labels,
     make_folds,
     noise_audit,
     ordinal_neighbour,
@@ -145,6 +147,23 @@ def test_balanced_sample_and_folds():
     assert sorted(i for fold in folds for i in fold) == list(range(11)) and {len(f) for f in folds} == {3, 4}
 
 
+def test_label_floor_adds_the_hardest_pairs_of_a_dropped_label():
+    labels = ["Exact"] * 4 + ["Partial"] * 4 + ["Irrelevant"] * 2
+    kept = np.array([True, True, True, False, False, False, False, False, True, True])  # no Partial kept
+    ci_pass = np.array([True] * 4 + [False, True, True, True] + [True, True])
+    im_probs = np.full((10, 3), 1 / 3)
+    im_probs[5:8, 1] = [0.9, 0.2, 0.5]  # IM's probability of Partial: pair 6 is hardest, then 7
+    # ceil(0.4 * 5) = 2 per label: Exact (3) and Irrelevant (2) have enough; Partial gets its 2 hardest CI passes
+    assert floor_labels(labels, kept, 0.4, ci_pass, im_probs, SCHEME).nonzero()[0].tolist() == [6, 7]
+    # ceil(0.7 * 5) = 4: all four Partial pairs, the one failing CI last; one more Exact and two more Irrelevant
+    # are wanted, but only one Exact pair is left and no Irrelevant one
+    assert floor_labels(labels, kept, 0.7, ci_pass, im_probs, SCHEME).nonzero()[0].tolist() == [3, 4, 5, 6, 7]
+    assert not floor_labels(labels, kept, 0.0, ci_pass, im_probs, SCHEME).any()
+    assert not floor_labels(labels, np.zeros(10, dtype=bool), 0.4, ci_pass, im_probs, SCHEME).any()
+    with pytest.raises(ValueError, match="label_floor must lie in"):
+        SelectConfig(label_floor=1.0)
+
+
 def test_noise_audit_precision_and_recall():
     audit = noise_audit([True, True, False, False, True], np.array([True, False, True, False, True]))
     assert audit["precision"] == pytest.approx(2 / 3, abs=1e-4) and audit["recall"] == pytest.approx(2 / 3, abs=1e-4)
@@ -196,6 +215,22 @@ def test_select_writes_selected_pairs_report_and_scores(tmp_path, pool):
     assert report["noise_audit"]["noise_rate"] == pytest.approx(np.mean([r.meta["label_noise"] for r in pool]), abs=1e-3)
     rows = [json.loads(line) for line in (out / SCORES_NAME).read_text().splitlines()]
     assert len(rows) == len(pool) and sum(row["kept"] for row in rows) == len(expected)
+
+
+def test_label_floor_restores_a_grade_the_rule_dropped(tmp_path, pool):
+    def predict(role, record, trained):
+        return record.label if role == "ci" else E  # the rule keeps no Exact pair
+
+    result = select(small_config(tmp_path, use_ms=False, label_floor=0.1), pool, backbone=FakeBackbone(predict))
+    by_rule = sum(r.label != E for r in pool)
+    floor = math.ceil(0.1 * by_rule)
+    assert sum(r.label == E for r in result.selected) == floor and len(result.selected) == by_rule + floor
+    report = result.report
+    assert report["label_floor"] == {"floor": 0.1, "added": {E: floor}}
+    assert report["funnel"][-1] == {"step": "+ label floor 0.1", "remaining": by_rule + floor}
+    assert report["label_distribution"]["selected"][E]["count"] == floor
+    rows = [json.loads(line) for line in (tmp_path / "select" / SCORES_NAME).read_text().splitlines()]
+    assert sum(row["added_by_floor"] for row in rows) == floor and all(row["kept"] for row in rows if row["added_by_floor"])
 
 
 def test_out_of_fold_no_model_scores_its_own_training_pairs(tmp_path, pool):

@@ -53,6 +53,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import random
 import time
 from collections import Counter
@@ -153,6 +154,13 @@ class SelectConfig:
     torso_share: float = field(
         default=0.3, metadata={"help": "The next this share of traffic is 'torso'; the rest is 'tail'."}
     )
+    label_floor: float = field(
+        default=0.0,
+        metadata={"help": "Least share of the selected set each label keeps. When the rule keeps fewer pairs of a "
+                  "label (weak selectors can drop a grade entirely), the hardest other pool pairs of that label are "
+                  "added: those passing CI(x) = L(x) first, then by IM's probability of their label, lowest first. "
+                  "0 = the rule alone."},
+    )
     epochs: float = field(default=1.0, metadata={"help": "Training epochs of each selector model."})
     max_steps: int = field(default=-1, metadata={"help": "Stop each selector after this many steps (-1: epochs)."})
     learning_rate: float | None = field(
@@ -184,6 +192,8 @@ class SelectConfig:
             )
         if not (self.use_im or self.use_ci or self.use_ms):
             raise ValueError("every condition is turned off: enable at least one of use_im, use_ci, use_ms")
+        if not 0 <= self.label_floor < 1:
+            raise ValueError(f"label_floor must lie in [0, 1), not {self.label_floor}")
 
     @property
     def model_name(self) -> str:
@@ -288,6 +298,27 @@ def apply_rule(
     for mask in passes.values():
         kept &= mask
     return passes, kept
+
+
+def floor_labels(labels: Sequence[str], kept: np.ndarray, floor: float, ci_pass: np.ndarray | None,
+                 im_probs: np.ndarray | None, scheme: LabelScheme) -> np.ndarray:
+    """Pool pairs to add so that each label makes up at least `floor` of the rule's selection (its size before
+    adding): per short label, the pairs not kept that pass CI first, then by IM's probability of their label
+    (lowest: hardest), then pool order. Nothing when the rule kept nothing or `floor` is 0."""
+    gold = np.asarray(labels, dtype=object)
+    added = np.zeros(len(gold), dtype=bool)
+    if floor <= 0 or not kept.any():
+        return added
+    need = math.ceil(floor * int(kept.sum()))
+    for j, label in enumerate(scheme.labels):
+        missing = need - int((kept & (gold == label)).sum())
+        candidates = np.flatnonzero(~kept & (gold == label))
+        if missing <= 0 or not len(candidates):
+            continue
+        hard = [(0 if ci_pass is None or ci_pass[i] else 1, im_probs[i, j] if im_probs is not None else 0.0, i)
+                for i in candidates]
+        added[[i for *_, i in sorted(hard)[:missing]]] = True
+    return added
 
 
 def _rng(seed: int, *tags: str) -> random.Random:
@@ -584,9 +615,14 @@ def select(
     passes, kept = apply_rule(
         labels, predictions, use_im=config.use_im, use_ci=config.use_ci, use_ms=config.use_ms, ms_rule=config.ms_rule
     )
+    added = floor_labels(labels, kept, config.label_floor, passes.get("ci"), probs.get("im"), scheme)
+    kept |= added
     selected = [record for record, keep in zip(pool, kept) if keep]
     report = build_report(config, pool, labels, bands, band_source, samples, predictions, passes, kept, confusion,
                           timings, scheme)
+    report["label_floor"] = {"floor": config.label_floor, "added": dict(Counter(np.asarray(labels)[added].tolist()))}
+    if added.any():
+        report["funnel"].append({"step": f"+ label floor {config.label_floor:g}", "remaining": int(kept.sum())})
     report["wall_time_s"] = round(time.perf_counter() - started_all, 2)
 
     write_json(output_dir / REPORT_NAME, report)
@@ -597,7 +633,7 @@ def select(
                 "id": record.id, "label": labels[i], "band": bands[i],
                 **{role: predictions[role][i] for role in predictions},
                 **{f"pass_{name}": bool(mask[i]) for name, mask in passes.items()},
-                "kept": bool(kept[i]),
+                "kept": bool(kept[i]), "added_by_floor": bool(added[i]),
             }
             for i, record in enumerate(pool)
         ),
@@ -738,6 +774,7 @@ __all__ = [
     "apply_rule",
     "balanced_sample",
     "confusion_map",
+    "floor_labels",
     "funnel_table",
     "make_backbone",
     "make_folds",
