@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ CPU_BF16_VARIABLE = "LREF_CPU_BF16"
 """Set to 0 to keep automatic precision at float32 on the CPU (results identical across machines)."""
 
 
+@functools.cache
 def cpu_has_native_bf16() -> bool:
     """Whether the CPU multiplies bf16 matrices in hardware (AVX512-BF16 or AMX, read from /proc/cpuinfo). Elsewhere
     bf16 on the CPU is emulated: slower than float32, not faster."""
@@ -40,19 +42,21 @@ def prepare_device(config: Any) -> bool:
     return use_cpu
 
 
-def resolve_precision(config: Any, use_cpu: bool) -> str:
-    """Training and scoring precision, "bf16" (mixed) or "fp32", from a config's `bf16` field: True/False force it.
-    None (auto) picks bf16 on a CPU with native bf16 (`cpu_has_native_bf16`) unless the environment sets
-    LREF_CPU_BF16=0, and fp32 elsewhere. That includes GPUs: on an H200, Gemma-3-270M LoRA steps of 16 pairs took
-    0.29 s in fp32 and 0.60 s in bf16, and scoring ran 1,358 vs 362 pairs/s (benchmarks/gpu_check.py); models this
-    small leave the GPU waiting on kernel launches, and bf16 only adds casts. fp16 is never chosen: it overflows in
-    Gemma."""
-    choice = getattr(config, "bf16", False)
+def use_bf16(choice: bool | None, use_cpu: bool) -> bool:
+    """Whether to run in bf16: `choice` when set; auto (None) = on a CPU with native bf16 (`cpu_has_native_bf16`)
+    unless the environment sets LREF_CPU_BF16=0, float32 elsewhere. That includes GPUs: on an H200, Gemma-3-270M
+    LoRA steps of 16 pairs took 0.29 s in fp32 and 0.60 s in bf16, and scoring ran 1,358 vs 362 pairs/s
+    (benchmarks/gpu_check.py); models this small leave the GPU waiting on kernel launches, and bf16 only adds casts.
+    fp16 is never chosen: it overflows in Gemma."""
     if choice is not None:
-        return "bf16" if choice else "fp32"
-    if use_cpu:
-        return "bf16" if cpu_has_native_bf16() and os.environ.get(CPU_BF16_VARIABLE) != "0" else "fp32"
-    return "fp32"
+        return choice
+    return use_cpu and cpu_has_native_bf16() and os.environ.get(CPU_BF16_VARIABLE) != "0"
+
+
+def resolve_precision(config: Any, use_cpu: bool) -> str:
+    """Training precision, "bf16" (mixed) or "fp32", from a stage config's `bf16` field (`use_bf16`); configs
+    without the field train in fp32."""
+    return "bf16" if use_bf16(getattr(config, "bf16", False), use_cpu) else "fp32"
 
 
 def is_main_process() -> bool:

@@ -31,7 +31,7 @@ from lref.data.records import DataError, Record
 from lref.labels import LabelScheme, get_scheme
 from lref.models.scorer import ScoreResult, ScorerConfig, scheme_for_model
 from lref.prompts import product_fields
-from lref.training import BF16_HELP, check_training_fields, prepare_device, resolve_precision, training_arguments
+from lref.training import BF16_HELP, check_training_fields, prepare_device, training_arguments, use_bf16
 
 logger = logging.getLogger(__name__)
 
@@ -375,7 +375,7 @@ class CrossEncoderScorer:
         was_training = self.model.training
         self.model.eval()
         device = self.model.device.type
-        bf16 = resolve_precision(self.config, use_cpu=device == "cpu") == "bf16"
+        bf16 = use_bf16(self.config.bf16, use_cpu=device == "cpu")
         try:
             with torch.inference_mode(), torch.autocast(device, torch.bfloat16, enabled=bf16):
                 return score_pairs(records, self.scheme, self.tokenizer, self.config, self._logits)

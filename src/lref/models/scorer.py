@@ -47,7 +47,7 @@ from lref.data.records import Record
 from lref.labels import LabelError, LabelScheme, get_scheme
 from lref.predictions import Prediction
 from lref.prompts import ANSWER_CUE, Prompt, direct_prompt, encode_prompt, label_token_ids
-from lref.training import resolve_precision
+from lref.training import use_bf16
 
 PromptFn = Callable[[Record, LabelScheme], Prompt]
 
@@ -242,7 +242,7 @@ class LabelScorer:
         was_training = self.model.training
         self.model.eval()
         device = self.model.device.type
-        bf16 = resolve_precision(self.config, use_cpu=device == "cpu") == "bf16"
+        bf16 = use_bf16(self.config.bf16, use_cpu=device == "cpu")
         try:
             with torch.inference_mode(), torch.autocast(device, torch.bfloat16, enabled=bf16):
                 if self.config.fast:

@@ -53,7 +53,7 @@ from lref.prompts import ANSWER_CUE, Prompt, product_fields
 from lref.stages.sft import SFTStageConfig, TextExample, direct_example, examples_hash
 from lref.teachers.base import Explanation, Teacher, parse_label
 from lref.teachers.rules_file import RuleSet, default_rules, load_rules
-from lref.training import BF16_HELP, check_training_fields
+from lref.training import BF16_HELP, check_training_fields, use_bf16
 
 logger = logging.getLogger(__name__)
 
@@ -403,7 +403,8 @@ def cot_examples(
     """`count` CoT examples of `task`: pairs drawn in a seeded order, explained by the teacher (cached), kept when
     the explanation has a label equal to the human one. The labels keep the records' label mix: the teacher agrees
     with the raters more often on some grades, and a skewed stage shifts the model's label prior. A grade that cannot
-    fill its share within the first 4 x `count` pairs is topped up with the others. DataError when the records cannot give `count`."""
+    fill its share within the first 4 x `count` pairs is topped up with the others. DataError when the records cannot
+    give `count`."""
     if task == "ra" and rules is None:
         raise ValueError("RA needs a rule set")
     order = list(records)
@@ -610,11 +611,13 @@ def generate_predictions(
     progress: bool = True,
     model=None,
     tokenizer=None,
+    bf16: bool | None = None,
 ) -> tuple[list[Prediction], dict[str, Any]]:
     """CoT inference: greedy generation after the `task` prompt (ee or ra), the label parsed from the text.
 
     Pairs run in length-sorted, left-padded batches. A text without a parsable label gets the direct scorer's label
     (`LabelScorer` on the same model), counted as a fallback. Pass `model` and `tokenizer` to reuse a loaded model.
+    `bf16`: bfloat16 autocast, None = auto (`lref.training.use_bf16`: on a CPU with native bf16).
     Returns the predictions in input order and stats: pairs, fallbacks, fallback_share, generated_tokens,
     hit_max_new_tokens, seconds, pairs_per_s and texts (the generations, in input order).
     """
@@ -656,9 +659,10 @@ def generate_predictions(
     generated_tokens = hit_limit = 0
     was_training = model.training
     model.eval()
+    device = model.device.type
     try:
-        with torch.inference_mode(), tqdm(total=len(records), desc=f"cot {task}", unit="pair",
-                                          disable=not progress) as bar:
+        with torch.inference_mode(), torch.autocast(device, torch.bfloat16, enabled=use_bf16(bf16, device == "cpu")), \
+                tqdm(total=len(records), desc=f"cot {task}", unit="pair", disable=not progress) as bar:
             for start in range(0, len(order), batch_size):
                 rows = order[start : start + batch_size]
                 width = max(len(encoded[i]) for i in rows)
@@ -690,7 +694,8 @@ def generate_predictions(
     failed = [i for i, label in enumerate(labels) if label is None]
     fallback: dict[int, Prediction] = {}
     if failed:
-        scorer = LabelScorer(model, tokenizer, scheme, ScorerConfig(batch_size=batch_size, max_length=max_length))
+        config = ScorerConfig(batch_size=batch_size, max_length=max_length, bf16=bf16)
+        scorer = LabelScorer(model, tokenizer, scheme, config)
         for i, prediction in zip(failed, scorer.predict([records[i] for i in failed])):
             fallback[i] = prediction
     predictions = [fallback.get(i) or Prediction(id=r.id, label=labels[i], topk=[labels[i]])
