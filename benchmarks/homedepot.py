@@ -1,0 +1,198 @@
+"""The Home Depot benchmark (issue 9): every baseline and the LREF chain on the same dev pairs, from one pipeline
+config, written up as benchmarks/results/homedepot.json and benchmarks/RESULTS.md (regenerated, never hand-edited).
+
+    .venv/bin/python benchmarks/homedepot.py                  # runs configs/homedepot.yaml (resumable), then writes
+    .venv/bin/python benchmarks/homedepot.py --report-only    # only rewrites the JSON and RESULTS.md from the run
+
+It needs ../shared/datasets/homedepot (train.csv for training, dev.csv for evaluation).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from lref.io import atomic_write, write_json
+from lref.pipeline import STAGES, Pipeline, load_config, read_manifest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from scoring import cpu_name  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+NAMES = {"lexical": "lexical", "zero-shot": "zero_shot", "bert": "bert", "llm-base": "llm_base", "sft": "lref_select",
+         "cot-ee": "lref_ee", "cot-ra": "lref_ra", "cot-dr": "lref_dr", "dpo": "lref_dpo", "distill": "student"}
+CHAIN = ("lref_select", "lref_ee", "lref_ra", "lref_dr", "lref_dpo")
+METRICS = ("accuracy", "macro_f1", "weighted_f1", "over_estimate_share", "rmse", "pairs_per_s")
+ANCHORS = """\
+## Anchors (not comparable one to one)
+
+- LREF paper (arXiv 2503.09223, JD.com data, larger LLMs): +2.1 weighted-F1 over a fine-tuned DeBERTa; data
+  selection +8 macro-F1 (44.9 -> 53.0) over the LLM tuned on all data; DPO +14 points of Marginal recall.
+- Kaggle Home Depot Product Search Relevance: the winning RMSE was 0.431 and a mean predictor scores about 0.53, on
+  the competition's own test set, with product descriptions and attributes as inputs. Here the split is this
+  project's train/dev split of the labelled pairs, the inputs are query and title only, and RMSE is that of the
+  expected rating (the label probabilities times each grade's rating in the scheme) against the raters' mean. The
+  figures are therefore not directly comparable.
+"""
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", default=str(ROOT / "configs" / "homedepot.yaml"))
+    parser.add_argument("--run-dir", default=None, help="default: the config's run_dir")
+    parser.add_argument("--report-only", action="store_true", help="write the results of the run as it stands")
+    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "homedepot.json"))
+    parser.add_argument("--results-md", default=str(ROOT / "benchmarks" / "RESULTS.md"))
+    return parser.parse_args()
+
+
+def collect(pipeline: Pipeline) -> dict[str, Any]:
+    """Systems by benchmark name (metrics, intervals, per-class figures, sizes, times) and per-stage wall times."""
+    results = pipeline.results()
+    systems: dict[str, Any] = {}
+    for system in results["systems"]:
+        name = NAMES.get(system["name"], system["name"])
+        if "skipped" in system:
+            systems[name] = {"skipped": system["skipped"]}
+            continue
+        metrics = system["metrics"]
+        systems[name] = {
+            **{key: metrics.get(key) for key in METRICS},
+            "ci95": metrics.get("ci95"), "per_class": metrics.get("per_class"), "n_eval": metrics.get("n"),
+            "scheme": metrics.get("scheme"), "n_train": None if name == "zero_shot" else system.get("n_train"),
+            "train_seconds": system.get("train_seconds"),
+            "title": system["title"],
+        }
+    stages = {}
+    for name in STAGES:
+        manifest = read_manifest(pipeline.stage_dir(name))
+        if manifest:
+            stages[name] = {"status": manifest.get("status"), "wall_time_s": manifest.get("wall_time_s"),
+                            "peak_rss_mb": manifest.get("peak_rss_mb")}
+    return {"systems": systems, "stages": stages, "selection": results.get("selection")}
+
+
+def goals(systems: dict[str, Any]) -> list[str]:
+    """The issue's goals, each with the measured margin (weighted-F1 points)."""
+    def wf1(name: str) -> float | None:
+        return (systems.get(name) or {}).get("weighted_f1")
+
+    final = next((name for name in reversed(CHAIN) if wf1(name) is not None), None)
+    if final is None:
+        return ["- The LREF chain has not finished, so no goal can be judged yet."]
+    lines = []
+    for baseline in ("bert", "lexical"):
+        if wf1(baseline) is not None:
+            margin = 100 * (wf1(final) - wf1(baseline))
+            lines.append(f"- LREF-final ({final}) vs `{baseline}`: {margin:+.1f} pts weighted-F1 (goal: >= +2.0) -> "
+                         f"{'met' if margin >= 2 else 'missed'}")
+    previous = "llm_base"
+    for stage in CHAIN:
+        if wf1(stage) is None:
+            continue
+        delta = 100 * (wf1(stage) - wf1(previous)) if wf1(previous) is not None else None
+        if delta is not None:
+            lines.append(f"- `{stage}` vs `{previous}`: {delta:+.1f} pts weighted-F1 (goal: >= 0) -> "
+                         f"{'met' if delta >= 0 else 'missed'}")
+        previous = stage
+    if wf1("lref_dpo") is not None and wf1("lref_dr") is not None:
+        before, after = systems["lref_dr"]["over_estimate_share"], systems["lref_dpo"]["over_estimate_share"]
+        lines.append(f"- DPO over-estimate share {before:.3f} -> {after:.3f} (goal: lower) -> "
+                     f"{'met' if after < before else 'missed'}")
+    if wf1("student") is not None:
+        gap = 100 * (wf1("student") - wf1(final))
+        lines.append(f"- student vs LREF-final: {gap:+.1f} pts (goal: within 1) -> "
+                     f"{'met' if abs(gap) <= 1 else 'missed'}")
+        if wf1("bert") is not None:
+            margin = 100 * (wf1("student") - wf1("bert"))
+            lines.append(f"- student vs `bert`: {margin:+.1f} pts (goal: > 0) -> {'met' if margin > 0 else 'missed'}")
+    return lines
+
+
+def _fmt(value: Any, digits: int = 3) -> str:
+    return "–" if value is None else f"{value:.{digits}f}"
+
+
+def results_markdown(data: dict[str, Any]) -> str:
+    systems = data["systems"]
+    lines = [
+        "# Home Depot benchmark",
+        "",
+        f"Generated by `{data['command']}` on {data['date']} ({data['machine']}); do not edit by hand.",
+        "",
+        f"Dev pairs: {data['eval']['pairs']} (seeded sample of dev.csv), scheme {data['eval']['scheme']}. Training "
+        f"pool: {data['eval']['train_pairs']} pairs of train.csv. Sizes per stage are in `{data['config']}`.",
+        "",
+        "| system | train pairs | accuracy | macro-F1 | weighted-F1 [95% CI] | over-est. | RMSE | pairs/s | "
+        "train s |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, row in systems.items():
+        if "skipped" in row:
+            lines.append(f"| {name} | – | skipped: {row['skipped']} | | | | | | |")
+            continue
+        ci = (row.get("ci95") or {}).get("weighted_f1")
+        interval = f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else ""
+        lines.append(
+            f"| {name} | {row.get('n_train') or '–'} | {_fmt(row['accuracy'])} | {_fmt(row['macro_f1'])} | "
+            f"{_fmt(row['weighted_f1'])}{interval} | {_fmt(row['over_estimate_share'])} | {_fmt(row['rmse'])} | "
+            f"{_fmt(row['pairs_per_s'], 1)} | {_fmt(row.get('train_seconds'), 0)} |")
+    lines += ["", "## Per-class precision / recall", "", "| system | " +
+              " | ".join(data["labels"]) + " |", "|---|" + "---|" * len(data["labels"])]
+    for name, row in systems.items():
+        per_class = row.get("per_class") or {}
+        if per_class:
+            cells = [f"{per_class[label]['precision']:.3f} / {per_class[label]['recall']:.3f}"
+                     if label in per_class else "–" for label in data["labels"]]
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines += ["", "## Goals", "", *goals(systems), ""]
+    selection = data.get("selection")
+    if selection:
+        funnel = " -> ".join(f"{step['step']} {step['remaining']}" for step in selection["funnel"])
+        lines += ["## Selection", "", f"Funnel: {funnel}.", "",
+                  "Label mix kept: " + ", ".join(f"{label} {entry['count']}" for label, entry in
+                                                 selection["label_distribution"]["selected"].items()) + ".", ""]
+    lines += ["## Stage wall times", "", "| stage | status | wall s | peak RSS MB |", "|---|---|---|---|"]
+    for name, stage in data["stages"].items():
+        lines.append(f"| {name} | {stage['status']} | {_fmt(stage['wall_time_s'], 0)} | "
+                     f"{_fmt(stage['peak_rss_mb'], 0)} |")
+    lines += ["", ANCHORS]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    args = parse_args()
+    config = load_config(args.config)
+    pipeline = Pipeline(config, args.run_dir)
+    started = time.perf_counter()
+    if not args.report_only:
+        pipeline.run()
+    collected = collect(pipeline)
+    evaluated = next((s for s in collected["systems"].values() if "n_eval" in s), None)
+    data = {
+        **collected,
+        "eval": {"pairs": (evaluated or {}).get("n_eval"), "scheme": (evaluated or {}).get("scheme"),
+                 "train_pairs": (read_manifest(pipeline.stage_dir("lexical")) or {}).get("n_train")},
+        "labels": ["Exact", "Partial", "Irrelevant"],
+        "config": str(Path(args.config).resolve().relative_to(ROOT)),
+        "wall_time_s": round(time.perf_counter() - started, 1),
+        "machine": f"{cpu_name()}, {os.cpu_count()} cores",
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "command": "python benchmarks/homedepot.py" + (" --report-only" if args.report_only else ""),
+    }
+    write_json(args.out, data)
+    text = results_markdown(data)
+    with atomic_write(args.results_md) as handle:
+        handle.write(text + "\n")
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
