@@ -104,14 +104,16 @@ def main() -> None:
     gpu_weights_bf16, probs_weights_bf16 = score_speed(weights_bf16, tokenizer, pairs, False)
     cpu_model, _, _ = load_causal_lm(adapter)
     cpu_fp32, probs_cpu = score_speed(cpu_model, tokenizer, pairs[:256], False)
-    result["scoring_pairs_per_s"] = {"gpu_bf16_autocast": gpu_bf16, "gpu_fp32": gpu_fp32,
-                                     "gpu_bf16_weights": gpu_weights_bf16, "cpu_fp32": cpu_fp32, "cpu_threads": torch.get_num_threads(), "batch_size": 64,
-                                     "pairs": len(pairs)}
+    result["scoring_pairs_per_s"] = {
+        "gpu_bf16_autocast": gpu_bf16, "gpu_fp32": gpu_fp32, "gpu_bf16_weights": gpu_weights_bf16,
+        "cpu_fp32": cpu_fp32, "cpu_threads": torch.get_num_threads(), "batch_size": 64, "pairs": len(pairs),
+    }
     result["scoring_agreement"] = {
         "gpu_fp32_vs_cpu_fp32_max_prob_diff": float(np.abs(probs_fp32[:256] - probs_cpu).max()),
         "gpu_bf16_autocast_vs_fp32_max_prob_diff": float(np.abs(probs_bf16 - probs_fp32).max()),
         "gpu_bf16_weights_vs_fp32_max_prob_diff": float(np.abs(probs_weights_bf16 - probs_fp32).max()),
-        "gpu_bf16_weights_vs_fp32_argmax_agreement": float((probs_weights_bf16.argmax(1) == probs_fp32.argmax(1)).mean()),
+        "gpu_bf16_weights_vs_fp32_argmax_agreement":
+            float((probs_weights_bf16.argmax(1) == probs_fp32.argmax(1)).mean()),
     }
 
     # CoT generation on the GPU (random weights: the text is noise; this checks the device path)

@@ -230,7 +230,8 @@ def test_label_floor_restores_a_grade_the_rule_dropped(tmp_path, pool):
     assert report["funnel"][-1] == {"step": "+ label floor 0.1", "remaining": by_rule + floor}
     assert report["label_distribution"]["selected"][E]["count"] == floor
     rows = [json.loads(line) for line in (tmp_path / "select" / SCORES_NAME).read_text().splitlines()]
-    assert sum(row["added_by_floor"] for row in rows) == floor and all(row["kept"] for row in rows if row["added_by_floor"])
+    added = [row for row in rows if row["added_by_floor"]]
+    assert len(added) == floor and all(row["kept"] and row["label"] == E for row in added)
 
 
 def test_out_of_fold_no_model_scores_its_own_training_pairs(tmp_path, pool):

@@ -526,9 +526,9 @@ def select_command(
             output_dir=out_dir, scheme=scheme_name, backbone=backbone, model=model, im_sample=im_sample,
             ci_sample=ci_sample, ci_oversample=ci_oversample, ms_sample=ms_sample, confusion_source=confusion_source,
             confusion_slice=confusion_slice, use_im=use_im, use_ci=use_ci, use_ms=use_ms, ms_rule=ms_rule,
-            label_floor=label_floor, folds=folds, ensemble_rest=ensemble_rest, head_share=head_share, torso_share=torso_share, epochs=epochs,
-            max_steps=max_steps, learning_rate=lr, batch_size=batch_size, max_length=max_length,
-            score_batch_size=score_batch_size, seed=seed, threads=threads,
+            label_floor=label_floor, folds=folds, ensemble_rest=ensemble_rest, head_share=head_share,
+            torso_share=torso_share, epochs=epochs, max_steps=max_steps, learning_rate=lr, batch_size=batch_size,
+            max_length=max_length, score_batch_size=score_batch_size, seed=seed, threads=threads,
         )
     except ValueError as error:
         raise typer.BadParameter(str(error)) from None

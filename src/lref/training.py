@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 BF16_HELP = ("bfloat16 mixed precision: None (auto) = on a CPU with native bf16 (AVX512-BF16, AMX; about 2x faster "
-             "there), float32 elsewhere, GPUs included (faster for 270M-0.5B models); True forces it, False float32.")
+             "there), float32 elsewhere, GPUs included (faster there for Gemma-3-270M); True forces it, False float32.")
 """The help text of every trained stage's `bf16` field."""
 
 CPU_BF16_VARIABLE = "LREF_CPU_BF16"
