@@ -152,7 +152,7 @@ def results_markdown(data: dict[str, Any]) -> str:
             cells = [f"{per_class[label]['precision']:.3f} / {per_class[label]['recall']:.3f}"
                      if label in per_class else "–" for label in data["labels"]]
             lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    lines += ["", "## Goals", "", *goals(systems), ""]
+    lines += ["", "## Goals", "", *goals(systems), "", *stage_changes(systems, data["labels"])]
     selection = data.get("selection")
     if selection:
         funnel = " -> ".join(f"{step['step']} {step['remaining']}" for step in selection["funnel"])
@@ -163,8 +163,36 @@ def results_markdown(data: dict[str, Any]) -> str:
     for name, stage in data["stages"].items():
         lines.append(f"| {name} | {stage['status']} | {_fmt(stage['wall_time_s'], 0)} | "
                      f"{_fmt(stage['peak_rss_mb'], 0)} |")
-    lines += ["", ANCHORS]
+    lines += ["", "## Commands and sizes", "",
+              "Run from the repository root with `../shared/datasets/homedepot` present:", "",
+              "```", "make install", "python benchmarks/homedepot.py            # resumable; then regenerates this file",
+              "python benchmarks/homedepot.py --report-only", "```", "",
+              f"`{data['config']}` when this file was generated (every size and setting; the run's resolved copy is "
+              "its run_dir's config.yaml):", "", "```yaml", data["config_text"].rstrip(), "```",
+              "", ANCHORS]
     return "\n".join(lines)
+
+
+def _recall(system: dict[str, Any], label: str) -> float:
+    return ((system.get("per_class") or {}).get(label) or {}).get("recall", 0.0)
+
+
+def stage_changes(systems: dict[str, Any], labels: list[str]) -> list[str]:
+    """What each chain stage changed against the model it started from: weighted-F1, over-estimates, recalls."""
+    lines = ["## What each stage changed", "",
+             "| stage | from | weighted-F1 | over-est. | " + " | ".join(f"{label} recall" for label in labels) + " |",
+             "|---|---|---|---|" + "---|" * len(labels)]
+    previous = "llm_base"
+    for stage in (*CHAIN, "student"):
+        now, before = systems.get(stage) or {}, systems.get(previous) or {}
+        if now.get("weighted_f1") is None or before.get("weighted_f1") is None:
+            continue
+        recalls = [f"{_recall(now, label) - _recall(before, label):+.3f}" for label in labels]
+        lines.append(f"| {stage} | {previous} | {now['weighted_f1'] - before['weighted_f1']:+.3f} | "
+                     f"{now['over_estimate_share'] - before['over_estimate_share']:+.3f} | " + " | ".join(recalls) + " |")
+        if stage != "student":
+            previous = stage
+    return lines + [""]
 
 
 def main() -> None:
@@ -182,6 +210,7 @@ def main() -> None:
                  "train_pairs": (read_manifest(pipeline.stage_dir("lexical")) or {}).get("n_train")},
         "labels": ["Exact", "Partial", "Irrelevant"],
         "config": str(Path(args.config).resolve().relative_to(ROOT)),
+        "config_text": Path(args.config).read_text(encoding="utf-8"),
         "wall_time_s": round(time.perf_counter() - started, 1),
         "machine": f"{cpu_name()}, {os.cpu_count()} cores",
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),

@@ -7,9 +7,9 @@ On a seeded pool of Home Depot train pairs (graded3), `lref.stages.select.select
   whole number) in the pool and in the selected set;
 * systems: Gemma-3-270m LoRA SFT trained on `full` (the whole pool), `selected` (the full rule),
   `random_same_size` (a seeded random subset of the pool, as large as `selected`) and the conditions added one at a
-  time, cumulatively: `plus_im` (IM(x) != L(x)), `plus_ci` (IM and CI), `plus_ms` (IM, CI and MS: the same set as
-  `selected`, so its figures are reused and marked `"same_as": "selected"`); each scored on a seeded dev sample with
-  `LabelScorer` and `lref.metrics.evaluate`. A subset with fewer than 8 pairs is recorded as skipped;
+  time, cumulatively: `plus_im` (IM(x) != L(x)), `plus_ci` (IM and CI), `plus_ms` (IM, CI and MS: the rule without
+  `--label-floor`'s top-up; when that added nothing it is `selected`'s set, reused and marked
+  `"same_as": "selected"`); each scored on a seeded dev sample with `LabelScorer` and `lref.metrics.evaluate`. A subset with fewer than 8 pairs is recorded as skipped;
 * cost: wall time of each selector (training and pool scoring) for the encoder selectors and, with
   `--llm-cost-sample N`, for LLM selectors (Gemma) with sample N on the same pool: seconds per selector and per pool
   pair.
@@ -84,6 +84,8 @@ def parse_args() -> argparse.Namespace:
                         help="held-out pairs for IM's confusion matrix (default: the pool outside IM's sample, "
                              "at most 1000)")
     parser.add_argument("--folds", type=int, default=2)
+    parser.add_argument("--label-floor", type=float, default=0.1,
+                        help="SelectConfig.label_floor: top up a grade the rule leaves below this share (0: off)")
     parser.add_argument("--selector-epochs", type=float, default=1.0)
     parser.add_argument("--selector-max-steps", type=int, default=-1)
     parser.add_argument("--selector-lr", type=float, default=None, help="default: the backbone's")
@@ -130,6 +132,7 @@ def run_selection(args: argparse.Namespace, pool: list[Record], backbone: str, s
         epochs=args.selector_epochs, max_steps=args.selector_max_steps,
         learning_rate=None if llm else args.selector_lr, batch_size=8 if llm else args.selector_batch_size,
         score_batch_size=args.score_batch_size if llm else 64, seed=args.seed, threads=args.threads,
+        label_floor=args.label_floor,
     )
     started = time.perf_counter()
     try:

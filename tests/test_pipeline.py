@@ -94,6 +94,10 @@ def full_run(models, tmp_path_factory):
         (lambda c: c.update(data={"format": "csv", "train": "missing.csv"}), r"data\.train: no such file"),
         (lambda c: c.update(stagse={}), r"stagse: unknown key \(did you mean 'stages'\?\)"),
         (lambda c: c["stages"]["bert"].update(pairs=0), r"stages\.bert\.pairs: must be at least 1"),
+        (lambda c: c["stages"]["sft"].update(start_from="bert"), r"stages\.sft\.start_from: expected one of model, llm-base"),
+        (lambda c: c["stages"]["dpo"].update(start_from="llm-base"), r"stages\.dpo\.start_from: only the sft stage"),
+        (lambda c: c["stages"].pop("llm-base") and c["stages"]["sft"].update(start_from="llm-base"),
+         r"stages\.sft\.start_from: llm-base is not among the stages"),
     ],
 )
 def test_bad_configs_are_refused_with_the_key_path(models, tmp_path, change, message):
@@ -217,6 +221,21 @@ def test_only_needs_finished_upstream_stages(models, tmp_path):
         run(config, tmp_path, only=["sft"])
     with pytest.raises(ConfigError, match="--from nope: not a stage"):
         run(config, tmp_path, from_stage="nope")
+
+
+def test_sft_can_continue_the_llm_base_adapter(models, tmp_path):
+    stages = {name: make_config(models, tmp_path)["stages"][name] for name in ("llm-base", "sft")}
+    config = make_config(models, tmp_path / "warm", stages=stages)
+    run(config, tmp_path)
+    manifest = json.loads((tmp_path / "warm/stages/sft/manifest.json").read_text())
+    assert manifest["config"]["model"] == config["model"]  # the paper's default: the base LLM
+    config["stages"]["sft"] = {**stages["sft"], "start_from": "llm-base"}
+    assert status(run(config, tmp_path)) == {"llm-base": "unchanged,", "sft": "running"}
+    manifest = json.loads((tmp_path / "warm/stages/sft/manifest.json").read_text())
+    assert manifest["config"]["model"] == str(tmp_path / "warm/stages/llm-base/model")
+    assert "llm-base" in manifest["inputs"]
+    with pytest.raises(ConfigError, match="stage sft starts from llm-base .* which has not finished"):
+        run({**config, "run_dir": str(tmp_path / "cold")}, tmp_path, only=["sft"])
 
 
 def test_zero_shot_skips_a_zoo_model_that_is_not_installed(models, tmp_path, monkeypatch):

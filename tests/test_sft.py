@@ -120,6 +120,19 @@ def test_fast_loss_equals_full_logits_loss(tiny_model, tokenizer, softcap):
     torch.testing.assert_close(fast, reference, rtol=1e-5, atol=1e-5)
 
 
+def test_head_loss_in_chunks_matches_one_pass(tiny_model, tokenizer, monkeypatch):
+    from lref.stages import sft
+
+    model = _lora_model(tiny_model)
+    model.get_base_model().config.final_logit_softcapping = 3.0
+    batch = PadCollator(tokenizer.pad_token_id)([build_example(tokenizer, r, SCHEME) for r in make_records(5)])
+    batch["weights"] = torch.tensor([1.0, 2.0, 0.5, 1.0, 1.5])
+    whole = _loss_and_grads(model, batch)
+    assert whole[1] > 3
+    monkeypatch.setattr(sft, "HEAD_CHUNK", 2)  # several chunks, the last one short
+    _assert_same(_loss_and_grads(model, batch), whole)
+
+
 # -- shared-prefix forward -------------------------------------------------------------------------------------------
 
 

@@ -17,8 +17,9 @@ The config names the data, the models, the settings of each stage and the seed::
 Stages, in run order (`STAGES`): the baselines `lexical`, `zero-shot`, `bert` (a cross-encoder on all training
 data), `llm-base` (LoRA SFT on all training data), then the chain `select` -> `sft` (on the selected pairs, or all
 pairs without `select`) -> `cot` (EE, RA, DR) -> `dpo` -> `distill`. Each chain stage starts from the model the
-previous chain stage wrote. Besides its dataclass fields every trained stage takes `pairs` (train on a seeded
-sample of that many of its input pairs). `scheme`, `output_dir` and `resume` are set by the pipeline, and so is
+previous chain stage wrote; `sft` starts from the base `model`, or, with `start_from: llm-base`, continues
+training the llm-base adapter on the selected pairs. Besides its dataclass fields every trained stage takes
+`pairs` (train on a seeded sample of that many of its input pairs). `scheme`, `output_dir` and `resume` are set by the pipeline, and so is
 `model` (`teacher` for distill) of the chain stages; `seed` defaults to the top-level seed.
 
 Validation happens before anything runs: unknown keys and bad values are refused with the key's path
@@ -70,6 +71,7 @@ logger = logging.getLogger(__name__)
 
 STAGES = ("lexical", "zero-shot", "bert", "llm-base", "select", "sft", "cot", "dpo", "distill")
 CHAIN = ("sft", "cot", "dpo", "distill")
+SFT_STARTS = ("model", "llm-base")
 RESULTS_NAME = "results.json"
 MANIFEST = "manifest.json"
 LOG_NAME = "run.log"
@@ -164,6 +166,11 @@ class PipelineConfig:
     eval: EvalSettings = field(default_factory=EvalSettings, metadata={"help": "Scoring and metrics."})
     stages: dict[str, Any] = field(default_factory=dict, metadata={"help": "Stage name -> settings."})
     pairs: dict[str, int | None] = field(default_factory=dict, metadata={"help": "Stage name -> training sample."})
+    sft_start: str = field(
+        default="model",
+        metadata={"help": "What the chain's sft stage starts from: 'model' (the base LLM, as in the paper) or "
+                  "'llm-base' (continue the llm-base adapter on the selected pairs)."},
+    )
     source: str | None = None
 
 
@@ -336,6 +343,7 @@ def parse_config(raw: dict[str, Any], source: str | Path | None = None) -> Pipel
         raise ConfigError(f"stages: expected a mapping naming at least one of {', '.join(STAGES)}")
     scheme = _scheme_name(data)
     stages, pairs = {}, {}
+    sft_start = "model"
     for name, values in stages_raw.items():
         path = f"stages.{name}"
         if name not in STAGES:
@@ -358,6 +366,14 @@ def parse_config(raw: dict[str, Any], source: str | Path | None = None) -> Pipel
             pairs[name] = _check_type(values.pop("pairs"), int | None, f"{path}.pairs")
             if pairs[name] is not None and pairs[name] < 1:
                 raise ConfigError(f"{path}.pairs: must be at least 1 or null, got {pairs[name]}")
+        if "start_from" in values:
+            if name != "sft":
+                raise ConfigError(f"{path}.start_from: only the sft stage takes it")
+            sft_start = _check_type(values.pop("start_from"), str, f"{path}.start_from")
+            if sft_start not in SFT_STARTS:
+                raise ConfigError(f"{path}.start_from: expected one of {', '.join(SFT_STARTS)}, got {sft_start!r}")
+            if sft_start == "llm-base" and "llm-base" not in stages_raw:
+                raise ConfigError(f"{path}.start_from: llm-base is not among the stages; add it or remove this key")
         if "seed" in _field_names(cls):
             values.setdefault("seed", seed)
         if name == "llm-base":
@@ -366,7 +382,7 @@ def parse_config(raw: dict[str, Any], source: str | Path | None = None) -> Pipel
         stages[name] = _build(cls, values, path, **{k: owned[k] for k in _owned_fields(name) if k in owned})
     stages = {name: stages[name] for name in STAGES if name in stages}
     return PipelineConfig(run_dir=run_dir, seed=seed, model=model, data=data, eval=eval_settings, stages=stages,
-                          pairs=pairs, source=str(source) if source else None)
+                          pairs=pairs, sft_start=sft_start, source=str(source) if source else None)
 
 
 def load_config(path: str | Path) -> PipelineConfig:
@@ -717,6 +733,12 @@ class Pipeline:
                     raise ConfigError(f"stage {name} needs {previous}, which has not finished: run it first")
                 upstream["model"] = done[previous]["outputs"]["model"]
                 inputs[previous] = done[previous]["fingerprint"]
+            elif name == "sft" and self.config.sft_start == "llm-base":
+                if "llm-base" not in done or done["llm-base"].get("status") != "done":
+                    raise ConfigError("stage sft starts from llm-base (start_from), which has not finished: run it "
+                                      "first")
+                upstream["model"] = done["llm-base"]["outputs"]["model"]
+                inputs["llm-base"] = done["llm-base"]["fingerprint"]
             else:
                 upstream["model"] = self.config.model
             if name in ("sft", "cot") and "select" in self.config.stages:
@@ -892,6 +914,9 @@ def config_reference() -> str:
         lines += [f"### `{title}` ({cls.__module__}.{cls.__name__})", "", "| key | default | help |", "|---|---|---|"]
         if title.startswith("stages.") and title != "stages.zero-shot":
             lines.append("| `pairs` | `null` | Train on a seeded sample of this many of the stage's input pairs. |")
+        if title == "stages.sft":
+            help_text = PipelineConfig.__dataclass_fields__["sft_start"].metadata["help"]
+            lines.append(f"| `start_from` | `\"model\"` | {help_text} |")
         for f in dataclasses.fields(cls):
             if f.name in owned:
                 continue

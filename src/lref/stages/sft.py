@@ -474,13 +474,9 @@ def completion_loss(
     # Positions < n_prefix predict no label (checked), so the rows' rest lines up with `mask[:, n_prefix:]`.
     mask = mask[:, n_prefix:]
     if logits_at_labels_only:
-        logits = lm.get_output_embeddings()(output.last_hidden_state[:, :-1][mask])
-        cap = getattr(lm.config.get_text_config(), "final_logit_softcapping", None)
-        if cap is not None:
-            logits = torch.tanh(logits / cap) * cap
+        token_loss = head_token_losses(lm, output.last_hidden_state[:, :-1][mask], targets)
     else:
-        logits = output.logits[:, :-1][mask]
-    token_loss = F.cross_entropy(logits.float(), targets, reduction="none")
+        token_loss = F.cross_entropy(output.logits[:, :-1][mask].float(), targets, reduction="none")
     if weights is not None:
         token_loss = token_loss * weights.to(token_loss.dtype)[:, None].expand_as(mask)[mask]
     count = int(mask.sum())
@@ -488,6 +484,38 @@ def completion_loss(
     if torch.is_tensor(denominator):
         denominator = denominator.to(token_loss.device).clamp(min=1)
     return token_loss.sum() / denominator, count
+
+
+HEAD_CHUNK = 256
+"""Label positions projected through the LM head at a time. CoT completions put hundreds of label tokens in a batch,
+and with Gemma's 262k-token vocabulary their logits would take gigabytes at once; each chunk is recomputed in the
+backward pass instead of kept."""
+
+
+def head_token_losses(lm, hidden, targets):
+    """Cross-entropy of `targets` under `lm`'s output layer (soft-capped as the model does) at the hidden states
+    `hidden` (positions x width), `HEAD_CHUNK` positions at a time: the same values and gradients as one pass."""
+    import torch
+    import torch.nn.functional as F
+    from torch.utils.checkpoint import checkpoint
+
+    head = lm.get_output_embeddings()
+    cap = getattr(lm.config.get_text_config(), "final_logit_softcapping", None)
+
+    def chunk_losses(states, chunk_targets):
+        logits = head(states)
+        if cap is not None:
+            logits = torch.tanh(logits / cap) * cap
+        return F.cross_entropy(logits.float(), chunk_targets, reduction="none")
+
+    if len(targets) <= HEAD_CHUNK:
+        return chunk_losses(hidden, targets)
+    recompute = torch.is_grad_enabled()
+    return torch.cat([
+        checkpoint(chunk_losses, hidden[i:i + HEAD_CHUNK], targets[i:i + HEAD_CHUNK], use_reentrant=False)
+        if recompute else chunk_losses(hidden[i:i + HEAD_CHUNK], targets[i:i + HEAD_CHUNK])
+        for i in range(0, len(targets), HEAD_CHUNK)
+    ])
 
 
 @contextmanager
