@@ -165,7 +165,7 @@ def results_markdown(data: dict[str, Any]) -> str:
                      f"{_fmt(stage['peak_rss_mb'], 0)} |")
     lines += ["", "## Commands and sizes", "",
               "Run from the repository root with `../shared/datasets/homedepot` present:", "",
-              "```", "make install", "python benchmarks/homedepot.py            # resumable; then regenerates this file",
+              "```", "make install", "python benchmarks/homedepot.py            # resumable; regenerates this file",
               "python benchmarks/homedepot.py --report-only", "```", "",
               f"`{data['config']}` when this file was generated (every size and setting; the run's resolved copy is "
               "its run_dir's config.yaml):", "", "```yaml", data["config_text"].rstrip(), "```",
@@ -188,8 +188,9 @@ def stage_changes(systems: dict[str, Any], labels: list[str]) -> list[str]:
         if now.get("weighted_f1") is None or before.get("weighted_f1") is None:
             continue
         recalls = [f"{_recall(now, label) - _recall(before, label):+.3f}" for label in labels]
-        lines.append(f"| {stage} | {previous} | {now['weighted_f1'] - before['weighted_f1']:+.3f} | "
-                     f"{now['over_estimate_share'] - before['over_estimate_share']:+.3f} | " + " | ".join(recalls) + " |")
+        over = now["over_estimate_share"] - before["over_estimate_share"]
+        lines.append(f"| {stage} | {previous} | {now['weighted_f1'] - before['weighted_f1']:+.3f} | {over:+.3f} | "
+                     + " | ".join(recalls) + " |")
         if stage != "student":
             previous = stage
     return lines + [""]

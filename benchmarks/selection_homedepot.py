@@ -9,7 +9,8 @@ On a seeded pool of Home Depot train pairs (graded3), `lref.stages.select.select
   `random_same_size` (a seeded random subset of the pool, as large as `selected`) and the conditions added one at a
   time, cumulatively: `plus_im` (IM(x) != L(x)), `plus_ci` (IM and CI), `plus_ms` (IM, CI and MS: the rule without
   `--label-floor`'s top-up; when that added nothing it is `selected`'s set, reused and marked
-  `"same_as": "selected"`); each scored on a seeded dev sample with `LabelScorer` and `lref.metrics.evaluate`. A subset with fewer than 8 pairs is recorded as skipped;
+  `"same_as": "selected"`); each scored on a seeded dev sample with `LabelScorer` and `lref.metrics.evaluate`. A
+  subset with fewer than 8 pairs is recorded as skipped;
 * cost: wall time of each selector (training and pool scoring) for the encoder selectors and, with
   `--llm-cost-sample N`, for LLM selectors (Gemma) with sample N on the same pool: seconds per selector and per pool
   pair.

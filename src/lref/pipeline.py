@@ -19,8 +19,8 @@ data), `llm-base` (LoRA SFT on all training data), then the chain `select` -> `s
 pairs without `select`) -> `cot` (EE, RA, DR) -> `dpo` -> `distill`. Each chain stage starts from the model the
 previous chain stage wrote; `sft` starts from the base `model`, or, with `start_from: llm-base`, continues
 training the llm-base adapter on the selected pairs. Besides its dataclass fields every trained stage takes
-`pairs` (train on a seeded sample of that many of its input pairs). `scheme`, `output_dir` and `resume` are set by the pipeline, and so is
-`model` (`teacher` for distill) of the chain stages; `seed` defaults to the top-level seed.
+`pairs` (train on a seeded sample of that many of its input pairs). `scheme`, `output_dir` and `resume` are set by
+the pipeline, and so is `model` (`teacher` for distill) of the chain stages; `seed` defaults to the top-level seed.
 
 Validation happens before anything runs: unknown keys and bad values are refused with the key's path
 (`stages.sft.learning_rate: expected a number, got 'fast'`). Data paths are relative to the config file;
