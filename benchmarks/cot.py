@@ -88,6 +88,8 @@ def main() -> None:
     parser.add_argument("--direct-share", type=float, default=0.5)
     parser.add_argument("--over-estimate-share", type=float, default=0.7)
     parser.add_argument("--lr", type=float, default=1e-4)
+    parser.add_argument("--class-balance", default="none", choices=["none", "sqrt", "inverse"],
+                        help="CoTConfig.class_balance: loss weights by gold label frequency")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--lora-r", type=int, default=16)
     parser.add_argument("--rules", default="homedepot")
@@ -119,7 +121,7 @@ def main() -> None:
         ra_epochs=args.epochs, dr_epochs=args.epochs, direct_share=args.direct_share,
         over_estimate_share=args.over_estimate_share, learning_rate=args.lr, max_steps=args.steps,
         batch_size=args.batch_size, lora_r=args.lora_r, lora_alpha=2 * args.lora_r, seed=args.seed,
-        save_steps=50, logging_steps=5,
+        class_balance=args.class_balance, save_steps=50, logging_steps=5,
     )
     started = time.perf_counter()
     adapters = train_cot(config, pool)
@@ -156,7 +158,8 @@ def main() -> None:
                      for task, stage in report["stages"].items()},
         "wall_times_s": {"train_cot": round(train_seconds, 1), **wall},
         "settings": {"epochs": args.epochs, "max_steps": args.steps, "lr": args.lr, "batch_size": args.batch_size,
-                     "lora_r": args.lora_r, "over_estimate_share": args.over_estimate_share, "seed": args.seed},
+                     "lora_r": args.lora_r, "over_estimate_share": args.over_estimate_share,
+                     "class_balance": args.class_balance, "seed": args.seed},
         "machine": f"{platform.machine()}, {os.cpu_count()} cores",
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "command": "python " + " ".join(sys.argv),

@@ -3,6 +3,7 @@ its fallback, the direct scorer afterwards, input validation and the commands.""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from collections import Counter
@@ -20,7 +21,7 @@ from transformers import TrainerCallback  # noqa: E402
 from helpers import run_lref  # noqa: E402
 from lref.data.records import DataError, Record  # noqa: E402
 from lref.labels import get_scheme  # noqa: E402
-from lref.models.loading import MANIFEST_NAME, load_causal_lm  # noqa: E402
+from lref.models.loading import MANIFEST_NAME, load_causal_lm, read_manifest  # noqa: E402
 from lref.models.scorer import LabelScorer  # noqa: E402
 from lref.prompts import ANSWER_CUE, direct_prompt, encode_prompt, label_completion  # noqa: E402
 from lref.stages import cot as cot_module  # noqa: E402
@@ -379,6 +380,8 @@ def test_bad_inputs(stage1, tmp_path):
         CoTConfig(direct_share=1.0)
     with pytest.raises(ValueError, match="dr_samples"):
         CoTConfig(dr_samples=0)
+    with pytest.raises(ValueError, match="class_balance must be one of none, sqrt, inverse, not 'log'"):
+        CoTConfig(class_balance="log")
     with pytest.raises(FileNotFoundError, match="no_such_rules.yaml"):
         train_cot(cot_config(stage1, tmp_path / "a", rules=str(tmp_path / "no_such_rules.yaml")), make_records())
     with pytest.raises(DataError, match="ee_samples=50"):
@@ -442,3 +445,11 @@ def test_cli_cot_and_predict_cot(stage1, tmp_path, monkeypatch, capsys):
     rows = [json.loads(line) for line in preds.read_text().splitlines()]
     assert len(rows) == 12 and all(row["label"] in SCHEME.labels for row in rows)
     assert "fallbacks" in err and len((tmp_path / "texts.jsonl").read_text().splitlines()) == 12
+
+
+def test_class_balance_reaches_every_stage(stage1, tmp_path):
+    config = cot_config(stage1, tmp_path / "balanced", class_balance="sqrt")
+    assert all(config.sft_config(task, "m").class_balance == "sqrt" for task in ("ee", "ra", "dr"))
+    adapters = train_cot(dataclasses.replace(config, stages=["ee"]), make_records())
+    weights = read_manifest(adapters["ee"])["class_weights"]
+    assert weights is not None and len(set(weights.values())) > 1

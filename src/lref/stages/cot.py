@@ -50,7 +50,7 @@ from lref.data.records import DataError, Record
 from lref.labels import LabelScheme, get_scheme
 from lref.predictions import Prediction
 from lref.prompts import ANSWER_CUE, Prompt, product_fields
-from lref.stages.sft import SFTStageConfig, TextExample, direct_example, examples_hash
+from lref.stages.sft import CLASS_BALANCE, SFTStageConfig, TextExample, direct_example, examples_hash
 from lref.teachers.base import Explanation, Teacher, parse_label
 from lref.teachers.rules_file import RuleSet, default_rules, load_rules
 from lref.training import BF16_HELP, check_training_fields, use_bf16
@@ -143,6 +143,12 @@ class CoTConfig:
                   "their product text."},
     )
     warmup_ratio: float = field(default=0.05, metadata={"help": "Fraction of the steps spent warming up the rate."})
+    class_balance: str = field(
+        default="none",
+        metadata={"help": "Per-example loss weights by gold label frequency, as in SFT: 'none', 'sqrt' or 'inverse'. "
+                  "Selected pairs can carry a label mix far from the traffic's; weighting keeps the stages from "
+                  "learning that mix as a prior."},
+    )
     group_by_prefix: bool = field(
         default=True,
         metadata={"help": "Batch examples that share an instruction (direct, EE, RA, DR) together, so batches take "
@@ -184,6 +190,8 @@ class CoTConfig:
             raise ValueError(f"direct_share must lie in [0, 1), not {self.direct_share}")
         if not 0 <= self.over_estimate_share <= 1:
             raise ValueError(f"over_estimate_share must lie in [0, 1], not {self.over_estimate_share}")
+        if self.class_balance not in CLASS_BALANCE:
+            raise ValueError(f"class_balance must be one of {', '.join(CLASS_BALANCE)}, not {self.class_balance!r}")
         for task in TASKS:
             if getattr(self, f"{task}_samples") < 1:
                 raise ValueError(f"{task}_samples must be at least 1, not {getattr(self, f'{task}_samples')}")
