@@ -33,8 +33,10 @@ from lref.stages.cot import (  # noqa: E402
     direct_count,
     generate_predictions,
     label_quotas,
+    quotas_from_weights,
     read_teacher_file,
     sample_wrong_label,
+    wrong_decision_plan,
     teach,
     train_cot,
 )
@@ -188,6 +190,26 @@ def test_dr_wrong_labels_differ_from_gold_with_an_over_estimate_bias():
         assert ("Exact" == gold[example.id]) or SCHEME.index(SCHEME.parse(decided)) < SCHEME.index(gold[example.id])
     assert stats["over_estimate_share"] == pytest.approx(
         sum(gold[e.id] != "Exact" for e in examples) / len(examples))
+
+
+def test_dr_pairs_are_drawn_so_the_over_estimate_share_is_reached():
+    # Home Depot's mix: with it kept, at most the 53 % non-Exact pairs could carry an over-estimate
+    labels = ["Exact"] * 47 + ["Partial"] * 33 + ["Irrelevant"] * 20
+    weights, odds = wrong_decision_plan(labels, SCHEME, 0.7)
+    assert sum(weights.values()) == pytest.approx(1.0)
+    assert sum(weights[g] * odds[g] for g in weights) == pytest.approx(0.7)
+    assert odds["Exact"] == 0.0 and odds["Irrelevant"] == 1.0
+    assert weights["Exact"] < 0.47 and weights["Partial"] > 0.33
+    assert wrong_decision_plan(labels, SCHEME, 1.0)[0]["Exact"] == 0.0
+    assert wrong_decision_plan(labels, SCHEME, 0.0)[0]["Irrelevant"] == 0.0
+    assert wrong_decision_plan(["Exact"] * 5, SCHEME, 0.7) == ({"Exact": 1.0}, {"Exact": 0.0})  # no other side
+
+    pool = [Record(id=f"r{i}", query="cordless drill", title=f"Cordless Drill {i}", label=label)
+            for i, label in enumerate(labels * 6)]
+    examples, stats = cot_examples("dr", pool, SCHEME, RulesTeacher().fit(pool), 200, over_estimate_share=0.7,
+                                   progress=False)
+    assert Counter(e.label for e in examples) == quotas_from_weights(weights, 200)
+    assert 0.62 < stats["over_estimate_share"] < 0.78
 
 
 def test_teacher_texts_are_cached(tmp_path):
@@ -420,6 +442,11 @@ def test_cli_teach_with_shards(tmp_path, monkeypatch, capsys):
     assert code == 0 and "cache hits 12" in err
     rows = [json.loads(line) for line in (tmp_path / "dr.jsonl").read_text().splitlines()]
     assert all(row["wrong_label"] != row["label"] for row in rows)
+    # `lref cot` on the same file draws the same wrong decisions, so the texts taught ahead are reused
+    records = make_records()
+    _, stats = cot_examples("dr", records, SCHEME, RulesTeacher().fit(records), 6, over_estimate_share=1.0,
+                            cache_path=tmp_path / "dr.jsonl", progress=False)
+    assert stats["generated"] == 0 and stats["cache_hits"] == stats["requested"] > 0
     code, _, err = run_lref(monkeypatch, capsys, "teach", "--data", str(data), "--task", "ra", "--out",
                             str(tmp_path / "x.jsonl"), "--rules", str(tmp_path / "missing.yaml"))
     assert code == 2 and "missing.yaml" in err

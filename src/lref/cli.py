@@ -839,7 +839,7 @@ def teach_command(
     from lref.labels import get_scheme
     from lref.sharding import select_shard, write_shard_info
     from lref.stages.cot import (
-        TASKS, TEACHERS, load_rule_set, make_teacher, sample_wrong_label, teach, teacher_key,
+        TASKS, TEACHERS, load_rule_set, make_teacher, sample_wrong_label, teach, teacher_key, wrong_decision_plan,
     )
 
     if task not in TASKS:
@@ -859,7 +859,10 @@ def teach_command(
                               cache_path=Path(out).with_name(Path(out).name + ".sqlite"))
     except ValueError as error:
         raise typer.BadParameter(str(error), param_hint="--teacher") from None
-    wrong = [sample_wrong_label(r, label_scheme, over_estimate_share, seed) for r in selected] if task == "dr" else None
+    wrong = None
+    if task == "dr":  # the same per-grade odds as `lref cot` on this file, so its cache is reused
+        _, odds = wrong_decision_plan([label_scheme.parse(r.label) for r in records], label_scheme, over_estimate_share)
+        wrong = [sample_wrong_label(r, label_scheme, odds[label_scheme.parse(r.label)], seed) for r in selected]
     explanations, stats = teach(chosen, task, selected, label_scheme, rules=rule_set, wrong_labels=wrong,
                                 cache_path=out)
     keys = [teacher_key(task, chosen.name, r, w, rule_set) for r, w in zip(selected, wrong or [None] * len(selected))]

@@ -8,7 +8,8 @@ Three tasks (`TASKS`), each with its own prompt (`cot_prompt`):
   -> the label (the rules sit in the prompt prefix, so they are shared by every pair);
 * **DR**, Decision Reflection: (a wrong decision, query, product) -> why it is wrong -> the correct label. Wrong
   decisions are sampled per pair (`sample_wrong_label`), a share `over_estimate_share` of them more relevant than
-  gold (LLM judges over-estimate).
+  gold (LLM judges over-estimate); DR's pairs are drawn with the gold-label mix that makes this share reachable
+  (`wrong_decision_plan`).
 
 Every CoT prompt starts with its own task marker, never with the direct prompt's instruction, and every CoT
 completion ends with the direct format's answer cue and label (`" ... \\nRelevance: Exact"` + EOS). Each stage also
@@ -41,7 +42,7 @@ import logging
 import random
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -122,8 +123,9 @@ class CoTConfig:
     )
     over_estimate_share: float = field(
         default=0.7,
-        metadata={"help": "DR: share of wrong decisions drawn among the grades more relevant than gold (when there "
-                  "are any; the rest are less relevant)."},
+        metadata={"help": "DR: share of wrong decisions that over-estimate (a grade more relevant than gold; the "
+                  "rest are less relevant). DR draws its pairs with the gold-label mix that makes this share "
+                  "reachable, since a top-grade pair can only be under-estimated."},
     )
     lora_r: int = field(default=16, metadata={"help": "LoRA rank of every stage."})
     lora_alpha: int = field(default=32, metadata={"help": "LoRA scaling alpha."})
@@ -249,15 +251,35 @@ def cot_completion(explanation: Explanation, scheme: LabelScheme) -> str:
     return " " + explanation.text(scheme)
 
 
-def sample_wrong_label(record: Record, scheme: LabelScheme, over_estimate_share: float, seed: int = 0) -> str:
-    """A wrong decision for DR, fixed per (seed, pair id): with probability `over_estimate_share` a grade more
-    relevant than gold (an over-estimate), else a less relevant one; when only one side exists, that side."""
+def sample_wrong_label(record: Record, scheme: LabelScheme, over_probability: float, seed: int = 0) -> str:
+    """A wrong decision for DR, fixed per (seed, pair id): with probability `over_probability` a grade more relevant
+    than gold (an over-estimate), else a less relevant one; when only one side exists, that side."""
     gold = scheme.parse(record.label)
     index = scheme.index(gold)
     more, less = list(scheme.labels[:index]), list(scheme.labels[index + 1 :])
     rng = random.Random(f"{seed}:{record.id}")
-    side = more if more and (not less or rng.random() < over_estimate_share) else less
+    side = more if more and (not less or rng.random() < over_probability) else less
     return rng.choice(side)
+
+
+def wrong_decision_plan(
+    labels: Sequence[str], scheme: LabelScheme, over_estimate_share: float
+) -> tuple[dict[str, float], dict[str, float]]:
+    """How DR reaches `over_estimate_share`: the gold-label mix of its pairs and, per gold grade, the probability that
+    its wrong decision over-estimates (for `sample_wrong_label`). A top-grade pair can only be under-estimated and a
+    bottom-grade one only over-estimated, so keeping the pool's label mix would cap the share (at 53 % on Home Depot,
+    where 47 % of pairs are Exact). Instead the over-estimates are spread over the grades that allow one in
+    proportion to the pool, and the under-estimates likewise."""
+    mix = Counter(labels)
+    pool = {label: n / len(labels) for label, n in mix.items()}
+    can_over = {label: p for label, p in pool.items() if scheme.index(label) > 0}
+    can_under = {label: p for label, p in pool.items() if scheme.index(label) < len(scheme.labels) - 1}
+    share = 0.0 if not can_over else 1.0 if not can_under else over_estimate_share
+    over = {label: share * p / sum(can_over.values()) for label, p in can_over.items()}
+    under = {label: (1 - share) * p / sum(can_under.values()) for label, p in can_under.items()}
+    weights = {label: over.get(label, 0.0) + under.get(label, 0.0) for label in pool}
+    probability = {label: over.get(label, 0.0) / w if w else 0.0 for label, w in weights.items()}
+    return weights, probability
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -417,7 +439,12 @@ def cot_examples(
         raise ValueError("RA needs a rule set")
     order = list(records)
     random.Random(f"{seed}:{task}").shuffle(order)
-    quota = label_quotas([scheme.parse(r.label) for r in records], count)
+    labels = [scheme.parse(r.label) for r in records]
+    if task == "dr":
+        weights, over_probability = wrong_decision_plan(labels, scheme, over_estimate_share)
+        quota = quotas_from_weights(weights, count)
+    else:
+        quota = label_quotas(labels, count)
     examples: list[tuple[TextExample, bool]] = []  # with whether a DR example's wrong decision over-estimates
     reserve: list[tuple[TextExample, bool]] = []  # agreeing examples of a grade whose share was already full
     stats: dict[str, Any] = {"rejected_disagreeing": 0}
@@ -427,7 +454,8 @@ def cot_examples(
                                                                  len(examples) + len(reserve) < count):
         chunk = order[position : position + max(count - len(examples), 8)]
         position += len(chunk)
-        wrong = ([sample_wrong_label(r, scheme, over_estimate_share, seed) for r in chunk] if task == "dr" else None)
+        wrong = ([sample_wrong_label(r, scheme, over_probability[scheme.parse(r.label)], seed) for r in chunk]
+                 if task == "dr" else None)
         answers, part = teach(teacher, task, chunk, scheme, rules=rules, wrong_labels=wrong, cache_path=cache_path,
                               progress=progress)
         _sum_stats(stats, part)
@@ -468,8 +496,13 @@ def cot_examples(
 
 def label_quotas(labels: Sequence[str], count: int) -> Counter:
     """How many of `count` examples each label gets to match its share of `labels` (largest remainders)."""
-    mix = Counter(labels)
-    exact = {label: count * n / len(labels) for label, n in mix.items()}
+    return quotas_from_weights(Counter(labels), count)
+
+
+def quotas_from_weights(weights: Mapping[str, float], count: int) -> Counter:
+    """`count` split over labels in proportion to `weights` (largest remainders)."""
+    total = sum(weights.values())
+    exact = {label: count * w / total for label, w in weights.items()}
     quota = Counter({label: int(share) for label, share in exact.items()})
     for label in sorted(exact, key=lambda name: exact[name] - quota[name], reverse=True)[: count - sum(quota.values())]:
         quota[label] += 1
@@ -735,6 +768,7 @@ __all__ = [
     "make_teacher",
     "read_teacher_file",
     "sample_wrong_label",
+    "wrong_decision_plan",
     "teach",
     "teacher_key",
     "train_cot",
