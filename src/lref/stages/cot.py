@@ -52,7 +52,7 @@ from lref.labels import LabelScheme, get_scheme
 from lref.predictions import Prediction
 from lref.prompts import ANSWER_CUE, Prompt, product_fields
 from lref.stages.sft import CLASS_BALANCE, SFTStageConfig, TextExample, direct_example, examples_hash
-from lref.teachers.base import Explanation, Teacher, parse_label
+from lref.teachers.base import TEACHER_PROMPT_VERSION, Explanation, Teacher, parse_label
 from lref.teachers.rules_file import RuleSet, default_rules, load_rules
 from lref.training import BF16_HELP, check_training_fields, use_bf16
 
@@ -318,10 +318,11 @@ def _rules_reference(rules: RuleSet | None) -> str | None:
 
 
 def teacher_key(task: str, teacher: str, record: Record, wrong_label: str | None, rules: RuleSet | None) -> str:
-    """Cache key of one teacher answer: the task, the teacher, the pair, its label, the wrong decision, the rules."""
+    """Cache key of one teacher answer: the task, the teacher and its text version, the pair, its label, the wrong
+    decision, the rules."""
     rules_text = rules.describe() if (rules is not None and task == "ra") else None
-    payload = [task, teacher, record.id, record.query, record.title, record.brand, record.description, record.label,
-               wrong_label, rules_text]
+    payload = [task, teacher, TEACHER_PROMPT_VERSION, record.id, record.query, record.title, record.brand,
+               record.description, record.label, wrong_label, rules_text]
     return hashlib.sha256(json.dumps(payload, ensure_ascii=False, default=str).encode()).hexdigest()
 
 

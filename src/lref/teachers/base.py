@@ -111,6 +111,7 @@ def adjacent_label(label: str, scheme: LabelScheme) -> str:
 # ---------------------------------------------------------------------------------------------------------------------
 # Chat prompts and answer parsing, shared by the openai and local teachers
 
+# Part of every cached teacher text's key: bump it when a teacher's prompts or the rules teacher's texts change.
 TEACHER_PROMPT_VERSION = "teacher-v1"
 
 _ANSWER_RE = re.compile(r"(?:relevance|grade|label|answer)\s*[:=]\s*\**\s*([\w'-]+)", re.IGNORECASE)
