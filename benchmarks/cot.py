@@ -84,7 +84,7 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=300,
                         help="CoT examples per stage (as many direct ones are added at --direct-share 0.5)")
     parser.add_argument("--epochs", type=float, default=1.0, help="epochs per stage")
-    parser.add_argument("--dr-epochs", type=float, default=None, help="epochs of DR (default: --epochs)")
+    parser.add_argument("--dr-epochs", type=float, default=0.5, help="epochs of DR (CoTConfig's default)")
     parser.add_argument("--steps", type=int, default=-1, help="stop each stage after this many steps (-1: the epochs)")
     parser.add_argument("--direct-share", type=float, default=0.5)
     parser.add_argument("--over-estimate-share", type=float, default=0.7)
@@ -116,11 +116,10 @@ def main() -> None:
 
     if args.fresh:
         shutil.rmtree(args.run_dir, ignore_errors=True)
-    dr_epochs = args.epochs if args.dr_epochs is None else args.dr_epochs
     config = CoTConfig(
         model=args.model, scheme=SCHEME, output_dir=args.run_dir, teacher="rules", rules=args.rules,
         ee_samples=args.samples, ra_samples=args.samples, dr_samples=args.samples, ee_epochs=args.epochs,
-        ra_epochs=args.epochs, dr_epochs=dr_epochs, direct_share=args.direct_share,
+        ra_epochs=args.epochs, dr_epochs=args.dr_epochs, direct_share=args.direct_share,
         over_estimate_share=args.over_estimate_share, learning_rate=args.lr, max_steps=args.steps,
         batch_size=args.batch_size, lora_r=args.lora_r, lora_alpha=2 * args.lora_r, seed=args.seed,
         class_balance=args.class_balance, save_steps=50, logging_steps=5,
@@ -159,7 +158,7 @@ def main() -> None:
                             "wall_time_s": stage["wall_time_s"], "train_metrics": stage["train_metrics"]}
                      for task, stage in report["stages"].items()},
         "wall_times_s": {"train_cot": round(train_seconds, 1), **wall},
-        "settings": {"epochs": args.epochs, "dr_epochs": dr_epochs, "max_steps": args.steps, "lr": args.lr,
+        "settings": {"epochs": args.epochs, "dr_epochs": args.dr_epochs, "max_steps": args.steps, "lr": args.lr,
                      "batch_size": args.batch_size, "lora_r": args.lora_r, "over_estimate_share": args.over_estimate_share,
                      "class_balance": args.class_balance, "seed": args.seed},
         "machine": f"{platform.machine()}, {os.cpu_count()} cores",

@@ -722,7 +722,7 @@ def cot_command(
     dr_samples: int = typer.Option(1000, "--dr-samples", help=_cot_help("dr_samples")),
     ee_epochs: float = typer.Option(1.0, "--ee-epochs", help=_cot_help("ee_epochs")),
     ra_epochs: float = typer.Option(1.0, "--ra-epochs", help=_cot_help("ra_epochs")),
-    dr_epochs: float = typer.Option(1.0, "--dr-epochs", help=_cot_help("dr_epochs")),
+    dr_epochs: float = typer.Option(0.5, "--dr-epochs", help=_cot_help("dr_epochs")),
     direct_share: float = typer.Option(0.5, "--direct-share", help=_cot_help("direct_share")),
     over_estimate_share: float = typer.Option(0.7, "--over-estimate-share", help=_cot_help("over_estimate_share")),
     lr: float = typer.Option(1e-4, "--lr", min=0.0, help=_cot_help("learning_rate")),
