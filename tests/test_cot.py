@@ -193,7 +193,7 @@ def test_dr_wrong_labels_differ_from_gold_with_an_over_estimate_bias():
 
 
 def test_dr_pairs_are_drawn_so_the_over_estimate_share_is_reached():
-    # Home Depot's mix: with it kept, at most the 53 % non-Exact pairs could carry an over-estimate
+    # 47 % Exact, as on Home Depot dev: with this mix kept, at most the 53 % other pairs could be over-estimated
     labels = ["Exact"] * 47 + ["Partial"] * 33 + ["Irrelevant"] * 20
     weights, odds = wrong_decision_plan(labels, SCHEME, 0.7)
     assert sum(weights.values()) == pytest.approx(1.0)

@@ -436,10 +436,10 @@ def cot_examples(
     progress: bool = True,
 ) -> tuple[list[TextExample], dict[str, Any]]:
     """`count` CoT examples of `task`: pairs drawn in a seeded order, explained by the teacher (cached), kept when
-    the explanation has a label equal to the human one. The labels keep the records' label mix: the teacher agrees
-    with the raters more often on some grades, and a skewed stage shifts the model's label prior. A grade that cannot
-    fill its share within the first 4 x `count` pairs is topped up with the others. DataError when the records cannot
-    give `count`."""
+    the explanation has a label equal to the human one. EE and RA keep the records' label mix: the teacher agrees
+    with the raters more often on some grades, and a skewed stage shifts the model's label prior. DR takes the mix of
+    `wrong_decision_plan`, which lets it reach `over_estimate_share`. A grade that cannot fill its share within the
+    first 4 x `count` pairs is topped up with the others. DataError when the records cannot give `count`."""
     if task == "ra" and rules is None:
         raise ValueError("RA needs a rule set")
     order = list(records)
@@ -773,8 +773,8 @@ __all__ = [
     "make_teacher",
     "read_teacher_file",
     "sample_wrong_label",
-    "wrong_decision_plan",
     "teach",
     "teacher_key",
     "train_cot",
+    "wrong_decision_plan",
 ]
