@@ -1,7 +1,6 @@
 """The GPU paths on a CUDA machine: SFT, DPO, LLM scoring and CoT generation on the GPU, float32 against bf16, with
 speeds next to the same work on the CPU of that machine. The figures behind auto precision (`lref.training.use_bf16`)
-staying float32 on GPUs. The stored result came from an earlier version that ran "auto" (then bf16 on GPUs; each
-entry records its precision) where this one names bf16 explicitly.
+staying float32 on GPUs (bf16 is named explicitly, so both precisions are measured).
 
 The model is Gemma-3-270M's architecture and tokenizer with *random* weights (`--model-dir` holds the real
 config.json and tokenizer files), so the figures are speeds and code-path checks, not quality. Data: the synthetic
