@@ -480,3 +480,18 @@ def test_class_balance_reaches_every_stage(stage1, tmp_path):
     adapters = train_cot(dataclasses.replace(config, stages=["ee"]), make_records())
     weights = read_manifest(adapters["ee"])["class_weights"]
     assert weights is not None and len(set(weights.values())) > 1
+
+
+def test_direct_examples_come_from_the_pool_when_one_is_given(stage1, tmp_path):
+    records = make_records()
+    pool = [dataclasses.replace(record, id=f"pool{i}", label="Irrelevant") for i, record in enumerate(records)]
+    config = dataclasses.replace(cot_config(stage1, tmp_path / "pool"), stages=["ee"])
+    train_cot(config, records, direct_pool=pool)
+    report = json.loads((tmp_path / "pool" / REPORT_NAME).read_text())
+    assert report["stages"]["ee"]["direct_labels"] == {"Irrelevant": report["stages"]["ee"]["n_direct"]}
+    assert report["n_direct_pool"] == len(pool)
+
+    own = dataclasses.replace(config, output_dir=str(tmp_path / "own"), direct_from_pool=False)
+    train_cot(own, records, direct_pool=pool)
+    labels = json.loads((tmp_path / "own" / REPORT_NAME).read_text())["stages"]["ee"]["direct_labels"]
+    assert set(labels) <= {record.label for record in records} and "Exact" in labels

@@ -707,6 +707,11 @@ def _cot_help(name: str) -> str:
 def cot_command(
     model: str = typer.Option(..., "--model", "-m", help=_cot_help("model")),
     train: str = typer.Option(..., "--train", help="Labelled training pairs (a data file, or a dataset folder)."),
+    direct_pool: str | None = typer.Option(
+        None, "--direct-pool",
+        help="The training pairs before selection (same format as --train), which the direct examples are drawn "
+             "from; default: --train.",
+    ),
     output_dir: str = typer.Option(..., "--output-dir", "-o", help=_cot_help("output_dir")),
     fmt: str = typer.Option("auto", "--format", "-f", help=_FORMAT_HELP),
     scheme: str | None = typer.Option(
@@ -759,7 +764,8 @@ def cot_command(
     except ValueError as error:
         raise typer.BadParameter(str(error)) from None
     records = _load_data(train, fmt, label_scheme.name, None, option)
-    for task, folder in train_cot(config, records).items():
+    pool = _load_data(direct_pool, fmt, label_scheme.name, None, option) if direct_pool else None
+    for task, folder in train_cot(config, records, direct_pool=pool).items():
         typer.echo(f"{task}\t{folder}")
 
 

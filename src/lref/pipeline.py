@@ -544,7 +544,8 @@ def _run_select(ctx: StageContext) -> dict[str, Any]:
 def _run_cot(ctx: StageContext) -> dict[str, Any]:
     from lref.stages.cot import train_cot
 
-    adapters = train_cot(ctx.config, ctx.records)
+    # the direct examples come from the training pairs before selection, which carry the traffic's label mix
+    adapters = train_cot(ctx.config, ctx.records, direct_pool=ctx.data.train)
     systems = {f"cot-{task}": {"kind": "llm", "ref": str(folder)} for task, folder in adapters.items()}
     last = list(adapters.values())[-1] if adapters else ctx.config.model
     return {"outputs": {"model": str(last), "adapters": {k: str(v) for k, v in adapters.items()}}, "systems": systems}

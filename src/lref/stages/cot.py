@@ -125,6 +125,13 @@ class CoTConfig:
         metadata={"help": "Share of each stage's examples that are plain direct prompt -> label examples (as in SFT), "
                   "so direct scoring does not degrade; in [0, 1)."},
     )
+    direct_from_pool: bool = field(
+        default=True,
+        metadata={"help": "Draw the direct examples from the training pairs before selection when they are given "
+                  "(the pipeline gives them; `lref cot --direct-pool FILE`): the direct examples set the direct "
+                  "scorer's label prior, and the selected pairs' label mix is not the traffic's. Off, or with no "
+                  "pool given: from the stage's own training pairs."},
+    )
     over_estimate_share: float = field(
         default=0.7,
         metadata={"help": "DR: share of wrong decisions that over-estimate (a grade more relevant than gold; the "
@@ -559,10 +566,13 @@ def load_rule_set(rules: str | RuleSet | None, scheme: LabelScheme) -> RuleSet:
 
 
 def train_cot(
-    config: CoTConfig, records: Sequence[Record], *, teacher: Teacher | None = None, callbacks: list | None = None
+    config: CoTConfig, records: Sequence[Record], *, direct_pool: Sequence[Record] | None = None,
+    teacher: Teacher | None = None, callbacks: list | None = None
 ) -> dict[str, Path]:
     """Train the configured CoT stages in order (EE -> RA -> DR), each a LoRA on the previous stage's model, and
-    return {task: adapter folder}. `teacher` overrides the one named in the config (e.g. an already built one)."""
+    return {task: adapter folder}. `direct_pool`: the training pairs before selection, which the direct examples are
+    drawn from when `config.direct_from_pool` is on. `teacher` overrides the one named in the config (e.g. an
+    already built one)."""
     from lref.io import write_json
     from lref.models.loading import read_manifest
     from lref.models.scorer import scheme_for_model
@@ -573,6 +583,9 @@ def train_cot(
     scheme = get_scheme(config.scheme)
     rules = load_rule_set(config.rules, scheme) if "ra" in config.stages else None
     records = validate_records(records, scheme, "training")
+    direct_source = records
+    if config.direct_from_pool and direct_pool is not None:
+        direct_source = validate_records(direct_pool, scheme, "direct-example pool")
     scheme_for_model(read_manifest(resolve_model(config.model)), scheme)  # refuse a model trained on another scheme
     output_dir = Path(config.output_dir)
     if not config.resume and any((output_dir / task).exists() for task in config.stages):
@@ -585,6 +598,7 @@ def train_cot(
                                progress=config.progress)
 
     report: dict[str, Any] = {"teacher": teacher.name, "rules": _rules_reference(rules), "n_records": len(records),
+                              "n_direct_pool": len(direct_source) if direct_source is not records else None,
                               "config": asdict(config), "stages": {}}
     adapters: dict[str, Path] = {}
     model = config.model
@@ -596,8 +610,8 @@ def train_cot(
             task, records, scheme, teacher, count, rules=rules, over_estimate_share=config.over_estimate_share,
             seed=config.seed, cache_path=output_dir / TEACHER_FILE.format(task=task), progress=config.progress,
         )
-        direct = direct_examples(records, scheme, direct_count(len(cot), config.direct_share), config.seed + 1 +
-                                 TASKS.index(task))
+        direct = direct_examples(direct_source, scheme, direct_count(len(cot), config.direct_share),
+                                 config.seed + 1 + TASKS.index(task))
         examples = cot + direct
         sft = config.sft_config(task, model)
         inputs_hash = _inputs_hash(previous, examples, sft)
@@ -618,6 +632,7 @@ def train_cot(
                 "task": task, "inputs_hash": inputs_hash, "prompt_version": COT_PROMPT_VERSION,
                 "teacher": teacher.name, "rules": _rules_reference(rules) if task == "ra" else None,
                 "n_cot": len(cot), "n_direct": len(direct), "direct_share": config.direct_share,
+                "direct_from_pool": direct_source is not records,
                 "over_estimate_share": config.over_estimate_share if task == "dr" else None,
                 "previous": model,
             }
@@ -625,6 +640,7 @@ def train_cot(
                                manifest_extra={"cot": cot_info}, group_by_prefix=config.group_by_prefix)
         report["stages"][task] = {
             "adapter": str(stage_dir), "skipped": finished, "n_cot": len(cot), "n_direct": len(direct),
+            "direct_labels": dict(Counter(example.label for example in direct)),
             "teacher": teacher_stats, "wall_time_s": round(time.perf_counter() - stage_started, 2),
             "train_metrics": (read_manifest(stage_dir) or {}).get("train_metrics"),
         }
