@@ -59,7 +59,7 @@ def main() -> None:
                 score = f1_score(y, (logp + np.array((0.0, *bias))).argmax(1), average="weighted")
                 if score > best[0]:
                     best = (score, bias)
-            systems[system] = {"weighted_f1": round(plain, 4), "oracle_bias_weighted_f1": round(best[0], 4),
+            systems[system] = {"weighted_f1": round(plain, 6), "oracle_bias_weighted_f1": round(best[0], 6),
                                "bias": dict(zip(labels[1:], map(float, best[1])))}
             print(f"{system:10s} weighted-F1 {plain:.3f}  with the dev-fitted label bias {best[0]:.3f}")
     write_json(args.out, {"run_dir": str(config.run_dir), "dev_pairs": len(data.eval), "labels": labels,
