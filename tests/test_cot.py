@@ -454,12 +454,16 @@ def test_cli_teach_with_shards(tmp_path, monkeypatch, capsys):
 
 def test_cli_cot_and_predict_cot(stage1, tmp_path, monkeypatch, capsys):
     data = _write_records(tmp_path / "pairs.jsonl", make_records())
+    pool = _write_records(tmp_path / "pool.jsonl", [dataclasses.replace(r, id=f"pool{i}")
+                                                    for i, r in enumerate(make_records() * 2)])
     out = tmp_path / "cot"
     code, stdout, err = run_lref(monkeypatch, capsys, "cot", "--model", str(stage1), "--train", str(data),
-                                 "--output-dir", str(out), "--stages", "ee", "--ee-samples", "3", "--max-steps", "1",
-                                 "--batch-size", "4", "--lora-r", "4", "--threads", "1", "--max-length", "4096")
+                                 "--direct-pool", str(pool), "--output-dir", str(out), "--stages", "ee",
+                                 "--ee-samples", "3", "--max-steps", "1", "--batch-size", "4", "--lora-r", "4",
+                                 "--threads", "1", "--max-length", "4096")
     assert code == 0, err
     assert (out / "ee" / MANIFEST_NAME).is_file() and str(out / "ee") in stdout
+    assert json.loads((out / REPORT_NAME).read_text())["n_direct_pool"] == 2 * len(make_records())
     code, _, err = run_lref(monkeypatch, capsys, "cot", "--model", str(stage1), "--train", str(data),
                             "--output-dir", str(tmp_path / "bad"), "--teacher", "gpt")
     assert code != 0 and "unknown teacher" in err
