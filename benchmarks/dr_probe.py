@@ -74,7 +74,8 @@ def main() -> None:
     overrides = {key: yaml.safe_load(value) for key, value in (item.split("=", 1) for item in args.set)}
     out_dir = Path(args.probe_dir) / args.name
     settings.update(model=args.model or str(stage_dir / "model" / "ra"), stages=["dr"], output_dir=str(out_dir),
-                    resume=True, progress=False, **overrides)
+                    resume=True, progress=False)
+    settings.update(overrides)  # --set may override any of the above too
     patch_examples(args.variant)
     records = load_records(str(Path(config.run_dir) / "stages" / "select" / "selected.jsonl"), "jsonl",
                            scheme=data.scheme)
