@@ -166,6 +166,13 @@ class PipelineConfig:
     eval: EvalSettings = field(default_factory=EvalSettings, metadata={"help": "Scoring and metrics."})
     stages: dict[str, Any] = field(default_factory=dict, metadata={"help": "Stage name -> settings."})
     pairs: dict[str, int | None] = field(default_factory=dict, metadata={"help": "Stage name -> training sample."})
+    calibration: Any = field(
+        default=None,
+        metadata={"help": "lref.calibration.CalibrationConfig, or None: no label-prior calibration. With it, "
+                  "`calibration_pairs` training pairs (whole queries) are held out of every stage and each system's "
+                  "per-label bias is fitted on them, stored beside its model and applied to its evaluation."},
+    )
+    calibration_pairs: int | None = field(default=None, metadata={"help": "Pairs held out for calibration."})
     sft_start: str = field(
         default="model",
         metadata={"help": "What the chain's sft stage starts from: 'model' (the base LLM, as in the paper) or "
@@ -304,7 +311,7 @@ def parse_config(raw: dict[str, Any], source: str | Path | None = None) -> Pipel
     folder of `source`."""
     if not isinstance(raw, dict):
         raise ConfigError(f"the config must be a mapping of keys, got {type(raw).__name__}")
-    top = ("run_dir", "seed", "model", "data", "eval", "stages")
+    top = ("run_dir", "seed", "model", "data", "eval", "calibration", "stages")
     for key in raw:
         if key not in top:
             close = difflib.get_close_matches(str(key), top, n=1)
@@ -338,6 +345,7 @@ def parse_config(raw: dict[str, Any], source: str | Path | None = None) -> Pipel
     if not isinstance(eval_raw, dict):
         raise ConfigError("eval: expected a mapping")
     eval_settings = _build(EvalSettings, eval_raw, "eval")
+    calibration, calibration_pairs = _calibration_settings(raw.get("calibration"))
     stages_raw = raw.get("stages")
     if not isinstance(stages_raw, dict) or not stages_raw:
         raise ConfigError(f"stages: expected a mapping naming at least one of {', '.join(STAGES)}")
@@ -382,7 +390,26 @@ def parse_config(raw: dict[str, Any], source: str | Path | None = None) -> Pipel
         stages[name] = _build(cls, values, path, **{k: owned[k] for k in _owned_fields(name) if k in owned})
     stages = {name: stages[name] for name in STAGES if name in stages}
     return PipelineConfig(run_dir=run_dir, seed=seed, model=model, data=data, eval=eval_settings, stages=stages,
-                          pairs=pairs, sft_start=sft_start, source=str(source) if source else None)
+                          pairs=pairs, calibration=calibration, calibration_pairs=calibration_pairs,
+                          sft_start=sft_start, source=str(source) if source else None)
+
+
+def _calibration_settings(raw: Any) -> tuple[Any, int | None]:
+    """`calibration: {pairs: N, objective: ...}` -> (CalibrationConfig, N); absent or null -> (None, None)."""
+    from lref.calibration import CalibrationConfig
+
+    if raw is None:
+        return None, None
+    if not isinstance(raw, dict):
+        raise ConfigError("calibration: expected a mapping such as {pairs: 1000}")
+    values = dict(raw)
+    if "pairs" not in values:
+        raise ConfigError("calibration.pairs: how many training pairs to hold out for calibration (e.g. 1000)")
+    pairs = _check_type(values.pop("pairs"), int, "calibration.pairs")
+    config = _build(CalibrationConfig, values, "calibration")
+    if pairs < config.min_pairs:
+        raise ConfigError(f"calibration.pairs: {pairs} is fewer than min_pairs ({config.min_pairs})")
+    return config, pairs
 
 
 def load_config(path: str | Path) -> PipelineConfig:
@@ -430,6 +457,8 @@ class RunData:
     scheme: str
     train_hash: str
     eval_hash: str
+    calibration: list[Record] = field(default_factory=list)
+    calibration_hash: str | None = None
 
 
 def _sample(records: list[Record], n: int | None, seed: int, tag: str) -> list[Record]:
@@ -457,6 +486,9 @@ def load_data(config: PipelineConfig) -> RunData:
     else:
         split = split_by_query(train, {"train": 1 - data.eval_fraction, "eval": data.eval_fraction}, seed=config.seed)
         train, held_out = split["train"], split["eval"]
+    calibration: list[Record] = []
+    if config.calibration_pairs:
+        train, calibration = _hold_out_calibration(train, config.calibration_pairs, config.seed)
     train = _sample(train, data.train_pairs, config.seed, "train")
     held_out = _sample(held_out, data.eval_pairs, config.seed, "eval")
     if not train or not held_out:
@@ -465,10 +497,36 @@ def load_data(config: PipelineConfig) -> RunData:
     if shared:
         raise DataError(f"{len(shared)} evaluation ids also occur in the training data (e.g. {sorted(shared)[:3]}); "
                         "the evaluation split must be held out")
-    unlabelled = [r.id for r in held_out if r.label is None]
-    if unlabelled:
-        raise DataError(f"{len(unlabelled)} evaluation pairs have no label (e.g. {unlabelled[0]!r})")
-    return RunData(train, held_out, scheme, data_hash(train), data_hash(held_out))
+    shared = {r.id for r in calibration} & {r.id for r in held_out}
+    if shared:
+        raise DataError(f"{len(shared)} evaluation ids also occur among the calibration pairs (e.g. "
+                        f"{sorted(shared)[:3]}); the evaluation split must be held out")
+    for name, records in (("evaluation", held_out), ("calibration", calibration)):
+        unlabelled = [r.id for r in records if r.label is None]
+        if unlabelled:
+            raise DataError(f"{len(unlabelled)} {name} pairs have no label (e.g. {unlabelled[0]!r})")
+    return RunData(train, held_out, scheme, data_hash(train), data_hash(held_out), calibration,
+                   data_hash(calibration) if calibration else None)
+
+
+def _hold_out_calibration(train: list[Record], n: int, seed: int) -> tuple[list[Record], list[Record]]:
+    """Whole queries moved out of `train` until `n` pairs are held out (the last query's surplus pairs are dropped,
+    so no calibration query keeps pairs in training)."""
+    from lref.data import split_by_query
+
+    if n >= len(train) // 2:
+        raise DataError(f"calibration.pairs: {n} would hold out half or more of the {len(train)} training pairs")
+    share = 1.25 * n / len(train)
+    while True:  # few, large queries can leave the first draw short: widen it
+        # Its own draw: with the eval split's seed, the calibration side would be exactly the queries eval took.
+        split = split_by_query(train, {"train": 1 - share, "calibration": share}, seed=f"{seed}-calibration")
+        if len(split["calibration"]) >= n or share >= 0.5:
+            break
+        share = min(0.5, share * 1.25)
+    if len(split["calibration"]) < n:
+        raise DataError(f"calibration.pairs: only {len(split['calibration'])} pairs fell to the calibration "
+                        f"queries, fewer than {n}; lower it")
+    return split["train"], _sample(split["calibration"], n, seed, "calibration")
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -602,23 +660,56 @@ def make_scorer(kind: str, ref: str, scheme: str, settings: EvalSettings):
     return LabelScorer(model, tokenizer, scheme_for_model(manifest, scheme), scorer_config)
 
 
+def system_calibration_path(system: str, ref: str, out_dir: Path) -> Path:
+    """Where a system's calibration lives: in its model folder when the run made that folder (so `lref predict` on
+    it applies it), else `calibration_<system>.json` in the stage folder (never inside a shared zoo model)."""
+    from lref.calibration import calibration_path
+
+    folder = Path(ref).resolve()
+    if folder.is_dir() and folder.is_relative_to(out_dir.resolve()):
+        return calibration_path(folder)
+    return out_dir / f"calibration_{system}.json"
+
+
 def evaluate_system(system: str, kind: str, ref: str, data: RunData, settings: EvalSettings, out_dir: Path,
-                    seed: int = 0) -> dict[str, Any]:
-    """Score the held-out split, write `predictions_<system>.jsonl` and `metrics_<system>.json`, return metrics."""
+                    seed: int = 0, calibration: Any = None) -> dict[str, Any]:
+    """Score the held-out split, write `predictions_<system>.jsonl` and `metrics_<system>.json`, return metrics.
+
+    With a CalibrationConfig and `data.calibration` pairs, the system's label bias is first fitted on those pairs and
+    stored (`system_calibration_path`); the metrics are then those of the calibrated scores, and
+    `metrics["calibration"]` holds the bias and the uncalibrated headline figures."""
+    from lref.calibration import calibrate_scores
     from lref.io import write_json
     from lref.metrics import evaluate
+    from lref.models.scorer import ScoreResult
     from lref.predictions import write_predictions
 
     scorer = make_scorer(kind, ref, data.scheme, settings)
     started = time.perf_counter()
-    predictions = scorer.score(data.eval).predictions()
+    result = scorer.score(data.eval)
     seconds = time.perf_counter() - started
+    stored = system_calibration_path(system, ref, out_dir)
+    document = None
+    if calibration is not None and data.calibration:
+        document = calibrate_scores(scorer.score(data.calibration).logits, data.calibration, data.scheme, calibration)
+        write_json(stored, document)
+        raw = evaluate(data.eval, result.predictions(), data.scheme, bootstrap=0)
+        document = {**document, "path": str(stored), "uncalibrated": {k: raw[k] for k in _CALIBRATION_KEYS}}
+        result = ScoreResult(result.ids, result.labels, result.logits, result.top_k, list(document["bias"].values()))
+    else:
+        stored.unlink(missing_ok=True)  # a calibration from an earlier evaluation must not outlive it
+    predictions = result.predictions()
     write_predictions(out_dir / f"predictions_{system}.jsonl", predictions)
     metrics = evaluate(data.eval, predictions, data.scheme, bootstrap=settings.bootstrap, seed=seed)
     metrics.update(system=system, kind=kind, model=ref, eval_seconds=round(seconds, 3),
                    pairs_per_s=round(len(data.eval) / seconds, 2) if seconds > 0 else None)
+    if document is not None:
+        metrics["calibration"] = document
     write_json(out_dir / f"metrics_{system}.json", metrics)
     return metrics
+
+
+_CALIBRATION_KEYS = ("accuracy", "macro_f1", "weighted_f1", "over_estimate_share")
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -700,7 +791,9 @@ class Pipeline:
             data = load_data(self.config)
             logger.info("data: %d training pairs, %d held-out pairs, scheme %s", len(data.train), len(data.eval),
                         data.scheme)
-            self.echo(f"data: {len(data.train)} training pairs, {len(data.eval)} held-out pairs ({data.scheme})")
+            self.echo(f"data: {len(data.train)} training pairs, {len(data.eval)} held-out pairs"
+                      + (f", {len(data.calibration)} calibration pairs" if data.calibration else "")
+                      + f" ({data.scheme})")
             done: dict[str, dict[str, Any]] = {}
             for index, name in enumerate(names, start=1):
                 prefix = f"[{index}/{len(names)}] {name}"
@@ -768,8 +861,9 @@ class Pipeline:
         settings = _stage_settings(_with(config, output_dir=_UNSET, **{model_field: _UNSET} if name in CHAIN else {}))
         fingerprint = _hash({"stage": name, "config": settings, "pairs": self.config.pairs.get(name),
                              "inputs": inputs})
-        eval_fingerprint = _hash({"eval": asdict(self.config.eval), "data": data.eval_hash,
-                                  "seed": self.config.seed})
+        eval_fingerprint = _hash({"eval": asdict(self.config.eval), "data": data.eval_hash, "seed": self.config.seed,
+                                  **({"calibration": asdict(self.config.calibration),
+                                      "calibration_data": data.calibration_hash} if self.config.calibration else {})})
         previous = read_manifest(stage_dir)
         if previous and not force and previous.get("fingerprint") == fingerprint:
             if previous.get("status") == "skipped":
@@ -829,7 +923,7 @@ class Pipeline:
         metrics = {}
         for system, spec in systems.items():
             result = evaluate_system(system, spec["kind"], spec["ref"], data, self.config.eval, stage_dir,
-                                     self.config.seed)
+                                     self.config.seed, self.config.calibration)
             metrics[system] = {k: result[k] for k in _SUMMARY_KEYS if k in result}
             logger.info("%s: %s", system, _summary_line(result))
         return metrics
@@ -863,7 +957,7 @@ class Pipeline:
         out: dict[str, Any] = {"run_dir": str(self.run_dir), "systems": systems}
         if data is not None:
             out["eval"] = {"pairs": len(data.eval), "hash": data.eval_hash, "train_pairs": len(data.train),
-                           "scheme": data.scheme}
+                           "calibration_pairs": len(data.calibration), "scheme": data.scheme}
         if selection is not None:
             out["selection"] = {k: selection.get(k) for k in ("pool_size", "selected", "selected_fraction", "rule",
                                                               "funnel", "conditions", "label_distribution")}
@@ -871,7 +965,7 @@ class Pipeline:
 
 
 _SUMMARY_KEYS = ("n", "accuracy", "macro_f1", "weighted_f1", "rmse", "over_estimate_share", "under_estimate_share",
-                 "ci95", "pairs_per_s")
+                 "ci95", "pairs_per_s", "calibration")
 
 
 def _summary_line(metrics: dict[str, Any]) -> str:
@@ -901,9 +995,10 @@ def run_pipeline(config: PipelineConfig | str | Path, *, run_dir: str | Path | N
 
 def config_reference() -> str:
     """Markdown tables of every config section and stage: key, default, help (for docs/pipeline.md)."""
+    from lref.calibration import CalibrationConfig
     from lref.config import field_default
 
-    sections = [("data", DataConfig), ("eval", EvalSettings)]
+    sections = [("data", DataConfig), ("eval", EvalSettings), ("calibration", CalibrationConfig)]
     for name in STAGES:
         try:
             sections.append((f"stages.{name}", _stage_class(name)))
@@ -915,6 +1010,10 @@ def config_reference() -> str:
         lines += [f"### `{title}` ({cls.__module__}.{cls.__name__})", "", "| key | default | help |", "|---|---|---|"]
         if title.startswith("stages.") and title != "stages.zero-shot":
             lines.append("| `pairs` | `null` | Train on a seeded sample of this many of the stage's input pairs. |")
+        if title == "calibration":
+            lines.append("| `pairs` | (required) | Training pairs (whole queries) held out of every stage; each system's "
+                         "label bias is fitted on them and applied to its evaluation. Leave `calibration` out for "
+                         "raw scores. |")
         if title == "stages.sft":
             help_text = PipelineConfig.__dataclass_fields__["sft_start"].metadata["help"]
             lines.append(f"| `start_from` | `\"model\"` | {help_text} |")

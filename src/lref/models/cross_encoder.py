@@ -334,7 +334,7 @@ def score_pairs(
     ids = [r.id for r in records]
     logits = np.zeros((len(records), len(scheme)), dtype=np.float32)
     if not records:
-        return ScoreResult(ids, scheme.labels, logits, config.top_k)
+        return ScoreResult(ids, scheme.labels, logits, config.top_k, config.label_bias)
     examples = _tokenize(tokenizer, records, scheme, config.max_length or 512)
     order = sorted(range(len(examples)), key=lambda i: -len(examples[i]["input_ids"]))
     collate = EncoderCollator(tokenizer)
@@ -344,7 +344,7 @@ def score_pairs(
             batch_index = order[start : start + size]
             logits[batch_index] = forward(collate([{**examples[i], "labels": 0} for i in batch_index]))
             bar.update(len(batch_index))
-    return ScoreResult(ids, scheme.labels, logits, config.top_k)
+    return ScoreResult(ids, scheme.labels, logits, config.top_k, config.label_bias)
 
 
 class CrossEncoderScorer:

@@ -78,6 +78,11 @@ class ScorerConfig:
     num_threads: int | None = field(
         default=None, metadata={"help": "torch.set_num_threads before scoring; None leaves torch's default."}
     )
+    label_bias: tuple[float, ...] | None = field(
+        default=None,
+        metadata={"help": "Added to the label logits (scheme order) before the softmax: a fitted label-prior "
+                  "calibration (`lref.calibration`; a model folder's calibration.json). None: raw scores."},
+    )
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
@@ -137,11 +142,18 @@ class ScoreResult:
     logits: np.ndarray
     """N x K float32: raw logits of the labels' first tokens (after the model's final logit soft-capping)."""
     top_k: int = 3
+    bias: Sequence[float] | None = None
+    """Added to every row of `logits` on construction (a label-prior calibration); `logits` then hold the sum."""
     probs: np.ndarray = field(init=False)
     """N x K float64: softmax over the label logits only (each row sums to 1)."""
 
     def __post_init__(self) -> None:
         self.logits = np.asarray(self.logits, dtype=np.float32).reshape(len(self.ids), len(self.labels))
+        if self.bias is not None:
+            if len(self.bias) != len(self.labels):
+                raise ValueError(f"{len(self.bias)} bias values for {len(self.labels)} labels")
+            self.logits = self.logits + np.asarray(self.bias, dtype=np.float32)
+            self.bias = None  # applied once; re-wrapping these logits must not shift them again
         self.probs = softmax(self.logits)
         self.top_k = max(1, min(self.top_k, len(self.labels)))
 
@@ -235,7 +247,7 @@ class LabelScorer:
             raise ValueError(f"{len(ids)} ids for {len(prompts)} prompts")
         logits = np.zeros((len(prompts), len(self.scheme)), dtype=np.float32)
         if not prompts:
-            return ScoreResult(ids, self.scheme.labels, logits, self.config.top_k)
+            return ScoreResult(ids, self.scheme.labels, logits, self.config.top_k, self.config.label_bias)
         if self.config.num_threads is not None:
             torch.set_num_threads(self.config.num_threads)
         encoded = self.encode(prompts)
@@ -252,7 +264,7 @@ class LabelScorer:
         finally:
             if was_training:
                 self.model.train()
-        return ScoreResult(ids, self.scheme.labels, logits, self.config.top_k)
+        return ScoreResult(ids, self.scheme.labels, logits, self.config.top_k, self.config.label_bias)
 
     def encode(self, prompts: Sequence[Prompt]) -> list[tuple[tuple[int, ...], list[int]]]:
         """(prefix ids, pair ids) per prompt, the pair truncated to `max_length` (the prefix never is)."""

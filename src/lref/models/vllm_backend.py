@@ -141,7 +141,7 @@ class VLLMScorer:
                         "(vLLM >= 0.10.2)"
                     )
                 logits[row] = [first[token].logprob for token in label_ids]
-        return ScoreResult(ids, self.scheme.labels, logits, self.config.top_k)
+        return ScoreResult(ids, self.scheme.labels, logits, self.config.top_k, self.config.label_bias)
 
     def generate(self, texts: Sequence[str], max_new_tokens: int = 256, temperature: float = 0.0) -> list[str]:
         """Completions of raw prompt texts (e.g. CoT reasoning), in input order."""
