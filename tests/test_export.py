@@ -166,3 +166,18 @@ def test_smoke_real_minilm_onnx_agrees_with_pytorch(tmp_path):
           f"max|dp| {int8_diff:.2e}")
     assert fp32_same >= 0.99 and fp32_diff <= 1e-4
     assert int8_decisive >= 0.99 and int8_same >= 0.95 and int8_diff <= 0.15
+
+
+def test_student_calibration_travels_with_the_export_and_is_applied(tmp_path, student, records):
+    import shutil
+
+    folder = shutil.copytree(student, tmp_path / "student")  # the module's student stays uncalibrated
+    bias = {"Exact": 0.0, "Partial": 0.7, "Irrelevant": -0.4}
+    (folder / "calibration.json").write_text(json.dumps({"bias": bias}))
+    raw = load_student(folder, "torch", calibrated=False).score(records[:20])
+    shifted = load_student(folder, "torch").score(records[:20])
+    assert np.allclose(shifted.logits - raw.logits, list(bias.values()), atol=1e-6)
+    exported = export_student(ExportConfig(model=str(folder), output_dir=str(tmp_path / "onnx"), quantize=False))
+    assert json.loads((exported / "calibration.json").read_text())["bias"] == bias
+    onnx = load_student(exported, "onnx").score(records[:20])
+    assert np.abs(onnx.probs - shifted.probs).max() < 1e-3

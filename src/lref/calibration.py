@@ -27,7 +27,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from sklearn.metrics import accuracy_score, f1_score
 
 from lref.data.records import Record
 from lref.labels import LabelError, LabelScheme, get_scheme
@@ -62,6 +61,8 @@ class CalibrationConfig:
 
 
 def _objective(name: str, gold: np.ndarray, predicted: np.ndarray) -> float:
+    from sklearn.metrics import accuracy_score, f1_score  # here: serving reads calibrations without scikit-learn
+
     if name == "accuracy":
         return float(accuracy_score(gold, predicted))
     return float(f1_score(gold, predicted, average=name.removesuffix("_f1"), zero_division=0))
@@ -141,13 +142,31 @@ def calibrate_scores(logits: np.ndarray, records: Sequence[Record], scheme: Labe
     }
 
 
-def save_calibration(folder: str | Path, document: dict[str, Any]) -> Path:
+def calibrate(config: CalibrationConfig, model: str | Path, records: Sequence[Record], *,
+              scheme: LabelScheme | str | None = None, batch_size: int = 16, progress: bool = True) -> dict[str, Any]:
+    """Score labelled `records` (pairs no training saw) with a trained model folder, raw, fit its label bias and
+    write `model/calibration.json` (atomically); returns the calibration document.
+
+    `model` is an LLM adapter or model folder, a cross-encoder (bert, student) or a lexical model folder."""
     from lref.io import write_json
+    from lref.models.loading import read_manifest
+    from lref.pipeline import EvalSettings, make_scorer
 
-    path = calibration_path(folder)
-    write_json(path, document)
-    return path
+    folder = Path(model)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"model folder {folder} does not exist (calibrate a folder you trained: a zoo model is "
+                                "shared, so its calibration would not be yours)")
+    if not records:
+        raise ValueError("no calibration pairs")
+    manifest = read_manifest(folder) or {}
+    kind = {"lexical": "lexical", "cross-encoder": "encoder"}.get(manifest.get("kind"), "llm")
+    scheme_name = get_scheme(scheme).name if scheme is not None else None
+    scorer = make_scorer(kind, str(folder), scheme_name, EvalSettings(batch_size=batch_size, progress=progress))
+    result = scorer.score(records)
+    document = calibrate_scores(result.logits, records, scorer.scheme, config)
+    write_json(calibration_path(folder), {**document, "model_kind": kind})
+    return document
 
 
-__all__ = ["CALIBRATION_FILE", "CalibrationConfig", "OBJECTIVES", "calibrate_scores", "calibration_path",
-           "fit_label_bias", "label_bias_for", "save_calibration"]
+__all__ = ["CALIBRATION_FILE", "CalibrationConfig", "OBJECTIVES", "calibrate", "calibrate_scores",
+           "calibration_path", "fit_label_bias", "label_bias_for"]

@@ -254,10 +254,15 @@ def predict(
     ),
     backend: str = typer.Option("auto", "--backend", help="torch, vllm (CUDA GPU) or auto (vllm when usable)."),
     option: list[str] | None = typer.Option(None, "--option", help=_OPTION_HELP),
+    calibrated: bool = typer.Option(
+        True, "--calibration/--no-calibration",
+        help="Apply the model folder's label-prior calibration (calibration.json) when it has one.",
+    ),
 ) -> None:
     """Score every pair with a causal LM: label probabilities and the top-k labels (the paper's beam)."""
     import time
 
+    from lref.calibration import calibration_path, label_bias_for
     from lref.data import default_scheme
     from lref.models.loading import read_manifest
     from lref.models.scorer import ScorerConfig, scheme_for_model
@@ -266,7 +271,12 @@ def predict(
     from lref.predictions import write_predictions
     from lref.sharding import score_blocks, score_in_parallel, select_shard, shard_info_path, write_shard_info
 
-    label_scheme = scheme_for_model(read_manifest(resolve_model(model)), scheme, default=default_scheme(fmt))
+    folder = resolve_model(model)
+    label_scheme = scheme_for_model(read_manifest(folder), scheme, default=default_scheme(fmt))
+    label_bias = label_bias_for(folder, label_scheme) if calibrated else None
+    if label_bias is not None:
+        typer.echo(f"applying the label calibration in {calibration_path(folder)} (--no-calibration: raw scores)",
+                   err=True)
     records = _load_data(data, fmt, label_scheme.name, None, option)
     try:
         selected = select_shard(records, shard, block_size)
@@ -276,7 +286,8 @@ def predict(
     except BackendUnavailable as error:
         raise typer.BadParameter(str(error), param_hint="--backend") from None
     config = ScorerConfig(
-        batch_size=batch_size, top_k=top_k, max_length=max_length, fast=not naive, progress=True, num_threads=threads
+        batch_size=batch_size, top_k=top_k, max_length=max_length, fast=not naive, progress=True, num_threads=threads,
+        label_bias=label_bias,
     )
     start = time.perf_counter()
     if engine == "vllm":
@@ -313,6 +324,50 @@ def merge_command(
 
     count = merge_shard_files(shard_files, out)
     typer.echo(f"merged {len(shard_files)} shards ({count} rows) into {out}", err=True)
+
+
+def _calibration_help(name: str) -> str:
+    from lref.calibration import CalibrationConfig
+
+    return field_help(CalibrationConfig, name)
+
+
+@app.command("calibrate")
+def calibrate_command(
+    model: str = typer.Argument(..., metavar="MODEL_DIR", help="A trained model folder: LLM adapter, cross-encoder "
+                                "(bert, student) or lexical model. calibration.json is written into it."),
+    data: str = typer.Option(..., "--data", "-d", help="Labelled pairs that no training saw (a data file or folder)."),
+    fmt: str = typer.Option("auto", "--format", "-f", help=_FORMAT_HELP),
+    scheme: str | None = typer.Option(
+        None, "--scheme", help="Label scheme preset; default: the one in the model's manifest, else the format's own."
+    ),
+    objective: str = typer.Option("weighted_f1", "--objective", help=_calibration_help("objective")),
+    limit: float = typer.Option(3.0, "--limit", help=_calibration_help("limit")),
+    step: float = typer.Option(0.1, "--step", help=_calibration_help("step")),
+    batch_size: int = typer.Option(16, "--batch-size", min=1, help="Pairs per forward pass."),
+    option: list[str] | None = typer.Option(None, "--option", help=_OPTION_HELP),
+) -> None:
+    """Fit a per-label logit bias on held-out labelled pairs; `lref predict` and `lref serve student` then apply it."""
+    from lref.calibration import CalibrationConfig, calibrate, calibration_path
+    from lref.data import default_scheme
+    from lref.models.loading import read_manifest
+    from lref.models.scorer import scheme_for_model
+
+    try:
+        config = CalibrationConfig(objective=objective, limit=limit, step=step)
+    except ValueError as error:
+        raise typer.BadParameter(str(error)) from None
+    if not os.path.isdir(model):
+        raise typer.BadParameter(f"{model} is not a folder (calibrate a model you trained)", param_hint="MODEL_DIR")
+    label_scheme = scheme_for_model(read_manifest(model), scheme, default=default_scheme(fmt))
+    records = _load_data(data, fmt, label_scheme.name, None, option)
+    try:
+        document = calibrate(config, model, records, scheme=label_scheme)
+    except ValueError as error:
+        raise typer.BadParameter(str(error), param_hint="--data") from None
+    bias = ", ".join(f"{label} {value:+.1f}" for label, value in document["bias"].items())
+    typer.echo(f"{objective} on {document['pairs']} pairs: {document['before']:.3f} -> {document['after']:.3f} "
+               f"(bias {bias}); wrote {calibration_path(model)}")
 
 
 @app.command("eval")
@@ -682,6 +737,7 @@ def serve_student_command(
     threads: int | None = _student_option("threads", "--threads"),
     log_level: str = _student_option("log_level", "--log-level"),
     access_log: bool = _student_option("access_log", "--access-log/--no-access-log"),
+    calibrated: bool = _student_option("calibrated", "--calibration/--no-calibration"),
 ) -> None:
     """The relevance service over a distilled student: POST /v1/relevance, GET /healthz, GET /metrics."""
     from lref.serve.student import ServeStudentConfig, serve_student
@@ -691,6 +747,7 @@ def serve_student_command(
             model=model, backend=backend, host=host, port=port, max_batch_pairs=max_batch_pairs,
             max_field_chars=max_field_chars, max_body_bytes=max_body_bytes, micro_batch_size=micro_batch_size,
             max_wait_ms=max_wait_ms, threads=threads, log_level=log_level, access_log=access_log,
+            calibrated=calibrated,
         )
     except ValueError as error:
         raise typer.BadParameter(str(error)) from None

@@ -17,8 +17,10 @@ tokens (both go through `lref.models.cross_encoder.score_pairs`). `load_student`
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
+import shutil
 import tempfile
 import warnings
 from collections.abc import Sequence
@@ -29,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from lref.calibration import calibration_path, label_bias_for
 from lref.data.records import Record
 from lref.labels import LabelScheme, get_scheme
 from lref.models.cross_encoder import EncoderCollator, score_pairs
@@ -168,6 +171,11 @@ def export_student(config: ExportConfig) -> Path:
         (output_dir / ONNX_FILES["int8"]).unlink(missing_ok=True)  # never leave a stale int8 beside a new fp32
 
     tokenizer.save_pretrained(str(output_dir))
+    calibration = calibration_path(source)
+    if calibration.is_file():  # the export serves what the trained folder serves
+        shutil.copyfile(calibration, calibration_path(output_dir))
+    else:
+        calibration_path(output_dir).unlink(missing_ok=True)
     versions = {}
     for name in ("torch", "onnx", "onnxruntime"):
         try:
@@ -256,11 +264,13 @@ def load_student(
     threads: int | None = None,
     batch_size: int | None = None,
     config: ScorerConfig | None = None,
+    calibrated: bool = True,
 ):
     """A scorer for a student folder: 'int8' or 'onnx' (fp32) from an `export_student` folder, 'torch' from the
     trained folder (or from an export folder whose source model is still in place).
 
-    `config` wins over `threads`/`batch_size`; by default max_length is the one the student was trained with."""
+    `config` wins over `threads`/`batch_size`; by default max_length is the one the student was trained with.
+    `calibrated`: apply the folder's calibration.json (`lref calibrate`) when it has one and `config` sets no bias."""
     from lref.models.cross_encoder import CrossEncoderScorer
     from lref.models.loading import read_manifest
 
@@ -274,6 +284,8 @@ def load_student(
         config = ScorerConfig(
             batch_size=batch_size or 32, max_length=_trained_max_length(manifest), top_k=3, num_threads=threads
         )
+    if calibrated and config.label_bias is None:
+        config = dataclasses.replace(config, label_bias=label_bias_for(folder, scheme_for_model(manifest)))
     if backend != "torch":
         return OnnxScorer.from_pretrained(folder, "int8" if backend == "int8" else "fp32", config)
     if not (folder / "config.json").is_file():  # an export folder: score with the PyTorch model it came from

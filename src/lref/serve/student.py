@@ -50,6 +50,9 @@ class ServeStudentConfig:
         "help": "Student to serve: a trained cross-encoder folder, or a folder written by `lref export`."})
     backend: str = field(default="int8", metadata={
         "help": "Inference backend: 'int8' (quantised ONNX), 'onnx' (fp32 ONNX) or 'torch'."})
+    calibrated: bool = field(default=True, metadata={
+        "help": "Apply the model folder's label-prior calibration (calibration.json, from `lref calibrate` or the "
+                "pipeline) when it has one."})
     host: str = field(default="127.0.0.1", metadata={"help": "Interface to listen on."})
     port: int = field(default=8080, metadata={"help": "TCP port to listen on."})
     max_batch_pairs: int = field(default=256, metadata={"help": "Most pairs one request may send."})
@@ -88,7 +91,7 @@ def load_scorer(config: ServeStudentConfig):
     from lref.models.onnx import load_student
 
     return load_student(config.model, backend=config.backend, threads=config.threads,
-                        batch_size=config.micro_batch_size)
+                        batch_size=config.micro_batch_size, calibrated=config.calibrated)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
