@@ -70,6 +70,7 @@ def collect(pipeline: Pipeline) -> dict[str, Any]:
             "scheme": metrics.get("scheme"), "n_train": None if name == "zero_shot" else system.get("n_train"),
             "train_seconds": system.get("train_seconds"),
             "title": system["title"],
+            "calibration": metrics.get("calibration"),
         }
     stages = {}
     for name in STAGES:
@@ -77,7 +78,9 @@ def collect(pipeline: Pipeline) -> dict[str, Any]:
         if manifest:
             stages[name] = {"status": manifest.get("status"), "wall_time_s": manifest.get("wall_time_s"),
                             "peak_rss_mb": manifest.get("peak_rss_mb")}
-    return {"systems": systems, "stages": stages, "selection": results.get("selection")}
+    calibration_pairs = next((s["calibration"]["pairs"] for s in systems.values() if s.get("calibration")), None)
+    return {"systems": systems, "stages": stages, "selection": results.get("selection"),
+            "calibration_pairs": calibration_pairs}
 
 
 def goals(systems: dict[str, Any]) -> list[str]:
@@ -131,7 +134,9 @@ def results_markdown(data: dict[str, Any]) -> str:
         "run add nothing to it; each stage's own time is under Stage wall times).",
         "",
         f"Dev pairs: {data['eval']['pairs']} (seeded sample of dev.csv), scheme {data['eval']['scheme']}. Training "
-        f"pool: {data['eval']['train_pairs']} pairs of train.csv. Sizes per stage are in `{data['config']}`.",
+        f"pool: {data['eval']['train_pairs']} pairs of train.csv"
+        + (f" ({data['calibration_pairs']} more held out for calibration)" if data.get("calibration_pairs") else "")
+        + f". Sizes per stage are in `{data['config']}`.",
         "",
         "| system | train pairs | accuracy | macro-F1 | weighted-F1 [95% CI] | over-est. | RMSE | pairs/s | "
         "train s |",
@@ -147,6 +152,7 @@ def results_markdown(data: dict[str, Any]) -> str:
             f"| {name} | {row.get('n_train') or '–'} | {_fmt(row['accuracy'])} | {_fmt(row['macro_f1'])} | "
             f"{_fmt(row['weighted_f1'])}{interval} | {_fmt(row['over_estimate_share'])} | {_fmt(row['rmse'])} | "
             f"{_fmt(row['pairs_per_s'], 1)} | {_fmt(row.get('train_seconds'), 0)} |")
+    lines += calibration_table(systems, data.get("calibration_pairs"))
     lines += ["", "## Per-class precision / recall", "", "| system | " +
               " | ".join(data["labels"]) + " |", "|---|" + "---|" * len(data["labels"])]
     for name, row in systems.items():
@@ -176,6 +182,27 @@ def results_markdown(data: dict[str, Any]) -> str:
               "its run_dir's config.yaml):", "", "```yaml", data["config_text"].rstrip(), "```",
               "", ANCHORS]
     return "\n".join(lines)
+
+
+def calibration_table(systems: dict[str, Any], pairs: int | None) -> list[str]:
+    """Each system's fitted label bias and its dev figures without and with it."""
+    rows = [(name, row["calibration"]) for name, row in systems.items() if row.get("calibration")]
+    if not rows:
+        return ["", "Scores are uncalibrated (the config has no `calibration` section)."]
+    labels = list(rows[0][1]["bias"])
+    lines = ["", "## Label-prior calibration", "",
+             f"The table above is calibrated: every system's per-label logit bias was fitted for weighted-F1 on {pairs} "
+             "training pairs (whole queries) that no stage trained on, then applied to the dev pairs "
+             "(docs/calibration.md). Uncalibrated figures are on the same dev pairs.", "",
+             "| system | bias " + " / ".join(labels) + " | weighted-F1 on the calibration pairs | dev weighted-F1 "
+             "uncalibrated -> calibrated | dev over-est. uncalibrated -> calibrated |", "|---|---|---|---|---|"]
+    for name, calibration in rows:
+        raw, row = calibration["uncalibrated"], systems[name]
+        bias = " / ".join(f"{calibration['bias'][label]:+.1f}" for label in labels)
+        lines.append(f"| {name} | {bias} | {calibration['before']:.3f} -> {calibration['after']:.3f} | "
+                     f"{raw['weighted_f1']:.3f} -> {row['weighted_f1']:.3f} | "
+                     f"{raw['over_estimate_share']:.3f} -> {row['over_estimate_share']:.3f} |")
+    return lines
 
 
 def _recall(system: dict[str, Any], label: str) -> float:
