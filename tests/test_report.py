@@ -33,8 +33,11 @@ def run_dir(tmp_path):
     rng = random.Random(0)
     gold = [Record(str(i), f"query {i // 4}", f"title {i}", rng.choice(LABELS), raw_score=rng.uniform(1, 3))
             for i in range(120)]
+    dpo = fake_system("dpo", "+ DPO", gold, 0.7, 2)
+    dpo["metrics"]["calibration"] = {"bias": {"Exact": 0.0, "Partial": -0.3, "Irrelevant": 0.2},
+                                     "uncalibrated": {"weighted_f1": 0.4321}}
     systems = [fake_system("lexical", "lexical", gold, 0.6, 0), fake_system("sft", "+ selection (SFT)", gold, 0.5, 1),
-               fake_system("dpo", "+ DPO", gold, 0.7, 2),
+               dpo,
                {"name": "zero-shot", "title": "zero-shot LLM", "stage": "zero-shot", "skipped": "qwen not installed"}]
     results = {
         "run_dir": str(tmp_path), "systems": systems,
@@ -58,6 +61,7 @@ def test_report_writes_html_with_the_table_and_embedded_pngs(run_dir):
     rows = re.findall(r"<tr.*?</tr>", re.search(r'<table id="results">.*?</table>', text).group(0))
     assert len(rows) == 1 + 4 and "skipped: qwen not installed" in rows[-1]
     assert re.search(r"<td>\+ DPO</td><td>100</td><td>0\.\d{3} <small>\[0\.\d{3}, 0\.\d{3}\]</small>", text)
+    assert "<br><small>uncalibrated 0.432</small>" in rows[3] and "uncalibrated" not in rows[1]
 
 
 def test_report_needs_results(tmp_path, monkeypatch, capsys):

@@ -132,8 +132,11 @@ def results_table(results: dict[str, Any]) -> str:
             continue
         m = system["metrics"]
         speed = f"{m['pairs_per_s']:.1f}" if m.get("pairs_per_s") else "–"
+        weighted = _cell(m, "weighted_f1")
+        if m.get("calibration"):  # the figures are calibrated; show what the raw scores gave
+            weighted += f"<br><small>uncalibrated {m['calibration']['uncalibrated']['weighted_f1']:.3f}</small>"
         cells = [name, str(system.get("n_train") or "–"), _cell(m, "accuracy"), _cell(m, "macro_f1"),
-                 _cell(m, "weighted_f1"), _cell(m, "rmse"), f"{m['over_estimate_share']:.3f}", speed]
+                 weighted, _cell(m, "rmse"), f"{m['over_estimate_share']:.3f}", speed]
         rows.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
     return '<table id="results">' + "".join(rows) + "</table>"
 
