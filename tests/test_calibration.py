@@ -213,3 +213,20 @@ def test_bad_calibration_settings_name_the_key(tmp_path, calibration, message):
     config["calibration"] = calibration
     with pytest.raises(ConfigError, match=message):
         parse_config(config)
+
+
+def test_one_label_can_rise_against_two_that_sit_together():
+    # An untuned model: Partial first, Irrelevant just below, Exact further down. Lowering Partial alone hands its
+    # pairs to Irrelevant, so a search with Exact pinned finds nothing; raising Exact finds the informative split.
+    rng = np.random.default_rng(1)
+    gold = rng.choice(2, size=400)
+    logits = np.stack([-2.2 + 0.8 * (gold == 0) + rng.normal(0, 0.2, 400), np.zeros(400), np.full(400, -0.3)], 1)
+    bias = fit_label_bias(logits, gold)
+    assert bias[0] == 0 and bias[1] < -1.5 and bias[2] < -1.5
+    assert _weighted_f1(gold, (logits + bias).argmax(1)) > _weighted_f1(gold, logits.argmax(1)) + 0.3
+
+
+def _weighted_f1(gold, predicted):
+    from sklearn.metrics import f1_score
+
+    return f1_score(gold, predicted, average="weighted")

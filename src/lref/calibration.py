@@ -7,9 +7,12 @@ The ranking under that prior is often sound. Adding ``bias[label]`` to each labe
 multiplies its probability by ``exp(bias)``, which moves the decision thresholds and leaves the order of pairs within
 a label untouched. The first label's bias stays 0 (only differences matter).
 
-The bias is fitted by coordinate ascent on a grid (``step`` apart, within ``±limit``), maximising weighted-F1 (or
-macro-F1, or accuracy) on the calibration pairs, keeping a move only when it strictly improves the objective, so
-a model that needs no shift keeps bias 0.
+The bias is fitted by coordinate ascent on a grid (``step`` apart, within ``±limit`` per label), maximising
+weighted-F1 (or macro-F1, or accuracy) on the calibration pairs, keeping a move only when it strictly improves the
+objective, so a model that needs no shift keeps bias 0. Every label moves, the first one included, and the first
+label's value is subtracted at the end: raising one label against all the others is then a single move, which a
+search with the first label pinned could not find when two other labels sit close together (an untuned model that
+answers Partial, with Irrelevant just below it and Exact further down).
 
 It is stored beside the model as ``calibration.json`` and applied by the scorers built for a model folder
 (``lref predict``, ``lref serve student``, the pipeline's evaluation) unless switched off (``--no-calibration``).
@@ -32,6 +35,8 @@ from lref.data.records import Record
 from lref.labels import LabelError, LabelScheme, get_scheme
 
 CALIBRATION_FILE = "calibration.json"
+FIT_VERSION = 2
+"""Bumped when the fit changes, so the pipeline re-evaluates its systems."""
 OBJECTIVES = ("weighted_f1", "macro_f1", "accuracy")
 
 
@@ -42,7 +47,9 @@ class CalibrationConfig:
     objective: str = field(
         default="weighted_f1", metadata={"help": f"What the bias maximises on the calibration pairs: {', '.join(OBJECTIVES)}."}
     )
-    limit: float = field(default=3.0, metadata={"help": "Largest absolute bias tried (in logits, i.e. log-odds)."})
+    limit: float = field(
+        default=3.0, metadata={"help": "Largest absolute bias tried per label (in logits), before the first label's "
+                               "is subtracted."})
     step: float = field(default=0.1, metadata={"help": "Grid step of the bias search."})
     rounds: int = field(default=10, metadata={"help": "Most passes of coordinate ascent over the labels."})
     min_pairs: int = field(
@@ -70,7 +77,7 @@ def _objective(name: str, gold: np.ndarray, predicted: np.ndarray) -> float:
 
 def fit_label_bias(logits: np.ndarray, gold: Sequence[int], config: CalibrationConfig | None = None) -> np.ndarray:
     """The bias vector (K, first entry 0) that maximises `config.objective` of argmax(logits + bias) against `gold`
-    (label indices); coordinate ascent over a grid, keeping only strict improvements."""
+    (label indices); coordinate ascent over a grid, every label free, keeping only strict improvements."""
     config = config or CalibrationConfig()
     logits = np.asarray(logits, dtype=np.float64)
     gold = np.asarray(gold, dtype=np.int64)
@@ -83,7 +90,7 @@ def fit_label_bias(logits: np.ndarray, gold: Sequence[int], config: CalibrationC
     best = _objective(config.objective, gold, logits.argmax(1))
     for _ in range(config.rounds):
         moved = False
-        for label in range(1, logits.shape[1]):
+        for label in range(logits.shape[1]):
             for value in grid:
                 trial = bias.copy()
                 trial[label] = value
@@ -92,7 +99,7 @@ def fit_label_bias(logits: np.ndarray, gold: Sequence[int], config: CalibrationC
                     best, bias, moved = score, trial, True
         if not moved:
             break
-    return bias
+    return bias - bias[0]
 
 
 def calibration_path(folder: str | Path) -> Path:
@@ -138,6 +145,7 @@ def calibrate_scores(logits: np.ndarray, records: Sequence[Record], scheme: Labe
         "pairs": len(records),
         "label_counts": {label: int(c) for label, c in zip(scheme.labels, counts)},
         "config": {"limit": config.limit, "step": config.step, "rounds": config.rounds},
+        "fit_version": FIT_VERSION,
         "fitted": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
 
@@ -168,5 +176,5 @@ def calibrate(config: CalibrationConfig, model: str | Path, records: Sequence[Re
     return document
 
 
-__all__ = ["CALIBRATION_FILE", "CalibrationConfig", "OBJECTIVES", "calibrate", "calibrate_scores",
+__all__ = ["CALIBRATION_FILE", "FIT_VERSION", "CalibrationConfig", "OBJECTIVES", "calibrate", "calibrate_scores",
            "calibration_path", "fit_label_bias", "label_bias_for"]

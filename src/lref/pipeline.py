@@ -845,6 +845,7 @@ class Pipeline:
 
     def _run_stage(self, name: str, data: RunData, done: dict[str, dict[str, Any]], force: bool,
                    prefix: str) -> dict[str, Any]:
+        from lref.calibration import FIT_VERSION
         from lref.io import write_json
         from lref.stages.sft import data_hash
 
@@ -862,7 +863,7 @@ class Pipeline:
         fingerprint = _hash({"stage": name, "config": settings, "pairs": self.config.pairs.get(name),
                              "inputs": inputs})
         eval_fingerprint = _hash({"eval": asdict(self.config.eval), "data": data.eval_hash, "seed": self.config.seed,
-                                  **({"calibration": asdict(self.config.calibration),
+                                  **({"calibration": asdict(self.config.calibration), "fit": FIT_VERSION,
                                       "calibration_data": data.calibration_hash} if self.config.calibration else {})})
         previous = read_manifest(stage_dir)
         if previous and not force and previous.get("fingerprint") == fingerprint:
