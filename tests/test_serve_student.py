@@ -230,6 +230,7 @@ def test_healthz(server_url, student):
     assert data["scheme"] == {"name": "graded3", "labels": ["Exact", "Partial", "Irrelevant"],
                               "ratings": [3.0, 2.0, 1.0]}
     assert data["limits"]["max_batch_pairs"] == 16
+    assert data["label_bias"] is None  # the test student has no calibration.json
 
 
 def test_metrics_are_prometheus_text(server_url):

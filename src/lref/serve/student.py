@@ -7,7 +7,7 @@ Endpoints:
   the probability of every grade (scheme order) and the expected grade (probability-weighted rating). Bad fields,
   too many pairs or malformed JSON -> 422 naming the pair index and field; a body over ``max_body_bytes`` -> 413; a
   failed model call -> 500 for the requests of that batch only.
-* ``GET /healthz``: model, backend and label scheme.
+* ``GET /healthz``: model, backend, label scheme and the label calibration applied (``label_bias``, or null).
 * ``GET /metrics``: Prometheus text: requests by path and status, request latency, pairs per model call, queue depth.
 
 Requests from concurrent clients are micro-batched: each request is cut into chunks of at most ``micro_batch_size``
@@ -84,6 +84,12 @@ class ServeStudentConfig:
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Loading
+
+
+def _label_bias(scorer, scheme: LabelScheme) -> dict[str, float] | None:
+    """The calibration the scorer applies, by label (None: raw scores)."""
+    bias = getattr(getattr(scorer, "config", None), "label_bias", None)
+    return None if bias is None else dict(zip(scheme.labels, map(float, bias)))
 
 
 def load_scorer(config: ServeStudentConfig):
@@ -419,6 +425,7 @@ def create_app(config: ServeStudentConfig, scorer=None) -> FastAPI:
         "model": config.model,
         "backend": config.backend,
         "scheme": {"name": scheme.name, "labels": list(scheme.labels), "ratings": list(scheme.ratings)},
+        "label_bias": _label_bias(scorer, scheme),
         "limits": {"max_batch_pairs": config.max_batch_pairs, "max_field_chars": config.max_field_chars,
                    "max_body_bytes": config.max_body_bytes, "micro_batch_size": config.micro_batch_size},
     }
