@@ -4,7 +4,7 @@
 home-and-garden catalog split by query; the lexical, zero-shot, BERT (MiniLM) and LLM-base baselines; then
 selection, SFT on the selected pairs, Multi-CoT (EE, RA, DR), DPO and the distilled MiniLM student, each evaluated on
 the same held-out pairs. It prints the paper-style results table and writes the HTML report. Sized for a laptop CPU:
-about 13 minutes on 2 cores with native bf16. Re-running resumes: finished stages are kept.
+about 14 minutes on 2 cores with native bf16. Re-running resumes: finished stages are kept.
 """
 
 from __future__ import annotations
