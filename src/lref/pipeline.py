@@ -115,6 +115,12 @@ class DataConfig:
     eval_pairs: int | None = field(
         default=None, metadata={"help": "Evaluate on a seeded random sample of this many held-out pairs (None: all)."}
     )
+    match_hints: bool = field(
+        default=False,
+        metadata={"help": "Add a line naming the query words found, close or missing in the product text to every "
+                  "pair (`lref.prompts.match_hint`), for every system but lexical; the models record it and "
+                  "`lref predict` / `lref serve` add it too."},
+    )
 
     def __post_init__(self) -> None:
         if self.format != "synthetic" and not self.train:
@@ -505,8 +511,17 @@ def load_data(config: PipelineConfig) -> RunData:
         unlabelled = [r.id for r in records if r.label is None]
         if unlabelled:
             raise DataError(f"{len(unlabelled)} {name} pairs have no label (e.g. {unlabelled[0]!r})")
-    return RunData(train, held_out, scheme, data_hash(train), data_hash(held_out), calibration,
-                   data_hash(calibration) if calibration else None)
+    if data.match_hints:
+        from lref.prompts import with_match_hints
+
+        train, held_out, calibration = (with_match_hints(records) for records in (train, held_out, calibration))
+
+    def digest(records: list[Record]) -> str:
+        # The hint changes every input text, so it changes every downstream fingerprint; off, hashes stay as before.
+        return _hash([data_hash(records), "match-hints"]) if data.match_hints else data_hash(records)
+
+    return RunData(train, held_out, scheme, digest(train), digest(held_out), calibration,
+                   digest(calibration) if calibration else None)
 
 
 def _hold_out_calibration(train: list[Record], n: int, seed: int) -> tuple[list[Record], list[Record]]:

@@ -8,7 +8,8 @@ has the same token ids in every sequence.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 
 from lref.data.records import Record
 from lref.labels import LabelScheme
@@ -16,6 +17,9 @@ from lref.labels import LabelScheme
 PROMPT_VERSION = "direct-v1"
 
 ANSWER_CUE = "Relevance:"
+
+MATCH_HINT = "match_hint"
+"""The `Record.meta` key of a pair's match hint; a model's manifest says `match_hints: true` when it trained on them."""
 
 
 class VerbalizationError(ValueError):
@@ -42,7 +46,50 @@ def instruction(scheme: LabelScheme) -> str:
     )
 
 
+def match_hint(record: Record) -> str:
+    """Which query words the product text contains: `found` (same crude stem), `close` (`word~title word`: part of a
+    title word, e.g. `deck~deckover`, or a near spelling) and `missing`. Small LMs read spelling and numbers poorly;
+    on Home Depot this line is worth about 2 points of weighted-F1 to Gemma-3-270M (docs/homedepot.md)."""
+    import difflib
+
+    from lref.baselines.lexical import product_text, stem, tokenize
+
+    title = [stem(token) for token in tokenize(product_text(record))]
+    found, close, missing = [], [], []
+    for word in dict.fromkeys(tokenize(record.query)):
+        word_stem = stem(word)
+        if word_stem in title:
+            found.append(word)
+            continue
+        near = [token for token in title if len(word_stem) >= 3 and word_stem in token][:1]
+        near = near or difflib.get_close_matches(word_stem, title, n=1, cutoff=0.8)
+        if near:
+            close.append(f"{word}~{near[0]}")
+        else:
+            missing.append(word)
+    parts = [f"found: {', '.join(found) or 'none'}"]
+    if close:
+        parts.append(f"close: {', '.join(close)}")
+    parts.append(f"missing: {', '.join(missing) or 'none'}")
+    return "; ".join(parts)
+
+
+def with_match_hints(records: Sequence[Record]) -> list[Record]:
+    """Copies of `records` whose product text ends with their `match_hint` line (kept in `meta`, so every prompt and
+    cross-encoder input built from the record shows it). Idempotent."""
+    return [record if MATCH_HINT in record.meta
+            else replace(record, meta={**record.meta, MATCH_HINT: match_hint(record)}) for record in records]
+
+
+def match_hint_manifest(records: Sequence[Record]) -> dict[str, bool]:
+    """The manifest entry of a model trained on `records`: `{"match_hints": True}` when they all carry a match hint,
+    so scorers loading the model add hints to the pairs they are given (`ScorerConfig.match_hints`)."""
+    return {"match_hints": True} if records and all(MATCH_HINT in record.meta for record in records) else {}
+
+
 def product_fields(record: Record, max_description_chars: int = 300) -> str:
+    """The product part of every prompt and cross-encoder input: title, brand, attributes, a cut description, and
+    the match hint when the record carries one (`with_match_hints`)."""
     lines = [f"Product: {record.title}"]
     if record.brand:
         lines.append(f"Brand: {record.brand}")
@@ -53,6 +100,8 @@ def product_fields(record: Record, max_description_chars: int = 300) -> str:
         if len(description) > max_description_chars:
             description = description[:max_description_chars].rsplit(" ", 1)[0] + " ..."
         lines.append(f"Description: {description}")
+    if record.meta.get(MATCH_HINT):
+        lines.append(f"Query words in product: {record.meta[MATCH_HINT]}")
     return "\n".join(lines)
 
 

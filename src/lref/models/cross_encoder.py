@@ -30,7 +30,7 @@ import numpy as np
 from lref.data.records import DataError, Record
 from lref.labels import LabelScheme, get_scheme
 from lref.models.scorer import ScoreResult, ScorerConfig, scheme_for_model
-from lref.prompts import product_fields
+from lref.prompts import match_hint_manifest, product_fields
 from lref.training import BF16_HELP, check_training_fields, prepare_device, training_arguments, use_bf16
 
 logger = logging.getLogger(__name__)
@@ -289,6 +289,7 @@ def train_cross_encoder(
             "data_hash": train_hash,
             "n_train": len(records),
             "n_unlabelled": len(records) - len(human_labels),
+            **match_hint_manifest(records),
             "label_counts": dict(Counter(human_labels)),
             "class_weights": weights,
             "config": asdict(config),

@@ -50,7 +50,7 @@ from typing import Any
 from lref.data.records import DataError, Record
 from lref.labels import LabelScheme, get_scheme
 from lref.predictions import Prediction
-from lref.prompts import ANSWER_CUE, Prompt, product_fields
+from lref.prompts import ANSWER_CUE, Prompt, match_hint_manifest, product_fields
 from lref.stages.sft import CLASS_BALANCE, SFTStageConfig, TextExample, direct_example, examples_hash
 from lref.teachers.base import TEACHER_PROMPT_VERSION, Explanation, Teacher, parse_label
 from lref.teachers.rules_file import RuleSet, default_rules, load_rules
@@ -637,7 +637,7 @@ def train_cot(
                 "previous": model,
             }
             train_sft_examples(sft, examples, callbacks=callbacks, train_hash=inputs_hash, stage=f"cot-{task}",
-                               manifest_extra={"cot": cot_info}, group_by_prefix=config.group_by_prefix)
+                               manifest_extra={"cot": cot_info, **match_hint_manifest(records)}, group_by_prefix=config.group_by_prefix)
         report["stages"][task] = {
             "adapter": str(stage_dir), "skipped": finished, "n_cot": len(cot), "n_direct": len(direct),
             "direct_labels": dict(Counter(example.label for example in direct)),

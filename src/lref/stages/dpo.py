@@ -53,7 +53,7 @@ import numpy as np
 
 from lref.data.records import DataError, Record
 from lref.labels import LabelScheme, get_scheme
-from lref.prompts import ANSWER_CUE, PROMPT_VERSION, encode_prompt, label_completion
+from lref.prompts import ANSWER_CUE, PROMPT_VERSION, encode_prompt, label_completion, match_hint_manifest
 from lref.stages.cot import TEACHER_FILE, TEACHERS, cot_completion, cot_prompt, load_rule_set
 from lref.teachers.base import Explanation, parse_label, strip_answer
 from lref.teachers.rules_file import RuleSet
@@ -746,7 +746,7 @@ def _read_pairs(path: Path) -> list[PreferencePair]:
         return [PreferencePair.from_dict(json.loads(line)) for line in handle if line.strip()]
 
 
-def _base_manifest(config: DPOStageConfig, scheme: LabelScheme, pool_hash: str, n_pool: int,
+def _base_manifest(config: DPOStageConfig, scheme: LabelScheme, pool_hash: str, records: Sequence[Record],
                    report: dict[str, Any]) -> dict[str, Any]:
     from lref.stages.sft import _library_versions, _stored_model_reference
 
@@ -756,7 +756,8 @@ def _base_manifest(config: DPOStageConfig, scheme: LabelScheme, pool_hash: str, 
         "scheme": {"name": scheme.name, "labels": list(scheme.labels)},
         "prompt_version": PROMPT_VERSION,
         "data_hash": pool_hash,
-        "n_pool": n_pool,
+        "n_pool": len(records),
+        **match_hint_manifest(records),
         "mining": report,
         "pairs_file": PAIRS_FILE,
         "config": asdict(config),
@@ -907,7 +908,7 @@ def train_dpo(config: DPOStageConfig, records: Sequence[Record], *, callbacks: l
         ", over-estimates only" if config.over_estimates_only else "",
     )
 
-    manifest = _base_manifest(config, scheme, pool_hash, len(records), report)
+    manifest = _base_manifest(config, scheme, pool_hash, records, report)
     if len(pairs) < config.min_pairs:
         reason = (f"mining gave {len(pairs)} preference pairs, fewer than min_pairs={config.min_pairs}: DPO skipped, "
                   f"the model is unchanged ({config.model})")

@@ -42,7 +42,7 @@ from typing import Any
 
 from lref.data.records import DataError, Record
 from lref.labels import LabelError, LabelScheme, get_scheme
-from lref.prompts import PROMPT_VERSION, Prompt, direct_prompt, encode_prompt, label_completion
+from lref.prompts import PROMPT_VERSION, Prompt, direct_prompt, encode_prompt, label_completion, match_hint_manifest
 from lref.training import BF16_HELP, check_training_fields, is_main_process, prepare_device, training_arguments
 
 logger = logging.getLogger(__name__)
@@ -639,6 +639,7 @@ def train_sft(
         [direct_example(r, scheme) for r in eval_records] if eval_records else None,
         callbacks=callbacks,
         train_hash=data_hash(train_records),
+        manifest_extra=match_hint_manifest(train_records),
     )
 
 
