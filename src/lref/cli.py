@@ -265,14 +265,15 @@ def predict(
     from lref.calibration import calibration_path, label_bias_for
     from lref.data import default_scheme
     from lref.models.loading import read_manifest
-    from lref.models.scorer import ScorerConfig, scheme_for_model
+    from lref.models.scorer import ScorerConfig, for_model, scheme_for_model
     from lref.models.vllm_backend import BackendUnavailable, make_scorer, resolve_backend
     from lref.models.zoo import resolve_model
     from lref.predictions import write_predictions
     from lref.sharding import score_blocks, score_in_parallel, select_shard, shard_info_path, write_shard_info
 
     folder = resolve_model(model)
-    label_scheme = scheme_for_model(read_manifest(folder), scheme, default=default_scheme(fmt))
+    manifest = read_manifest(folder)
+    label_scheme = scheme_for_model(manifest, scheme, default=default_scheme(fmt))
     label_bias = label_bias_for(folder, label_scheme) if calibrated else None
     if label_bias is not None:
         typer.echo(f"applying the label calibration in {calibration_path(folder)} (--no-calibration: raw scores)",
@@ -285,10 +286,10 @@ def predict(
         raise typer.BadParameter(str(error), param_hint="--shard" if shard else "--backend") from None
     except BackendUnavailable as error:
         raise typer.BadParameter(str(error), param_hint="--backend") from None
-    config = ScorerConfig(
+    config = for_model(ScorerConfig(
         batch_size=batch_size, top_k=top_k, max_length=max_length, fast=not naive, progress=True, num_threads=threads,
         label_bias=label_bias,
-    )
+    ), manifest)
     start = time.perf_counter()
     if engine == "vllm":
         if workers > 1:

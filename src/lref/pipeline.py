@@ -669,10 +669,10 @@ def make_scorer(kind: str, ref: str, scheme: str, settings: EvalSettings):
         return CrossEncoderScorer.from_pretrained(ref, scheme, dataclasses.replace(scorer_config, max_length=min(
             settings.max_length, 512)))
     from lref.models.loading import load_causal_lm
-    from lref.models.scorer import LabelScorer, scheme_for_model
+    from lref.models.scorer import LabelScorer, for_model, scheme_for_model
 
     model, tokenizer, manifest = load_causal_lm(ref, device="auto")
-    return LabelScorer(model, tokenizer, scheme_for_model(manifest, scheme), scorer_config)
+    return LabelScorer(model, tokenizer, scheme_for_model(manifest, scheme), for_model(scorer_config, manifest))
 
 
 def system_calibration_path(system: str, ref: str, out_dir: Path) -> Path:

@@ -81,6 +81,11 @@ def with_match_hints(records: Sequence[Record]) -> list[Record]:
             else replace(record, meta={**record.meta, MATCH_HINT: match_hint(record)}) for record in records]
 
 
+def records_for_model(records: Sequence[Record], manifest: dict | None) -> list[Record]:
+    """`records` as a model reads them: with match hints when its manifest says it trained with them."""
+    return with_match_hints(records) if (manifest or {}).get("match_hints") else list(records)
+
+
 def match_hint_manifest(records: Sequence[Record]) -> dict[str, bool]:
     """The manifest entry of a model trained on `records`: `{"match_hints": True}` when they all carry a match hint,
     so scorers loading the model add hints to the pairs they are given (`ScorerConfig.match_hints`)."""
@@ -88,9 +93,11 @@ def match_hint_manifest(records: Sequence[Record]) -> dict[str, bool]:
 
 
 def product_fields(record: Record, max_description_chars: int = 300) -> str:
-    """The product part of every prompt and cross-encoder input: title, brand, attributes, a cut description, and
-    the match hint when the record carries one (`with_match_hints`)."""
+    """The product part of every prompt and cross-encoder input: title, the match hint when the record carries one
+    (`with_match_hints`), brand, attributes and a cut description."""
     lines = [f"Product: {record.title}"]
+    if record.meta.get(MATCH_HINT):  # next to the title, so no truncation of a long product text cuts it
+        lines.append(f"Query words in product: {record.meta[MATCH_HINT]}")
     if record.brand:
         lines.append(f"Brand: {record.brand}")
     if record.attributes:
@@ -100,8 +107,6 @@ def product_fields(record: Record, max_description_chars: int = 300) -> str:
         if len(description) > max_description_chars:
             description = description[:max_description_chars].rsplit(" ", 1)[0] + " ..."
         lines.append(f"Description: {description}")
-    if record.meta.get(MATCH_HINT):
-        lines.append(f"Query words in product: {record.meta[MATCH_HINT]}")
     return "\n".join(lines)
 
 

@@ -29,8 +29,8 @@ import numpy as np
 
 from lref.data.records import DataError, Record
 from lref.labels import LabelScheme, get_scheme
-from lref.models.scorer import ScoreResult, ScorerConfig, scheme_for_model
-from lref.prompts import match_hint_manifest, product_fields
+from lref.models.scorer import ScoreResult, ScorerConfig, for_model, scheme_for_model
+from lref.prompts import match_hint_manifest, product_fields, with_match_hints
 from lref.training import BF16_HELP, check_training_fields, prepare_device, training_arguments, use_bf16
 
 logger = logging.getLogger(__name__)
@@ -336,7 +336,8 @@ def score_pairs(
     logits = np.zeros((len(records), len(scheme)), dtype=np.float32)
     if not records:
         return ScoreResult(ids, scheme.labels, logits, config.top_k, config.label_bias)
-    examples = _tokenize(tokenizer, records, scheme, config.max_length or 512)
+    examples = _tokenize(tokenizer, with_match_hints(records) if config.match_hints else records, scheme,
+                         config.max_length or 512)
     order = sorted(range(len(examples)), key=lambda i: -len(examples[i]["input_ids"]))
     collate = EncoderCollator(tokenizer)
     size = config.batch_size
@@ -366,7 +367,8 @@ class CrossEncoderScorer:
     @classmethod
     def from_pretrained(cls, folder: str | Path, scheme: str | None = None, config: ScorerConfig | None = None):
         model, tokenizer, manifest = load_cross_encoder(folder)
-        return cls(model, tokenizer, scheme_for_model(manifest, scheme), config)
+        return cls(model, tokenizer, scheme_for_model(manifest, scheme), for_model(config or ScorerConfig(max_length=128),
+                                                                                   manifest))
 
     def score(self, records: Sequence[Record]) -> ScoreResult:
         import torch

@@ -35,7 +35,7 @@ from lref.calibration import calibration_path, label_bias_for
 from lref.data.records import Record
 from lref.labels import LabelScheme, get_scheme
 from lref.models.cross_encoder import EncoderCollator, score_pairs
-from lref.models.scorer import ScoreResult, ScorerConfig, scheme_for_model
+from lref.models.scorer import ScoreResult, ScorerConfig, for_model, scheme_for_model
 
 logger = logging.getLogger(__name__)
 
@@ -239,7 +239,7 @@ class OnnxScorer:
             hint = " (exported with --no-quantize? use the fp32 variant)" if variant == "int8" else ""
             raise FileNotFoundError(f"{path} does not exist{hint}; export the student with `lref export`")
         manifest = read_manifest(folder)
-        config = config or ScorerConfig(max_length=_trained_max_length(manifest))
+        config = for_model(config or ScorerConfig(max_length=_trained_max_length(manifest)), manifest)
         options = ort.SessionOptions()
         if config.num_threads is not None:
             options.intra_op_num_threads = config.num_threads

@@ -36,6 +36,7 @@ Example::
 from __future__ import annotations
 
 import copy
+import dataclasses
 import inspect
 import sys
 from collections.abc import Callable, Sequence
@@ -46,7 +47,7 @@ import numpy as np
 from lref.data.records import Record
 from lref.labels import LabelError, LabelScheme, get_scheme
 from lref.predictions import Prediction
-from lref.prompts import ANSWER_CUE, Prompt, direct_prompt, encode_prompt, label_token_ids
+from lref.prompts import ANSWER_CUE, Prompt, direct_prompt, encode_prompt, label_token_ids, with_match_hints
 from lref.training import use_bf16
 
 PromptFn = Callable[[Record, LabelScheme], Prompt]
@@ -84,6 +85,12 @@ class ScorerConfig:
                   "calibration (`lref.calibration`; a model folder's calibration.json). None: raw scores."},
     )
 
+    match_hints: bool = field(
+        default=False,
+        metadata={"help": "Add the match hint line (`lref.prompts.match_hint`) to every pair before scoring: for a "
+                  "model trained with hints, which `for_model` reads from its manifest."},
+    )
+
     def __post_init__(self) -> None:
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
@@ -93,6 +100,11 @@ class ScorerConfig:
             raise ValueError(f"max_length must be >= 2 or None, got {self.max_length}")
         if self.num_threads is not None and self.num_threads < 1:
             raise ValueError(f"num_threads must be >= 1 or None, got {self.num_threads}")
+
+
+def for_model(config: ScorerConfig, manifest: dict | None) -> ScorerConfig:
+    """`config` with what the model fixes: match hints on exactly when its manifest says it trained with them."""
+    return dataclasses.replace(config, match_hints=bool((manifest or {}).get("match_hints")))
 
 
 def scheme_for_model(manifest: dict | None, requested: LabelScheme | str | None = None, default=None) -> LabelScheme:
@@ -231,6 +243,8 @@ class LabelScorer:
     # ------------------------------------------------------------------ public API
     def score(self, records: Sequence[Record]) -> ScoreResult:
         """Label logits and probabilities for every record, in input order."""
+        if self.config.match_hints:
+            records = with_match_hints(records)
         prompts = [self.prompt_fn(record, self.scheme) for record in records]
         return self.score_prompts(prompts, ids=[record.id for record in records])
 

@@ -28,8 +28,8 @@ import numpy as np
 
 from lref.data.records import Record
 from lref.labels import LabelScheme
-from lref.models.scorer import LabelScorer, ScoreResult, ScorerConfig, scheme_for_model
-from lref.prompts import Prompt, direct_prompt
+from lref.models.scorer import LabelScorer, ScoreResult, ScorerConfig, for_model, scheme_for_model
+from lref.prompts import Prompt, direct_prompt, with_match_hints
 
 BACKENDS = ("auto", "torch", "vllm")
 
@@ -94,8 +94,9 @@ class VLLMScorer:
         from lref.models.zoo import resolve_model
 
         folder = resolve_model(model)
-        self.scheme = scheme_for_model(read_manifest(folder), scheme)
-        self.config = config or ScorerConfig()
+        manifest = read_manifest(folder)
+        self.scheme = scheme_for_model(manifest, scheme)
+        self.config = for_model(config or ScorerConfig(), manifest)
         self.prompt_fn = prompt_fn
         self._model_folder, self._tmp = _export_for_vllm(Path(folder))
         tokenizer = AutoTokenizer.from_pretrained(str(self._model_folder))
@@ -114,6 +115,8 @@ class VLLMScorer:
         )
 
     def score(self, records: Sequence[Record]) -> ScoreResult:
+        if self.config.match_hints:
+            records = with_match_hints(records)
         prompts = [self.prompt_fn(record, self.scheme) for record in records]
         return self.score_prompts(prompts, ids=[record.id for record in records])
 
@@ -184,4 +187,5 @@ def make_scorer(
     from lref.models.loading import load_causal_lm
 
     lm, tokenizer, manifest = load_causal_lm(model)
-    return LabelScorer(lm, tokenizer, scheme_for_model(manifest, scheme), config, prompt_fn)
+    return LabelScorer(lm, tokenizer, scheme_for_model(manifest, scheme), for_model(config or ScorerConfig(), manifest),
+                       prompt_fn)

@@ -50,7 +50,7 @@ from typing import Any
 from lref.data.records import DataError, Record
 from lref.labels import LabelScheme, get_scheme
 from lref.predictions import Prediction
-from lref.prompts import ANSWER_CUE, Prompt, match_hint_manifest, product_fields
+from lref.prompts import ANSWER_CUE, Prompt, match_hint_manifest, product_fields, records_for_model
 from lref.stages.sft import CLASS_BALANCE, SFTStageConfig, TextExample, direct_example, examples_hash
 from lref.teachers.base import TEACHER_PROMPT_VERSION, Explanation, Teacher, parse_label
 from lref.teachers.rules_file import RuleSet, default_rules, load_rules
@@ -582,11 +582,12 @@ def train_cot(
     started = time.perf_counter()
     scheme = get_scheme(config.scheme)
     rules = load_rule_set(config.rules, scheme) if "ra" in config.stages else None
-    records = validate_records(records, scheme, "training")
+    start_manifest = read_manifest(resolve_model(config.model))
+    scheme_for_model(start_manifest, scheme)  # refuse a model trained on another scheme
+    records = records_for_model(validate_records(records, scheme, "training"), start_manifest)
     direct_source = records
     if config.direct_from_pool and direct_pool is not None:
-        direct_source = validate_records(direct_pool, scheme, "direct-example pool")
-    scheme_for_model(read_manifest(resolve_model(config.model)), scheme)  # refuse a model trained on another scheme
+        direct_source = records_for_model(validate_records(direct_pool, scheme, "direct-example pool"), start_manifest)
     output_dir = Path(config.output_dir)
     if not config.resume and any((output_dir / task).exists() for task in config.stages):
         raise FileExistsError(f"{output_dir} already holds CoT stages; resume the run or choose another output folder")
@@ -702,6 +703,7 @@ def generate_predictions(
 
         manifest = read_manifest(model_dir) if model_dir and Path(model_dir).is_dir() else None
     scheme = scheme_for_model(manifest, scheme) if (manifest or scheme is None) else get_scheme(scheme)
+    records = records_for_model(records, manifest)
     if task == "ra" and rules is None:
         rules = ((manifest or {}).get("cot") or {}).get("rules")
     rule_set = load_rule_set(rules, scheme) if task == "ra" else None

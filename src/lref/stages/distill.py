@@ -306,6 +306,7 @@ def distill(config: DistillConfig, records: Sequence[Record], unlabeled: Sequenc
     from lref.models.loading import MANIFEST_NAME, read_manifest
     from lref.models.scorer import scheme_for_model
     from lref.models.zoo import resolve_model
+    from lref.prompts import records_for_model
     from lref.stages.sft import last_checkpoint
     from lref.training import prepare_device
 
@@ -316,8 +317,10 @@ def distill(config: DistillConfig, records: Sequence[Record], unlabeled: Sequenc
         raise FileExistsError(
             f"{output_dir} already holds checkpoints of a run ({checkpoint.name}); resume it or choose another folder"
         )
-    scheme_for_model(read_manifest(resolve_model(config.teacher)), scheme)  # LabelError if the teacher learnt another
+    teacher_manifest = read_manifest(resolve_model(config.teacher))
+    scheme_for_model(teacher_manifest, scheme)  # LabelError if the teacher learnt another
     pool, counts = build_pool(records, unlabeled, scheme, config.candidates_per_query, config.seed)
+    pool = records_for_model(pool, teacher_manifest)  # the student learns (and serves) from what the teacher read
     if counts["labelled"] == 0 and config.ce_weight > 0:
         logger.info("no pair has a human label: the student learns from the teacher alone (no CE term)")
     use_cpu = prepare_device(config)

@@ -42,7 +42,8 @@ from typing import Any
 
 from lref.data.records import DataError, Record
 from lref.labels import LabelError, LabelScheme, get_scheme
-from lref.prompts import PROMPT_VERSION, Prompt, direct_prompt, encode_prompt, label_completion, match_hint_manifest
+from lref.prompts import (PROMPT_VERSION, Prompt, direct_prompt, encode_prompt, label_completion, match_hint_manifest,
+                          records_for_model)
 from lref.training import BF16_HELP, check_training_fields, is_main_process, prepare_device, training_arguments
 
 logger = logging.getLogger(__name__)
@@ -630,9 +631,14 @@ def train_sft(
     The folder holds the PEFT adapter, the tokenizer and `lref_manifest.json`; `lref.models.loading.load_causal_lm`
     loads it back (base model plus adapter). `callbacks` are extra `transformers.TrainerCallback`s.
     """
+    from lref.models.loading import read_manifest
+
     scheme = get_scheme(config.scheme)
-    train_records = validate_records(train_records, scheme, "training")
-    eval_records = validate_records(eval_records, scheme, "evaluation") if eval_records else None
+    # continuing an adapter trained with match hints: the records read as they did for it
+    start = read_manifest(config.model) if Path(config.model).is_dir() else None
+    train_records = records_for_model(validate_records(train_records, scheme, "training"), start)
+    eval_records = records_for_model(validate_records(eval_records, scheme, "evaluation"), start) if eval_records \
+        else None
     return train_sft_examples(
         config,
         [direct_example(r, scheme) for r in train_records],
