@@ -96,7 +96,8 @@ def test_a_pipeline_with_hints_trains_models_that_add_them_when_serving(tmp_path
     assert encoder.config.match_hints
     hinted = _logits(encoder.score(with_match_hints(records)))
     assert np.allclose(_logits(encoder.score(records)), hinted, rtol=0, atol=1e-7)
-    bare_encoder = CrossEncoderScorer(encoder.model, encoder.tokenizer, SCHEME, ScorerConfig(batch_size=4, max_length=64))
+    bare_encoder = CrossEncoderScorer(encoder.model, encoder.tokenizer, SCHEME,
+                                      ScorerConfig(batch_size=4, max_length=64))
     assert np.abs(_logits(bare_encoder.score(records)) - hinted).max() > 1e-6  # the hint changes the input (the
     # tiny random encoder's logits are about 0.01)
     predictions = {json.loads(line)["id"] for line in (stages / "bert" / "predictions_bert.jsonl").open()}

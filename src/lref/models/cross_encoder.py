@@ -367,8 +367,8 @@ class CrossEncoderScorer:
     @classmethod
     def from_pretrained(cls, folder: str | Path, scheme: str | None = None, config: ScorerConfig | None = None):
         model, tokenizer, manifest = load_cross_encoder(folder)
-        return cls(model, tokenizer, scheme_for_model(manifest, scheme), for_model(config or ScorerConfig(max_length=128),
-                                                                                   manifest))
+        config = for_model(config or ScorerConfig(max_length=128), manifest)
+        return cls(model, tokenizer, scheme_for_model(manifest, scheme), config)
 
     def score(self, records: Sequence[Record]) -> ScoreResult:
         import torch

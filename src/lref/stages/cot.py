@@ -638,7 +638,8 @@ def train_cot(
                 "previous": model,
             }
             train_sft_examples(sft, examples, callbacks=callbacks, train_hash=inputs_hash, stage=f"cot-{task}",
-                               manifest_extra={"cot": cot_info, **match_hint_manifest(records)}, group_by_prefix=config.group_by_prefix)
+                               manifest_extra={"cot": cot_info, **match_hint_manifest(records)},
+                               group_by_prefix=config.group_by_prefix)
         report["stages"][task] = {
             "adapter": str(stage_dir), "skipped": finished, "n_cot": len(cot), "n_direct": len(direct),
             "direct_labels": dict(Counter(example.label for example in direct)),

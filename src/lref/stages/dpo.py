@@ -53,7 +53,8 @@ import numpy as np
 
 from lref.data.records import DataError, Record
 from lref.labels import LabelScheme, get_scheme
-from lref.prompts import ANSWER_CUE, PROMPT_VERSION, encode_prompt, label_completion, match_hint_manifest, records_for_model
+from lref.prompts import (ANSWER_CUE, PROMPT_VERSION, encode_prompt, label_completion, match_hint_manifest,
+                          records_for_model)
 from lref.stages.cot import TEACHER_FILE, TEACHERS, cot_completion, cot_prompt, load_rule_set
 from lref.teachers.base import Explanation, parse_label, strip_answer
 from lref.teachers.rules_file import RuleSet
@@ -870,7 +871,8 @@ def train_dpo(config: DPOStageConfig, records: Sequence[Record], *, callbacks: l
     set_seed(config.seed)
     model, tokenizer, input_manifest = load_causal_lm(config.model, merge_adapter=True, dtype=torch.float32)
     records = records_for_model(records, input_manifest)
-    mining_records, guard_records = (records_for_model(part, input_manifest) for part in (mining_records, guard_records))
+    mining_records, guard_records = (records_for_model(part, input_manifest)
+                                     for part in (mining_records, guard_records))
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     label_token_ids(tokenizer, scheme)  # fail early when two labels share their first token
