@@ -865,14 +865,12 @@ def train_dpo(config: DPOStageConfig, records: Sequence[Record], *, callbacks: l
     if config.resume and checkpoint is None:
         logger.warning("resume asked for, but %s holds no checkpoint: starting from scratch", output_dir)
 
-    mining_records, guard_records = split_guard(records, config.guard_fraction, config.seed)
     use_cpu = prepare_device(config)
 
     set_seed(config.seed)
     model, tokenizer, input_manifest = load_causal_lm(config.model, merge_adapter=True, dtype=torch.float32)
     records = records_for_model(records, input_manifest)
-    mining_records, guard_records = (records_for_model(part, input_manifest)
-                                     for part in (mining_records, guard_records))
+    mining_records, guard_records = split_guard(records, config.guard_fraction, config.seed)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     label_token_ids(tokenizer, scheme)  # fail early when two labels share their first token
