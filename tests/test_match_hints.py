@@ -61,7 +61,7 @@ def test_a_pipeline_with_hints_trains_models_that_add_them_when_serving(tmp_path
     from test_pipeline import make_config, run
 
     from lref.models.cross_encoder import CrossEncoderScorer
-    from lref.models.loading import load_causal_lm, read_manifest
+    from lref.models.loading import read_manifest
     from lref.models.scorer import LabelScorer, ScorerConfig
     from lref.models.vllm_backend import make_scorer
     from lref.pipeline import load_data, parse_config
@@ -87,8 +87,7 @@ def test_a_pipeline_with_hints_trains_models_that_add_them_when_serving(tmp_path
     records = plain.eval[:12]
     loaded = make_scorer(llm, "graded3", ScorerConfig(batch_size=4), backend="torch")
     assert loaded.config.match_hints
-    model, tokenizer, _ = load_causal_lm(llm)
-    bare = LabelScorer(model, tokenizer, SCHEME, ScorerConfig(batch_size=4))
+    bare = LabelScorer(loaded.model, loaded.tokenizer, SCHEME, ScorerConfig(batch_size=4))  # same model, no hints
     assert np.allclose(_logits(loaded.score(records)), _logits(bare.score(with_match_hints(records))), atol=1e-5)
     assert np.abs(_logits(bare.score(records)) - _logits(bare.score(with_match_hints(records)))).max() > 1e-4
 

@@ -119,7 +119,7 @@ class DataConfig:
         default=False,
         metadata={"help": "Add a line naming the query words found, close or missing in the product text to every "
                   "pair (`lref.prompts.match_hint`), for every system but lexical; the models record it and "
-                  "`lref predict` / `lref serve` add it too."},
+                  "`lref predict` / `lref serve student` add it too."},
     )
 
     def __post_init__(self) -> None:

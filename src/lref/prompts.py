@@ -75,8 +75,8 @@ def match_hint(record: Record) -> str:
 
 
 def with_match_hints(records: Sequence[Record]) -> list[Record]:
-    """Copies of `records` whose product text ends with their `match_hint` line (kept in `meta`, so every prompt and
-    cross-encoder input built from the record shows it). Idempotent."""
+    """Copies of `records` carrying their `match_hint` in `meta`, so every prompt and cross-encoder input built from
+    them shows it (`product_fields`). Idempotent."""
     return [record if MATCH_HINT in record.meta
             else replace(record, meta={**record.meta, MATCH_HINT: match_hint(record)}) for record in records]
 
