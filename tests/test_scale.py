@@ -68,6 +68,31 @@ def test_sft_under_accelerate_launch_two_cpu_processes(tmp_path):
     assert np.abs(tuned.probs - base.probs).max() > 1e-3  # the saved adapter carries the trained weights
 
 
+EXIT_CHECK = """
+import atexit, os, tempfile
+import torch.distributed as dist
+from types import SimpleNamespace
+from lref.training import prepare_device
+
+# Registered first, so it runs last: after the handler prepare_device registers.
+atexit.register(lambda: print("initialized at exit:", dist.is_initialized()))
+store = dist.FileStore(os.path.join(tempfile.mkdtemp(), "store"), 1)
+dist.init_process_group("gloo", store=store, rank=0, world_size=1)
+prepare_device(SimpleNamespace(use_cpu=True, threads=None))
+print("initialized after prepare_device:", dist.is_initialized())
+"""
+
+
+@pytest.mark.parametrize("world_size, destroyed", [("2", True), ("1", False)])
+def test_distributed_training_destroys_the_process_group_before_interpreter_exit(world_size, destroyed):
+    # Left to interpreter teardown, gloo can abort a finished rank, and the launcher kills the others.
+    env = {**os.environ, "WORLD_SIZE": world_size, "PYTHONPATH": str(REPO / "src")}
+    done = subprocess.run([sys.executable, "-c", EXIT_CHECK], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "initialized after prepare_device: True" in done.stdout
+    assert f"initialized at exit: {not destroyed}" in done.stdout
+
+
 def _config(**fields):
     return SimpleNamespace(**{"use_cpu": None, "threads": None, **fields})
 

@@ -27,7 +27,8 @@ def cpu_has_native_bf16() -> bool:
 
 
 def prepare_device(config: Any) -> bool:
-    """Apply `config.threads` and return whether to train on the CPU (default: unless CUDA is available).
+    """Apply `config.threads` and return whether to train on the CPU (default: unless CUDA is available). Under a
+    distributed launch, also arranges a clean shutdown (`release_process_group_at_exit`).
 
     Refuses forced bf16 on a CPU without native bf16 (`cpu_has_native_bf16`), where it would only be slower.
     """
@@ -35,11 +36,30 @@ def prepare_device(config: Any) -> bool:
 
     if getattr(config, "threads", None):
         torch.set_num_threads(config.threads)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        release_process_group_at_exit()
     use_cpu = config.use_cpu if config.use_cpu is not None else not torch.cuda.is_available()
     if getattr(config, "bf16", False) and use_cpu and not cpu_has_native_bf16():
         raise ValueError("bf16: this CPU has no native bf16 (AVX512-BF16 or AMX), so bf16 mixed precision would be "
                          "slower than float32; set bf16 to false or null (auto)")
     return use_cpu
+
+
+@functools.cache
+def release_process_group_at_exit() -> None:
+    """Destroy the distributed process group before the interpreter shuts down (registered once, under
+    `accelerate launch` / torchrun). Left to interpreter teardown, gloo's worker threads can abort a finished rank
+    (SIGABRT, "terminate called without an active exception"), and the launcher then kills the other ranks."""
+    import atexit
+
+    atexit.register(_destroy_process_group)
+
+
+def _destroy_process_group() -> None:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def use_bf16(choice: bool | None, use_cpu: bool) -> bool:
