@@ -31,6 +31,7 @@ from lref.stages.select import (  # noqa: E402
     apply_rule,
     balanced_sample,
     confusion_map,
+    fill_to_fraction,
     floor_labels,
     make_folds,
     noise_audit,
@@ -164,6 +165,27 @@ def test_label_floor_adds_the_hardest_pairs_of_a_dropped_label():
         SelectConfig(label_floor=1.0)
 
 
+def test_fill_to_fraction_adds_the_hardest_pairs_in_the_pool_label_mix():
+    labels = ["Exact"] * 10 + ["Partial"] * 8 + ["Irrelevant"] * 2
+    kept = np.zeros(20, dtype=bool)
+    kept[[0, 1, 2, 3, 10]] = True  # 4 Exact, 1 Partial: Exact-heavy against a pool of 50/40/10 %
+    ci_pass = np.ones(20, dtype=bool)
+    ci_pass[11] = False
+    im_probs = np.full((20, 3), 1 / 3)
+    im_probs[11:18, 1] = [0.1, 0.9, 0.8, 0.2, 0.7, 0.6, 0.5]  # IM's probability of Partial
+    # Target round(0.5 * 20) = 10: Exact 5 (has 4, +1), Partial 4 (has 1, +3 hardest CI passes: 14, 17, 16; pair 11
+    # has the lowest probability but fails CI), Irrelevant 1 (+1)
+    added = fill_to_fraction(labels, kept, 0.5, ci_pass, im_probs, SCHEME)
+    assert added.nonzero()[0].tolist() == [4, 14, 16, 17, 18]
+    # already at the target: nothing
+    assert not fill_to_fraction(labels, kept, 0.25, ci_pass, im_probs, SCHEME).any()
+    assert not fill_to_fraction(labels, kept, 0.0, ci_pass, im_probs, SCHEME).any()
+    # target 6: Exact (4 against a share of 3) keeps its extra pairs; Partial gets 1, Irrelevant 1
+    assert fill_to_fraction(labels, kept, 0.3, ci_pass, im_probs, SCHEME).nonzero()[0].tolist() == [14, 18]
+    with pytest.raises(ValueError, match="min_fraction must lie in"):
+        SelectConfig(min_fraction=1.0)
+
+
 def test_noise_audit_precision_and_recall():
     audit = noise_audit([True, True, False, False, True], np.array([True, False, True, False, True]))
     assert audit["precision"] == pytest.approx(2 / 3, abs=1e-4) and audit["recall"] == pytest.approx(2 / 3, abs=1e-4)
@@ -232,6 +254,25 @@ def test_label_floor_restores_a_grade_the_rule_dropped(tmp_path, pool):
     rows = [json.loads(line) for line in (tmp_path / "select" / SCORES_NAME).read_text().splitlines()]
     added = [row for row in rows if row["added_by_floor"]]
     assert len(added) == floor and all(row["kept"] and row["label"] == E for row in added)
+    assert report["min_fraction"] == {"fraction": 0.0, "added": {}} and not any(row["added_by_fill"] for row in rows)
+
+
+def test_min_fraction_fills_the_selection_to_a_share_of_the_pool(tmp_path, pool):
+    def predict(role, record, trained):
+        return record.label if role == "ci" else E  # the rule keeps no Exact pair
+
+    result = select(small_config(tmp_path, use_ms=False, min_fraction=0.8), pool, backbone=FakeBackbone(predict))
+    by_rule = sum(r.label != E for r in pool)
+    target = round(0.8 * len(pool))
+    exact_share = round(target * sum(r.label == E for r in pool) / len(pool))
+    assert by_rule < target
+    assert sum(r.label == E for r in result.selected) == exact_share  # Exact filled to its pool share
+    report = result.report
+    assert report["funnel"][-2]["remaining"] == by_rule
+    assert report["funnel"][-1] == {"step": "+ fill to 0.8 of the pool", "remaining": len(result.selected)}
+    assert report["min_fraction"]["added"].get(E) == exact_share
+    rows = [json.loads(line) for line in (tmp_path / "select" / SCORES_NAME).read_text().splitlines()]
+    assert sum(row["added_by_fill"] for row in rows) == len(result.selected) - by_rule
 
 
 def test_out_of_fold_no_model_scores_its_own_training_pairs(tmp_path, pool):

@@ -556,6 +556,7 @@ def select_command(
     use_ci: bool = typer.Option(True, "--ci/--no-ci", help=_select_help("use_ci")),
     use_ms: bool = typer.Option(True, "--ms/--no-ms", help=_select_help("use_ms")),
     label_floor: float = typer.Option(0.0, "--label-floor", min=0.0, max=0.99, help=_select_help("label_floor")),
+    min_fraction: float = typer.Option(0.0, "--min-fraction", min=0.0, max=0.99, help=_select_help("min_fraction")),
     folds: int = typer.Option(2, "--folds", min=1, help=_select_help("folds")),
     ensemble_rest: bool = typer.Option(True, "--ensemble-rest/--first-model-rest", help=_select_help("ensemble_rest")),
     head_share: float = typer.Option(0.2, "--head-share", help=_select_help("head_share")),
@@ -582,7 +583,7 @@ def select_command(
             output_dir=out_dir, scheme=scheme_name, backbone=backbone, model=model, im_sample=im_sample,
             ci_sample=ci_sample, ci_oversample=ci_oversample, ms_sample=ms_sample, confusion_source=confusion_source,
             confusion_slice=confusion_slice, use_im=use_im, use_ci=use_ci, use_ms=use_ms, ms_rule=ms_rule,
-            label_floor=label_floor, folds=folds, ensemble_rest=ensemble_rest, head_share=head_share,
+            label_floor=label_floor, min_fraction=min_fraction, folds=folds, ensemble_rest=ensemble_rest, head_share=head_share,
             torso_share=torso_share, epochs=epochs, max_steps=max_steps, learning_rate=lr, batch_size=batch_size,
             max_length=max_length, score_batch_size=score_batch_size, seed=seed, threads=threads,
         )

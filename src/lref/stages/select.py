@@ -161,6 +161,13 @@ class SelectConfig:
                   "added: those passing CI(x) = L(x) first, then by IM's probability of their label, lowest first. "
                   "0 = the rule alone."},
     )
+    min_fraction: float = field(
+        default=0.0,
+        metadata={"help": "Least share of the pool the selected set makes up (the paper keeps about 0.1). When fewer "
+                  "pairs are kept, the hardest other pool pairs are added per label, up to the label's pool share of "
+                  "that size, so the set keeps the pool's label mix: those passing CI(x) = L(x) first, then by IM's "
+                  "probability of their label, lowest first. 0 = the rule (and label floor) alone."},
+    )
     epochs: float = field(default=1.0, metadata={"help": "Training epochs of each selector model."})
     max_steps: int = field(default=-1, metadata={"help": "Stop each selector after this many steps (-1: epochs)."})
     learning_rate: float | None = field(
@@ -192,8 +199,9 @@ class SelectConfig:
             )
         if not (self.use_im or self.use_ci or self.use_ms):
             raise ValueError("every condition is turned off: enable at least one of use_im, use_ci, use_ms")
-        if not 0 <= self.label_floor < 1:
-            raise ValueError(f"label_floor must lie in [0, 1), not {self.label_floor}")
+        for name in ("label_floor", "min_fraction"):
+            if not 0 <= getattr(self, name) < 1:
+                raise ValueError(f"{name} must lie in [0, 1), not {getattr(self, name)}")
 
     @property
     def model_name(self) -> str:
@@ -300,11 +308,23 @@ def apply_rule(
     return passes, kept
 
 
+def _hardest(gold: np.ndarray, kept: np.ndarray, j: int, label: str, count: int, ci_pass: np.ndarray | None,
+             im_probs: np.ndarray | None) -> list[int]:
+    """Up to `count` pool pairs labelled `label` (the scheme's j-th) not yet kept, hardest first: those passing CI
+    first, then by IM's probability of their label (lowest: hardest), then pool order."""
+    candidates = np.flatnonzero(~kept & (gold == label))
+    if count <= 0 or not len(candidates):
+        return []
+    hard = [(0 if ci_pass is None or ci_pass[i] else 1, im_probs[i, j] if im_probs is not None else 0.0, i)
+            for i in candidates]
+    return [i for *_, i in sorted(hard)[:count]]
+
+
 def floor_labels(labels: Sequence[str], kept: np.ndarray, floor: float, ci_pass: np.ndarray | None,
                  im_probs: np.ndarray | None, scheme: LabelScheme) -> np.ndarray:
     """Pool pairs to add so that each label makes up at least `floor` of the rule's selection (its size before
-    adding): per short label, the pairs not kept that pass CI first, then by IM's probability of their label
-    (lowest: hardest), then pool order. Nothing when the rule kept nothing or `floor` is 0."""
+    adding): per short label, its hardest pairs not kept (`_hardest`). Nothing when the rule kept nothing or `floor`
+    is 0."""
     gold = np.asarray(labels, dtype=object)
     added = np.zeros(len(gold), dtype=bool)
     if floor <= 0 or not kept.any():
@@ -312,12 +332,24 @@ def floor_labels(labels: Sequence[str], kept: np.ndarray, floor: float, ci_pass:
     need = math.ceil(floor * int(kept.sum()))
     for j, label in enumerate(scheme.labels):
         missing = need - int((kept & (gold == label)).sum())
-        candidates = np.flatnonzero(~kept & (gold == label))
-        if missing <= 0 or not len(candidates):
-            continue
-        hard = [(0 if ci_pass is None or ci_pass[i] else 1, im_probs[i, j] if im_probs is not None else 0.0, i)
-                for i in candidates]
-        added[[i for *_, i in sorted(hard)[:missing]]] = True
+        added[_hardest(gold, kept, j, label, missing, ci_pass, im_probs)] = True
+    return added
+
+
+def fill_to_fraction(labels: Sequence[str], kept: np.ndarray, fraction: float, ci_pass: np.ndarray | None,
+                     im_probs: np.ndarray | None, scheme: LabelScheme) -> np.ndarray:
+    """Pool pairs to add when fewer than `fraction` of the pool are kept: per label, its hardest pairs not kept
+    (`_hardest`) until it reaches its pool share of round(fraction x pool size) pairs. A label already above its
+    share keeps its extra pairs, so the set can end a little larger than the target."""
+    gold = np.asarray(labels, dtype=object)
+    added = np.zeros(len(gold), dtype=bool)
+    target = round(fraction * len(gold))
+    if int(kept.sum()) >= target:
+        return added
+    for j, label in enumerate(scheme.labels):
+        share = round(target * float((gold == label).mean()))
+        missing = share - int((kept & (gold == label)).sum())
+        added[_hardest(gold, kept, j, label, missing, ci_pass, im_probs)] = True
     return added
 
 
@@ -617,12 +649,19 @@ def select(
     )
     added = floor_labels(labels, kept, config.label_floor, passes.get("ci"), probs.get("im"), scheme)
     kept |= added
+    filled = fill_to_fraction(labels, kept, config.min_fraction, passes.get("ci"), probs.get("im"), scheme)
+    kept |= filled
     selected = [record for record, keep in zip(pool, kept) if keep]
     report = build_report(config, pool, labels, bands, band_source, samples, predictions, passes, kept, confusion,
                           timings, scheme)
     report["label_floor"] = {"floor": config.label_floor, "added": dict(Counter(np.asarray(labels)[added].tolist()))}
     if added.any():
-        report["funnel"].append({"step": f"+ label floor {config.label_floor:g}", "remaining": int(kept.sum())})
+        report["funnel"].append({"step": f"+ label floor {config.label_floor:g}",
+                                 "remaining": int((kept & ~filled).sum())})
+    report["min_fraction"] = {"fraction": config.min_fraction,
+                              "added": dict(Counter(np.asarray(labels)[filled].tolist()))}
+    if filled.any():
+        report["funnel"].append({"step": f"+ fill to {config.min_fraction:g} of the pool", "remaining": int(kept.sum())})
     report["wall_time_s"] = round(time.perf_counter() - started_all, 2)
 
     write_json(output_dir / REPORT_NAME, report)
@@ -633,7 +672,7 @@ def select(
                 "id": record.id, "label": labels[i], "band": bands[i],
                 **{role: predictions[role][i] for role in predictions},
                 **{f"pass_{name}": bool(mask[i]) for name, mask in passes.items()},
-                "kept": bool(kept[i]), "added_by_floor": bool(added[i]),
+                "kept": bool(kept[i]), "added_by_floor": bool(added[i]), "added_by_fill": bool(filled[i]),
             }
             for i, record in enumerate(pool)
         ),
