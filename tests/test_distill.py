@@ -29,6 +29,7 @@ from lref.stages.distill import (  # noqa: E402
     SCORES_NAME,
     DistillConfig,
     build_pool,
+    calibrated_probs,
     candidate_pairs,
     distill,
     pair_hash,
@@ -255,6 +256,32 @@ def test_distill_writes_a_loadable_student_and_caches_teacher_scores(tmp_path, t
     distill(DistillConfig(**{**config.__dict__, "resume": True}), records, unlabeled)
     info = json.loads((folder / MANIFEST_NAME).read_text())["distill"]
     assert info["teacher_cache"]["hits"] == total and info["teacher_cache"]["scored"] == 0
+
+
+def test_calibrated_probs_add_the_bias_to_the_log_probabilities():
+    probs = np.array([[0.5, 0.3, 0.2], [0.1, 0.1, 0.8]])
+    assert np.allclose(calibrated_probs(probs, [0.0, 0.0, 0.0]), probs)
+    shifted = calibrated_probs(probs, [0.0, np.log(2.0), 0.0])  # Partial's odds double
+    assert np.allclose(shifted[0], np.array([0.5, 0.6, 0.2]) / 1.3)
+    assert np.allclose(shifted.sum(axis=1), 1.0)
+
+
+def test_teacher_calibration_shifts_the_soft_labels_by_the_stored_bias(tmp_path, tiny_teacher, tiny_encoder):
+    from lref.calibration import calibration_path
+
+    teacher = tmp_path / "teacher"
+    shutil.copytree(tiny_teacher, teacher)
+    bias = {E: 0.0, P: 0.0, I: 30.0}  # large enough to make Irrelevant every pair's top label
+    calibration_path(teacher).write_text(json.dumps({"scheme": "graded3", "bias": bias}))
+    records = pool_records(8)
+    shares = {}
+    for use in (False, True):
+        config = distill_config(tmp_path, teacher, tiny_encoder, output_dir=str(tmp_path / f"student_{use}"),
+                                teacher_calibration=use)
+        info = json.loads((distill(config, records) / MANIFEST_NAME).read_text())["distill"]
+        assert info["teacher_bias"] == (bias if use else None)
+        shares[use] = info["teacher_label_shares"]
+    assert shares[True] == {E: 0.0, P: 0.0, I: 1.0} and shares[False][I] < 1.0
 
 
 def test_killed_run_keeps_its_scores_and_a_changed_teacher_invalidates_them(tmp_path, tiny_teacher, tiny_encoder):

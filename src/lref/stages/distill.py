@@ -3,7 +3,9 @@
 1. **Pool.** The labelled training pairs, optional unlabelled pairs (their labels, if any, are ignored) and, with
    `candidates_per_query` = N, N extra pairs per query made by pairing it with random other products of the pool
    (the paper's teacher labels a large unlabelled pool; these stand in for one when none is given).
-2. **Teacher soft labels.** `LabelScorer` gives the teacher's probabilities over the scheme's labels for every pair.
+2. **Teacher soft labels.** `LabelScorer` gives the teacher's probabilities over the scheme's labels for every pair;
+   with `teacher_calibration`, the label bias stored in the teacher's folder (`lref calibrate`, or the pipeline's
+   calibration) is added to their logs, so the student learns the teacher's calibrated judgement, not its raw prior.
    They are cached in ``teacher_scores.jsonl`` in the output folder, one row per pair, keyed by record id, a hash of
    the pair's text and the teacher's identity (model reference, a fingerprint of its files, scheme, prompt, length).
    Rows are appended and flushed as they are scored, so a killed run keeps what it scored; a re-run or `resume`
@@ -70,6 +72,11 @@ class DistillConfig:
     )
     ce_weight: float = field(
         default=0.5, metadata={"help": "Weight λ of the cross-entropy on human labels (pairs without one add none)."}
+    )
+    teacher_calibration: bool = field(
+        default=True,
+        metadata={"help": "Apply the label bias stored in the teacher's folder (calibration.json, from lref calibrate "
+                  "or the pipeline) to its soft labels; no effect when the folder has none."},
     )
     candidates_per_query: int = field(
         default=0,
@@ -294,12 +301,20 @@ def teacher_targets(
     return np.asarray([cache[key] for key in keys], dtype=np.float32), stats
 
 
+def calibrated_probs(probs: np.ndarray, bias: Sequence[float]) -> np.ndarray:
+    """softmax(log probs + bias), row by row: probabilities with a per-label logit bias applied."""
+    from lref.models.scorer import softmax
+
+    return softmax(np.log(np.clip(probs, 1e-12, None)) + np.asarray(bias, dtype=np.float64)).astype(np.float32)
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # Entry point
 
 
 def distill(config: DistillConfig, records: Sequence[Record], unlabeled: Sequence[Record] | None = None) -> Path:
     """Distil `config.teacher` into `config.student` on `records` (+ `unlabeled`); return the student folder."""
+    from lref.calibration import label_bias_for
     from lref.io import write_json
     from lref.models.cross_encoder import CrossEncoderConfig, train_cross_encoder
     from lref.models.distill_loss import soft_label_loss
@@ -326,6 +341,9 @@ def distill(config: DistillConfig, records: Sequence[Record], unlabeled: Sequenc
     use_cpu = prepare_device(config)
     identity = teacher_identity(config)
     targets, cache_stats = teacher_targets(config, pool, scheme, identity, use_cpu)
+    bias = label_bias_for(resolve_model(config.teacher), scheme) if config.teacher_calibration else None
+    if bias is not None:
+        targets = calibrated_probs(targets, bias)
 
     student_config = CrossEncoderConfig(
         model=config.student, scheme=scheme.name, output_dir=str(output_dir), learning_rate=config.learning_rate,
@@ -342,6 +360,7 @@ def distill(config: DistillConfig, records: Sequence[Record], unlabeled: Sequenc
         "teacher": identity,
         "pairs": counts,
         "teacher_cache": cache_stats,
+        "teacher_bias": dict(zip(scheme.labels, bias)) if bias is not None else None,
         "teacher_label_shares": {
             label: round(float(share), 4) for label, share in zip(scheme.labels, np.bincount(
                 targets.argmax(axis=1), minlength=len(scheme)) / len(pool))
@@ -358,6 +377,7 @@ __all__ = [
     "SCORES_NAME",
     "DistillConfig",
     "build_pool",
+    "calibrated_probs",
     "candidate_pairs",
     "distill",
     "pair_hash",
