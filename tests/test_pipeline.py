@@ -1,6 +1,7 @@
 """`lref run`: config validation with key paths, a full small run with tiny models, resuming, re-running on change."""
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -236,6 +237,14 @@ def test_sft_can_continue_the_llm_base_adapter(models, tmp_path):
     assert "llm-base" in manifest["inputs"]
     with pytest.raises(ConfigError, match="stage sft starts from llm-base .* which has not finished"):
         run({**config, "run_dir": str(tmp_path / "cold")}, tmp_path, only=["sft"])
+
+    # A moved run dir keeps its finished stages, and a re-run stage reads their outputs where they are now.
+    shutil.move(tmp_path / "warm", tmp_path / "moved")
+    config = {**config, "run_dir": str(tmp_path / "moved")}
+    config["stages"]["sft"] = {**config["stages"]["sft"], "learning_rate": 1e-3}
+    assert status(run(config, tmp_path)) == {"llm-base": "unchanged,", "sft": "running"}
+    manifest = json.loads((tmp_path / "moved/stages/sft/manifest.json").read_text())
+    assert manifest["config"]["model"] == str(tmp_path / "moved/stages/llm-base/model")
 
 
 def test_zero_shot_skips_a_zoo_model_that_is_not_installed(models, tmp_path, monkeypatch):

@@ -52,6 +52,7 @@ import difflib
 import hashlib
 import json
 import logging
+import os
 import random
 import resource
 import shutil
@@ -758,8 +759,29 @@ def _peak_memory_mb() -> dict[str, float]:
 
 
 def read_manifest(stage_dir: Path) -> dict[str, Any] | None:
+    """A stage's manifest, with the paths it recorded under its run dir read under the run dir it is in now (a run
+    dir that was moved or copied keeps working: fingerprints hold no paths)."""
     path = stage_dir / MANIFEST
-    return json.loads(path.read_text()) if path.is_file() else None
+    if not path.is_file():
+        return None
+    manifest = json.loads(path.read_text())
+    output_dir = (manifest.get("config") or {}).get("output_dir")  # the pipeline fills in <run dir>/stages/<name>/model
+    if not output_dir:
+        return manifest
+    old, new = str(Path(output_dir).parents[2]), str(stage_dir.absolute().parents[1])
+    if old == new:
+        return manifest
+
+    def moved(value: Any) -> Any:
+        if isinstance(value, str) and (value == old or value.startswith(old + os.sep)):
+            return new + value[len(old):]
+        if isinstance(value, dict):
+            return {key: moved(item) for key, item in value.items()}
+        if isinstance(value, list):
+            return [moved(item) for item in value]
+        return value
+
+    return {**manifest, "outputs": moved(manifest.get("outputs")), "systems": moved(manifest.get("systems"))}
 
 
 def _stage_settings(config: Any) -> dict[str, Any]:
