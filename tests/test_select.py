@@ -31,6 +31,7 @@ from lref.stages.select import (  # noqa: E402
     apply_rule,
     balanced_sample,
     confusion_map,
+    clean_mask,
     fill_to_fraction,
     floor_labels,
     make_folds,
@@ -184,6 +185,11 @@ def test_fill_to_fraction_adds_the_hardest_pairs_in_the_pool_label_mix():
     assert fill_to_fraction(labels, kept, 0.3, ci_pass, im_probs, SCHEME).nonzero()[0].tolist() == [14, 18]
     with pytest.raises(ValueError, match="min_fraction must lie in"):
         SelectConfig(min_fraction=1.0)
+    # clean = passes CI and MS, over the conditions that ran
+    passes = {"ci": np.array([True, True, False]), "im": np.array([True, False, False]),
+              "ms": np.array([True, False, True])}
+    assert clean_mask(passes, 3).tolist() == [True, False, False]
+    assert clean_mask({"im": passes["im"]}, 3).tolist() == [True, True, True]
 
 
 def test_noise_audit_precision_and_recall():

@@ -158,14 +158,14 @@ class SelectConfig:
         default=0.0,
         metadata={"help": "Least share of the selected set each label keeps. When the rule keeps fewer pairs of a "
                   "label (weak selectors can drop a grade entirely), the hardest other pool pairs of that label are "
-                  "added: those passing CI(x) = L(x) first, then by IM's probability of their label, lowest first. "
+                  "added: those passing CI and MS first, then by IM's probability of their label, lowest first. "
                   "0 = the rule alone."},
     )
     min_fraction: float = field(
         default=0.0,
         metadata={"help": "Least share of the pool the selected set makes up (the paper keeps about 0.1). When fewer "
                   "pairs are kept, the hardest other pool pairs are added per label, up to the label's pool share of "
-                  "that size, so the set keeps the pool's label mix: those passing CI(x) = L(x) first, then by IM's "
+                  "that size, so the set keeps the pool's label mix: those passing CI and MS first, then by IM's "
                   "probability of their label, lowest first. 0 = the rule (and label floor) alone."},
     )
     epochs: float = field(default=1.0, metadata={"help": "Training epochs of each selector model."})
@@ -308,19 +308,30 @@ def apply_rule(
     return passes, kept
 
 
-def _hardest(gold: np.ndarray, kept: np.ndarray, j: int, label: str, count: int, ci_pass: np.ndarray | None,
+def clean_mask(passes: dict[str, np.ndarray], n: int) -> np.ndarray:
+    """Pairs that pass the enabled cleanliness conditions: CI (learnable) and MS (not a likely mislabel)."""
+    clean = np.ones(n, dtype=bool)
+    for name in ("ci", "ms"):
+        if name in passes:
+            clean &= passes[name]
+    return clean
+
+
+def _hardest(gold: np.ndarray, kept: np.ndarray, j: int, label: str, count: int, clean: np.ndarray | None,
              im_probs: np.ndarray | None) -> list[int]:
-    """Up to `count` pool pairs labelled `label` (the scheme's j-th) not yet kept, hardest first: those passing CI
-    first, then by IM's probability of their label (lowest: hardest), then pool order."""
+    """Up to `count` pool pairs labelled `label` (the scheme's j-th) not yet kept, hardest clean ones first: those
+    passing CI and MS (`clean_mask`) first, then by IM's probability of their label (lowest: hardest), then pool
+    order. Clean first: among the pairs IM is surest are wrong are the likely mislabels MS flags (a fill that skipped
+    MS made the Home Depot judge worse, docs/homedepot.md run 7)."""
     candidates = np.flatnonzero(~kept & (gold == label))
     if count <= 0 or not len(candidates):
         return []
-    hard = [(0 if ci_pass is None or ci_pass[i] else 1, im_probs[i, j] if im_probs is not None else 0.0, i)
+    hard = [(0 if clean is None or clean[i] else 1, im_probs[i, j] if im_probs is not None else 0.0, i)
             for i in candidates]
     return [i for *_, i in sorted(hard)[:count]]
 
 
-def floor_labels(labels: Sequence[str], kept: np.ndarray, floor: float, ci_pass: np.ndarray | None,
+def floor_labels(labels: Sequence[str], kept: np.ndarray, floor: float, clean: np.ndarray | None,
                  im_probs: np.ndarray | None, scheme: LabelScheme) -> np.ndarray:
     """Pool pairs to add so that each label makes up at least `floor` of the rule's selection (its size before
     adding): per short label, its hardest pairs not kept (`_hardest`). Nothing when the rule kept nothing or `floor`
@@ -332,11 +343,11 @@ def floor_labels(labels: Sequence[str], kept: np.ndarray, floor: float, ci_pass:
     need = math.ceil(floor * int(kept.sum()))
     for j, label in enumerate(scheme.labels):
         missing = need - int((kept & (gold == label)).sum())
-        added[_hardest(gold, kept, j, label, missing, ci_pass, im_probs)] = True
+        added[_hardest(gold, kept, j, label, missing, clean, im_probs)] = True
     return added
 
 
-def fill_to_fraction(labels: Sequence[str], kept: np.ndarray, fraction: float, ci_pass: np.ndarray | None,
+def fill_to_fraction(labels: Sequence[str], kept: np.ndarray, fraction: float, clean: np.ndarray | None,
                      im_probs: np.ndarray | None, scheme: LabelScheme) -> np.ndarray:
     """Pool pairs to add when fewer than `fraction` of the pool are kept: per label, its hardest pairs not kept
     (`_hardest`) until it reaches its pool share of round(fraction x pool size) pairs. A label already above its
@@ -349,7 +360,7 @@ def fill_to_fraction(labels: Sequence[str], kept: np.ndarray, fraction: float, c
     for j, label in enumerate(scheme.labels):
         share = round(target * float((gold == label).mean()))
         missing = share - int((kept & (gold == label)).sum())
-        added[_hardest(gold, kept, j, label, missing, ci_pass, im_probs)] = True
+        added[_hardest(gold, kept, j, label, missing, clean, im_probs)] = True
     return added
 
 
@@ -647,9 +658,10 @@ def select(
     passes, kept = apply_rule(
         labels, predictions, use_im=config.use_im, use_ci=config.use_ci, use_ms=config.use_ms, ms_rule=config.ms_rule
     )
-    added = floor_labels(labels, kept, config.label_floor, passes.get("ci"), probs.get("im"), scheme)
+    clean = clean_mask(passes, len(pool))
+    added = floor_labels(labels, kept, config.label_floor, clean, probs.get("im"), scheme)
     kept |= added
-    filled = fill_to_fraction(labels, kept, config.min_fraction, passes.get("ci"), probs.get("im"), scheme)
+    filled = fill_to_fraction(labels, kept, config.min_fraction, clean, probs.get("im"), scheme)
     kept |= filled
     selected = [record for record, keep in zip(pool, kept) if keep]
     report = build_report(config, pool, labels, bands, band_source, samples, predictions, passes, kept, confusion,
