@@ -583,9 +583,10 @@ def select_command(
             output_dir=out_dir, scheme=scheme_name, backbone=backbone, model=model, im_sample=im_sample,
             ci_sample=ci_sample, ci_oversample=ci_oversample, ms_sample=ms_sample, confusion_source=confusion_source,
             confusion_slice=confusion_slice, use_im=use_im, use_ci=use_ci, use_ms=use_ms, ms_rule=ms_rule,
-            label_floor=label_floor, min_fraction=min_fraction, folds=folds, ensemble_rest=ensemble_rest, head_share=head_share,
-            torso_share=torso_share, epochs=epochs, max_steps=max_steps, learning_rate=lr, batch_size=batch_size,
-            max_length=max_length, score_batch_size=score_batch_size, seed=seed, threads=threads,
+            label_floor=label_floor, min_fraction=min_fraction, folds=folds, ensemble_rest=ensemble_rest,
+            head_share=head_share, torso_share=torso_share, epochs=epochs, max_steps=max_steps, learning_rate=lr,
+            batch_size=batch_size, max_length=max_length, score_batch_size=score_batch_size, seed=seed,
+            threads=threads,
         )
     except ValueError as error:
         raise typer.BadParameter(str(error)) from None
@@ -655,9 +656,9 @@ def distill_command(
         config = DistillConfig(
             teacher=teacher, student=student, scheme=label_scheme.name, output_dir=out, temperature=temperature,
             ce_weight=ce_weight, teacher_calibration=teacher_calibration, candidates_per_query=candidates_per_query,
-            epochs=epochs, max_steps=max_steps,
-            learning_rate=lr, batch_size=batch_size, max_length=max_length, teacher_batch_size=teacher_batch_size,
-            teacher_max_length=teacher_max_length, save_steps=save_steps, seed=seed, threads=threads, resume=resume,
+            epochs=epochs, max_steps=max_steps, learning_rate=lr, batch_size=batch_size, max_length=max_length,
+            teacher_batch_size=teacher_batch_size, teacher_max_length=teacher_max_length, save_steps=save_steps,
+            seed=seed, threads=threads, resume=resume,
         )
     except ValueError as error:
         raise typer.BadParameter(str(error)) from None

@@ -673,7 +673,8 @@ def select(
     report["min_fraction"] = {"fraction": config.min_fraction,
                               "added": dict(Counter(np.asarray(labels)[filled].tolist()))}
     if filled.any():
-        report["funnel"].append({"step": f"+ fill to {config.min_fraction:g} of the pool", "remaining": int(kept.sum())})
+        report["funnel"].append({"step": f"+ fill to {config.min_fraction:g} of the pool",
+                                 "remaining": int(kept.sum())})
     report["wall_time_s"] = round(time.perf_counter() - started_all, 2)
 
     write_json(output_dir / REPORT_NAME, report)
