@@ -781,7 +781,7 @@ def read_manifest(stage_dir: Path) -> dict[str, Any] | None:
             return [moved(item) for item in value]
         return value
 
-    return {**manifest, "outputs": moved(manifest.get("outputs")), "systems": moved(manifest.get("systems"))}
+    return moved(manifest)
 
 
 def _stage_settings(config: Any) -> dict[str, Any]:
