@@ -247,6 +247,7 @@ def test_sft_can_continue_the_llm_base_adapter(models, tmp_path):
     assert manifest["config"]["model"] == str(tmp_path / "moved/stages/llm-base/model")
     kept = pipeline.read_manifest(tmp_path / "moved/stages/llm-base")  # written before the move, read after it
     assert str(tmp_path / "warm") not in json.dumps(kept) and str(tmp_path / "moved") in json.dumps(kept)
+    assert str(tmp_path / "warm") not in (tmp_path / "moved/results.json").read_text()  # llm-base's metrics too
 
 
 def test_zero_shot_skips_a_zoo_model_that_is_not_installed(models, tmp_path, monkeypatch):

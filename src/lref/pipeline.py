@@ -759,18 +759,21 @@ def _peak_memory_mb() -> dict[str, float]:
 
 
 def read_manifest(stage_dir: Path) -> dict[str, Any] | None:
-    """A stage's manifest, with the paths it recorded under its run dir read under the run dir it is in now (a run
-    dir that was moved or copied keeps working: fingerprints hold no paths)."""
+    """A stage's manifest, its recorded paths read under the run dir it is in now (`_relocated`)."""
     path = stage_dir / MANIFEST
-    if not path.is_file():
-        return None
-    manifest = json.loads(path.read_text())
+    return _relocated(stage_dir, json.loads(path.read_text())) if path.is_file() else None
+
+
+def _relocated(stage_dir: Path, recorded: Any) -> Any:
+    """`recorded` (a stage's manifest or metrics) with the paths under the run dir the stage ran in rewritten to the
+    run dir it is in now: a run dir that was moved or copied keeps working (fingerprints hold no paths)."""
+    manifest = json.loads((stage_dir / MANIFEST).read_text())
     output_dir = (manifest.get("config") or {}).get("output_dir")  # the pipeline fills in <run dir>/stages/<name>/model
     if not output_dir:
-        return manifest
+        return recorded
     old, new = str(Path(output_dir).parents[2]), str(stage_dir.absolute().parents[1])
     if old == new:
-        return manifest
+        return recorded
 
     def moved(value: Any) -> Any:
         if isinstance(value, str) and (value == old or value.startswith(old + os.sep)):
@@ -781,7 +784,7 @@ def read_manifest(stage_dir: Path) -> dict[str, Any] | None:
             return [moved(item) for item in value]
         return value
 
-    return moved(manifest)
+    return moved(recorded)
 
 
 def _stage_settings(config: Any) -> dict[str, Any]:
@@ -991,7 +994,7 @@ class Pipeline:
                 if path.is_file():
                     systems.append({"name": system, "title": SYSTEM_TITLES.get(system, system), "stage": name,
                                     "n_train": manifest.get("n_train"), "train_seconds": manifest.get("train_seconds"),
-                                    "metrics": json.loads(path.read_text())})
+                                    "metrics": _relocated(self.stage_dir(name), json.loads(path.read_text()))})
         out: dict[str, Any] = {"run_dir": str(self.run_dir), "systems": systems}
         if data is not None:
             out["eval"] = {"pairs": len(data.eval), "hash": data.eval_hash, "train_pairs": len(data.train),
