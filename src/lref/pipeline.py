@@ -761,13 +761,18 @@ def _peak_memory_mb() -> dict[str, float]:
 def read_manifest(stage_dir: Path) -> dict[str, Any] | None:
     """A stage's manifest, its recorded paths read under the run dir it is in now (`_relocated`)."""
     path = stage_dir / MANIFEST
-    return _relocated(stage_dir, json.loads(path.read_text())) if path.is_file() else None
+    if not path.is_file():
+        return None
+    manifest = json.loads(path.read_text())
+    return _relocated(stage_dir, manifest, manifest)
 
 
-def _relocated(stage_dir: Path, recorded: Any) -> Any:
+def _relocated(stage_dir: Path, recorded: Any, manifest: dict[str, Any] | None = None) -> Any:
     """`recorded` (a stage's manifest or metrics) with the paths under the run dir the stage ran in rewritten to the
-    run dir it is in now: a run dir that was moved or copied keeps working (fingerprints hold no paths)."""
-    manifest = json.loads((stage_dir / MANIFEST).read_text())
+    run dir it is in now: a run dir that was moved or copied keeps working (fingerprints hold no paths). `manifest`
+    is the stage's manifest as written (read from `stage_dir` when not given)."""
+    if manifest is None:
+        manifest = json.loads((stage_dir / MANIFEST).read_text())
     output_dir = (manifest.get("config") or {}).get("output_dir")  # the pipeline fills in <run dir>/stages/<name>/model
     if not output_dir:
         return recorded
