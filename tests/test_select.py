@@ -152,16 +152,16 @@ def test_balanced_sample_and_folds():
 def test_label_floor_adds_the_hardest_pairs_of_a_dropped_label():
     labels = ["Exact"] * 4 + ["Partial"] * 4 + ["Irrelevant"] * 2
     kept = np.array([True, True, True, False, False, False, False, False, True, True])  # no Partial kept
-    ci_pass = np.array([True] * 4 + [False, True, True, True] + [True, True])
+    clean = np.array([True] * 4 + [False, True, True, True] + [True, True])
     im_probs = np.full((10, 3), 1 / 3)
     im_probs[5:8, 1] = [0.9, 0.2, 0.5]  # IM's probability of Partial: pair 6 is hardest, then 7
-    # ceil(0.4 * 5) = 2 per label: Exact (3) and Irrelevant (2) have enough; Partial gets its 2 hardest CI passes
-    assert floor_labels(labels, kept, 0.4, ci_pass, im_probs, SCHEME).nonzero()[0].tolist() == [6, 7]
-    # ceil(0.7 * 5) = 4: all four Partial pairs, the one failing CI last; one more Exact and two more Irrelevant
+    # ceil(0.4 * 5) = 2 per label: Exact (3) and Irrelevant (2) have enough; Partial gets its 2 hardest clean pairs
+    assert floor_labels(labels, kept, 0.4, clean, im_probs, SCHEME).nonzero()[0].tolist() == [6, 7]
+    # ceil(0.7 * 5) = 4: all four Partial pairs, the one not clean last; one more Exact and two more Irrelevant
     # are wanted, but only one Exact pair is left and no Irrelevant one
-    assert floor_labels(labels, kept, 0.7, ci_pass, im_probs, SCHEME).nonzero()[0].tolist() == [3, 4, 5, 6, 7]
-    assert not floor_labels(labels, kept, 0.0, ci_pass, im_probs, SCHEME).any()
-    assert not floor_labels(labels, np.zeros(10, dtype=bool), 0.4, ci_pass, im_probs, SCHEME).any()
+    assert floor_labels(labels, kept, 0.7, clean, im_probs, SCHEME).nonzero()[0].tolist() == [3, 4, 5, 6, 7]
+    assert not floor_labels(labels, kept, 0.0, clean, im_probs, SCHEME).any()
+    assert not floor_labels(labels, np.zeros(10, dtype=bool), 0.4, clean, im_probs, SCHEME).any()
     with pytest.raises(ValueError, match="label_floor must lie in"):
         SelectConfig(label_floor=1.0)
 
@@ -170,19 +170,19 @@ def test_fill_to_fraction_adds_the_hardest_pairs_in_the_pool_label_mix():
     labels = ["Exact"] * 10 + ["Partial"] * 8 + ["Irrelevant"] * 2
     kept = np.zeros(20, dtype=bool)
     kept[[0, 1, 2, 3, 10]] = True  # 4 Exact, 1 Partial: Exact-heavy against a pool of 50/40/10 %
-    ci_pass = np.ones(20, dtype=bool)
-    ci_pass[11] = False
+    clean = np.ones(20, dtype=bool)
+    clean[11] = False
     im_probs = np.full((20, 3), 1 / 3)
     im_probs[11:18, 1] = [0.1, 0.9, 0.8, 0.2, 0.7, 0.6, 0.5]  # IM's probability of Partial
-    # Target round(0.5 * 20) = 10: Exact 5 (has 4, +1), Partial 4 (has 1, +3 hardest CI passes: 14, 17, 16; pair 11
-    # has the lowest probability but fails CI), Irrelevant 1 (+1)
-    added = fill_to_fraction(labels, kept, 0.5, ci_pass, im_probs, SCHEME)
+    # Target round(0.5 * 20) = 10: Exact 5 (has 4, +1), Partial 4 (has 1, +3 hardest clean pairs: 14, 17, 16; pair 11
+    # has the lowest probability but is not clean), Irrelevant 1 (+1)
+    added = fill_to_fraction(labels, kept, 0.5, clean, im_probs, SCHEME)
     assert added.nonzero()[0].tolist() == [4, 14, 16, 17, 18]
     # already at the target: nothing
-    assert not fill_to_fraction(labels, kept, 0.25, ci_pass, im_probs, SCHEME).any()
-    assert not fill_to_fraction(labels, kept, 0.0, ci_pass, im_probs, SCHEME).any()
+    assert not fill_to_fraction(labels, kept, 0.25, clean, im_probs, SCHEME).any()
+    assert not fill_to_fraction(labels, kept, 0.0, clean, im_probs, SCHEME).any()
     # target 6: Exact (4 against a share of 3) keeps its extra pairs; Partial gets 1, Irrelevant 1
-    assert fill_to_fraction(labels, kept, 0.3, ci_pass, im_probs, SCHEME).nonzero()[0].tolist() == [14, 18]
+    assert fill_to_fraction(labels, kept, 0.3, clean, im_probs, SCHEME).nonzero()[0].tolist() == [14, 18]
     with pytest.raises(ValueError, match="min_fraction must lie in"):
         SelectConfig(min_fraction=1.0)
     # clean = passes CI and MS, over the conditions that ran

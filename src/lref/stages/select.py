@@ -317,7 +317,7 @@ def clean_mask(passes: dict[str, np.ndarray], n: int) -> np.ndarray:
     return clean
 
 
-def _hardest(gold: np.ndarray, kept: np.ndarray, j: int, label: str, count: int, clean: np.ndarray | None,
+def _hardest(gold: np.ndarray, kept: np.ndarray, j: int, label: str, count: int, clean: np.ndarray,
              im_probs: np.ndarray | None) -> list[int]:
     """Up to `count` pool pairs labelled `label` (the scheme's j-th) not yet kept, hardest clean ones first: those
     passing CI and MS (`clean_mask`) first, then by IM's probability of their label (lowest: hardest), then pool
@@ -326,12 +326,12 @@ def _hardest(gold: np.ndarray, kept: np.ndarray, j: int, label: str, count: int,
     candidates = np.flatnonzero(~kept & (gold == label))
     if count <= 0 or not len(candidates):
         return []
-    hard = [(0 if clean is None or clean[i] else 1, im_probs[i, j] if im_probs is not None else 0.0, i)
+    hard = [(0 if clean[i] else 1, im_probs[i, j] if im_probs is not None else 0.0, i)
             for i in candidates]
     return [i for *_, i in sorted(hard)[:count]]
 
 
-def floor_labels(labels: Sequence[str], kept: np.ndarray, floor: float, clean: np.ndarray | None,
+def floor_labels(labels: Sequence[str], kept: np.ndarray, floor: float, clean: np.ndarray,
                  im_probs: np.ndarray | None, scheme: LabelScheme) -> np.ndarray:
     """Pool pairs to add so that each label makes up at least `floor` of the rule's selection (its size before
     adding): per short label, its hardest pairs not kept (`_hardest`). Nothing when the rule kept nothing or `floor`
@@ -347,7 +347,7 @@ def floor_labels(labels: Sequence[str], kept: np.ndarray, floor: float, clean: n
     return added
 
 
-def fill_to_fraction(labels: Sequence[str], kept: np.ndarray, fraction: float, clean: np.ndarray | None,
+def fill_to_fraction(labels: Sequence[str], kept: np.ndarray, fraction: float, clean: np.ndarray,
                      im_probs: np.ndarray | None, scheme: LabelScheme) -> np.ndarray:
     """Pool pairs to add when fewer than `fraction` of the pool are kept: per label, its hardest pairs not kept
     (`_hardest`) until it reaches its pool share of round(fraction x pool size) pairs. A label already above its
