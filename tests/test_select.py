@@ -22,6 +22,7 @@ from lref.data.records import Record  # noqa: E402
 from lref.data.synthetic import SyntheticCatalogConfig, generate_catalog  # noqa: E402
 from lref.labels import get_scheme  # noqa: E402
 from lref.models.scorer import ScoreResult  # noqa: E402
+from lref.prompts import MATCH_HINT  # noqa: E402
 from lref.stages.select import (  # noqa: E402
     REPORT_NAME,
     SCORES_NAME,
@@ -513,6 +514,12 @@ def test_cli_select(tmp_path, tiny_encoder, pool):
     assert taught.exit_code == 0 or isinstance(taught.exception, SelectionError)
     confusion = json.loads((out / REPORT_NAME).read_text())["confusion"]
     assert confusion["source"] == "teacher" and sum(confusion["teacher_pairs"].values()) == 120  # the MS sample
+
+    # --match-hints: the selectors read the hint line, and the selected pairs keep it for the SFT stage after them.
+    hinted = CliRunner().invoke(app, common + ["--match-hints", "--min-fraction", "0.2"])
+    assert hinted.exit_code == 0, hinted.output
+    selected = load_records(out / SELECTED_NAME)
+    assert selected and all(MATCH_HINT in record.meta for record in selected)
 
 
 @pytest.mark.smoke

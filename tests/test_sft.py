@@ -446,6 +446,13 @@ def test_cli_train_sft(tiny_model, tmp_path):
     assert isinstance(again.exception, FileExistsError)
     resumed = CliRunner().invoke(app, [*args, "--resume"])
     assert resumed.exit_code == 0, resumed.output
+    assert "match_hints" not in manifest
+
+    hinted_out = tmp_path / "cli_hints"
+    hinted = CliRunner().invoke(app, [*args[:args.index("--out") + 1], str(hinted_out),
+                                      *args[args.index("--out") + 2:], "--match-hints"])
+    assert hinted.exit_code == 0, hinted.output
+    assert json.loads((hinted_out / MANIFEST_NAME).read_text())["match_hints"] is True  # scorers add the line
 
 
 # -- real weights -----------------------------------------------------------------------------------------------------

@@ -28,6 +28,10 @@ _FORMAT_HELP = "auto (by extension), jsonl, csv, parquet, homedepot, esci, wands
 _SCHEME_HELP = "Label scheme preset (graded3, esci4, crowdflower4, lref5); default: the format's own."
 _COLUMN_HELP = "FIELD=SOURCE_COLUMN for generic files, e.g. query=search_term (repeatable)."
 _OPTION_HELP = "KEY=VALUE reader option, e.g. locale=us, split=train, encoding=latin-1; 'none' = None (repeatable)."
+_MATCH_HINTS_HELP = (
+    "Add a line naming the query words found, close or missing in the product text to every pair "
+    "(lref.prompts.match_hint); the trained models record it and add it themselves when scoring."
+)
 
 
 def _key_values(items: list[str] | None, option: str) -> dict[str, str]:
@@ -41,12 +45,15 @@ def _key_values(items: list[str] | None, option: str) -> dict[str, str]:
     return parsed
 
 
-def _load_data(path: str, fmt: str, scheme: str | None, column: list[str] | None, option: list[str] | None):
+def _load_data(path: str, fmt: str, scheme: str | None, column: list[str] | None, option: list[str] | None,
+               match_hints: bool = False):
     from lref.data import load_records
+    from lref.prompts import with_match_hints
 
     raw_options = _key_values(option, "--option")
     options = {key: None if value.lower() == "none" else value for key, value in raw_options.items()}
-    return load_records(path, fmt, scheme=scheme, columns=_key_values(column, "--column") or None, **options)
+    records = load_records(path, fmt, scheme=scheme, columns=_key_values(column, "--column") or None, **options)
+    return with_match_hints(records) if match_hints else records
 
 
 @data_app.command("inspect")
@@ -432,6 +439,7 @@ def train_sft_command(
     seed: int = typer.Option(0, "--seed", help=_sft_help("seed")),
     threads: int | None = typer.Option(None, "--threads", min=1, help=_sft_help("threads")),
     resume: bool = typer.Option(False, "--resume", help=_sft_help("resume")),
+    match_hints: bool = typer.Option(False, "--match-hints", help=_MATCH_HINTS_HELP),
     option: list[str] | None = typer.Option(None, "--option", help=_OPTION_HELP),
 ) -> None:
     """LoRA SFT on the direct prompt; writes the adapter, tokenizer and lref_manifest.json to --out."""
@@ -448,8 +456,8 @@ def train_sft_command(
         )
     except ValueError as error:
         raise typer.BadParameter(str(error)) from None
-    train_records = _load_data(train, fmt, scheme_name, None, option)
-    eval_records = _load_data(eval_path, fmt, scheme_name, None, option) if eval_path else None
+    train_records = _load_data(train, fmt, scheme_name, None, option, match_hints)
+    eval_records = _load_data(eval_path, fmt, scheme_name, None, option, match_hints) if eval_path else None
     folder = train_sft(config, train_records, eval_records)
     typer.echo(str(folder))
 
@@ -569,6 +577,7 @@ def select_command(
     score_batch_size: int = typer.Option(16, "--score-batch-size", min=1, help=_select_help("score_batch_size")),
     seed: int = typer.Option(0, "--seed", help=_select_help("seed")),
     threads: int | None = typer.Option(None, "--threads", min=1, help=_select_help("threads")),
+    match_hints: bool = typer.Option(False, "--match-hints", help=_MATCH_HINTS_HELP),
     option: list[str] | None = typer.Option(None, "--option", help=_OPTION_HELP),
 ) -> None:
     """Stage 1: keep the pairs that are learnable (CI), not easy (IM) and not likely mislabelled (MS)."""
@@ -590,7 +599,7 @@ def select_command(
         )
     except ValueError as error:
         raise typer.BadParameter(str(error)) from None
-    records = _load_data(pool, fmt, scheme_name, None, option)
+    records = _load_data(pool, fmt, scheme_name, None, option, match_hints)
     teacher = None
     if confusion_source == "teacher":  # the offline rules teacher; other teachers are reachable from Python
         from lref.teachers.rules import RulesTeacher
