@@ -424,6 +424,76 @@ def test_class_balance_weights_scale_each_example_loss(tiny_model, tokenizer, tm
     assert weights["Irrelevant"] > weights["Exact"]
 
 
+# -- soft labels ------------------------------------------------------------------------------------------------------
+
+
+def test_rating_split_shares_a_rating_between_the_grades_beside_it():
+    assert SCHEME.rating_split(2.67) == pytest.approx({"Exact": 0.67, "Partial": 0.33})
+    assert SCHEME.rating_split(1.33) == pytest.approx({"Irrelevant": 0.67, "Partial": 0.33})
+    assert SCHEME.rating_split(2.0) == {"Partial": 1.0}
+    assert SCHEME.rating_split(3.4) == {"Exact": 1.0} and SCHEME.rating_split(0.2) == {"Irrelevant": 1.0}
+    split = SCHEME.rating_split(2.33)
+    assert sum(split.values()) == pytest.approx(1.0)
+    assert sum(weight * SCHEME.rating(label) for label, weight in split.items()) == pytest.approx(2.33)
+
+
+def _with_targets(tokenizer, records, targets) -> list[dict]:
+    from dataclasses import replace
+
+    examples = [replace(sft_module.direct_example(r, SCHEME), target=t) for r, t in zip(records, targets)]
+    first_ids = dict(zip(SCHEME.labels, label_token_ids(tokenizer, SCHEME)))
+    return sft_module.build_example_dataset(tokenizer, examples, None, None, first_ids).examples
+
+
+@pytest.mark.parametrize("logits_at_labels_only", [True, False])
+def test_a_soft_target_weighs_the_first_token_loss_of_each_of_its_labels(tiny_model, tokenizer,
+                                                                           logits_at_labels_only):
+    model = AutoModelForCausalLM.from_pretrained(str(tiny_model))
+    model.config.final_logit_softcapping = 3.0
+    records = make_records(3)  # Exact, Partial, Irrelevant
+    collate = PadCollator(tokenizer.pad_token_id)
+    hard = collate([build_example(tokenizer, r, SCHEME) for r in records])
+
+    def loss(batch):
+        return completion_loss(model, batch, logits_at_labels_only=logits_at_labels_only, num_items=1)[0].item()
+
+    plain = loss(hard)
+    assert loss(collate(_with_targets(tokenizer, records, [{r.label: 1.0} for r in records]))) == \
+        pytest.approx(plain, rel=1e-5)
+    # The Exact row's first token 0.6 Exact, 0.4 Partial; the other rows as before (one without a target).
+    mixed = loss(collate(_with_targets(tokenizer, records, [{"Exact": 0.6, "Partial": 0.4}, {"Partial": 1.0}, None])))
+    with torch.no_grad():
+        logits = model(input_ids=hard["input_ids"], attention_mask=hard["attention_mask"]).logits.float()
+    first = int((hard["labels"][0] != -100).nonzero()[0]) - 1  # the position that predicts the label's first token
+    log_probs = torch.log_softmax(logits[0, first], dim=-1)
+    exact_id, partial_id, _ = label_token_ids(tokenizer, SCHEME)
+    assert mixed == pytest.approx(plain + 0.4 * (log_probs[exact_id] - log_probs[partial_id]).item(), rel=1e-5)
+    assert abs(mixed - plain) > 1e-2  # the split moved the loss (by more than the tolerance above)
+
+
+def test_soft_labels_train_on_raw_scores_and_refuse_a_score_beside_another_label(tiny_model, tmp_path):
+    from dataclasses import replace
+
+    means = {"Exact": 2.67, "Partial": 2.33, "Irrelevant": 1.0}
+    records = [replace(r, raw_score=means[r.label]) for r in make_records(6)]
+    folder = train_sft(config(tiny_model, tmp_path / "soft", max_steps=1, soft_labels=True), records)
+    assert json.loads((folder / MANIFEST_NAME).read_text())["config"]["soft_labels"] is True
+    examples = [sft_module.direct_example(r, SCHEME, soft_label=True) for r in records]
+    assert examples[0].target == pytest.approx({"Exact": 0.67, "Partial": 0.33})
+    assert sft_module.direct_example(records[0], SCHEME).target is None
+
+    bad = records + [Record(id="odd", query="fan", title="fan", label="Irrelevant", raw_score=2.67)]
+    with pytest.raises(DataError, match="record 'odd': raw_score 2.67 does not sit beside its label 'Irrelevant'"):
+        train_sft(config(tiny_model, tmp_path / "bad", max_steps=1, soft_labels=True), bad)
+
+    # A run trained on hard labels cannot be resumed with soft ones: the targets differ.
+    out = tmp_path / "switch"
+    with pytest.raises(_Crash):
+        train_sft(config(tiny_model, out, max_steps=4, save_steps=1), records, callbacks=[_CrashAtStep(2)])
+    with pytest.raises(DataError, match="other data"):
+        train_sft(config(tiny_model, out, max_steps=4, save_steps=1, soft_labels=True, resume=True), records)
+
+
 # -- command line -----------------------------------------------------------------------------------------------------
 
 
@@ -450,9 +520,11 @@ def test_cli_train_sft(tiny_model, tmp_path):
 
     hinted_out = tmp_path / "cli_hints"
     hinted = CliRunner().invoke(app, [*args[:args.index("--out") + 1], str(hinted_out),
-                                      *args[args.index("--out") + 2:], "--match-hints"])
+                                      *args[args.index("--out") + 2:], "--match-hints", "--soft-labels"])
     assert hinted.exit_code == 0, hinted.output
-    assert json.loads((hinted_out / MANIFEST_NAME).read_text())["match_hints"] is True  # scorers add the line
+    hinted_manifest = json.loads((hinted_out / MANIFEST_NAME).read_text())
+    assert hinted_manifest["match_hints"] is True  # scorers add the line
+    assert hinted_manifest["config"]["soft_labels"] is True and not manifest["config"]["soft_labels"]
 
 
 # -- real weights -----------------------------------------------------------------------------------------------------

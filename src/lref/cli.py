@@ -434,6 +434,7 @@ def train_sft_command(
     grad_accum: int = typer.Option(1, "--grad-accum", min=1, help=_sft_help("grad_accum")),
     max_length: int = typer.Option(512, "--max-length", min=16, help=_sft_help("max_length")),
     class_balance: str = typer.Option("none", "--class-balance", help=_sft_help("class_balance")),
+    soft_labels: bool = typer.Option(False, "--soft-labels", help=_sft_help("soft_labels")),
     eval_steps: int = typer.Option(0, "--eval-steps", min=0, help=_sft_help("eval_steps")),
     save_steps: int = typer.Option(100, "--save-steps", min=1, help=_sft_help("save_steps")),
     seed: int = typer.Option(0, "--seed", help=_sft_help("seed")),
@@ -451,8 +452,8 @@ def train_sft_command(
         config = SFTStageConfig(
             model=model, scheme=scheme_name, output_dir=out, epochs=epochs, max_steps=max_steps, learning_rate=lr,
             lora_r=lora_r, lora_alpha=lora_alpha, batch_size=batch_size, grad_accum=grad_accum,
-            max_length=max_length, class_balance=class_balance, eval_steps=eval_steps, save_steps=save_steps,
-            seed=seed, threads=threads, resume=resume,
+            max_length=max_length, class_balance=class_balance, soft_labels=soft_labels, eval_steps=eval_steps,
+            save_steps=save_steps, seed=seed, threads=threads, resume=resume,
         )
     except ValueError as error:
         raise typer.BadParameter(str(error)) from None

@@ -63,6 +63,19 @@ class LabelScheme:
     def rating(self, label: str) -> float:
         return self.ratings[self.index(label)]
 
+    def rating_split(self, rating: float) -> dict[str, float]:
+        """`rating` as weights on the two grades whose ratings bracket it, each by its closeness (so they sum to 1
+        and average back to `rating`): on graded3, 2.67 is 0.67 Exact and 0.33 Partial. A rating at or beyond the
+        scale's end is all that end's grade."""
+        ladder = sorted(zip(self.ratings, self.labels))
+        if rating <= ladder[0][0]:
+            return {ladder[0][1]: 1.0}
+        for (low, low_label), (high, high_label) in zip(ladder, ladder[1:]):
+            if rating <= high:
+                upper = (rating - low) / (high - low)
+                return {label: weight for label, weight in ((low_label, 1.0 - upper), (high_label, upper)) if weight}
+        return {ladder[-1][1]: 1.0}
+
     def word(self, label: str) -> str:
         return self.words[self.index(label)]
 

@@ -106,6 +106,14 @@ class SFTStageConfig:
             "or 'inverse' (inverse frequency); weights average 1 over the training set."
         },
     )
+    soft_labels: bool = field(
+        default=False,
+        metadata={
+            "help": "Train toward the raters' mean where a record carries one (raw_score, on the scheme's ratings): "
+            "the label's first token is shared between the two grades that bracket it, by closeness (graded3: 2.67 "
+            "is 0.67 Exact, 0.33 Partial). Records without a raw score keep their label."
+        },
+    )
     logits_at_labels_only: bool = field(
         default=True,
         metadata={"help": "Apply the LM head only where a completion token is predicted (same loss, much faster)."},
@@ -188,18 +196,31 @@ def class_weights(labels: Sequence[str], scheme: LabelScheme, mode: str = "none"
 class TextExample:
     """One training example as text: the model reads `prompt` (prefix and pair tokenized separately, as the scorer
     does) and learns to write `completion`, then EOS. `label` is the gold label the completion ends in (for class
-    weights and label counts)."""
+    weights and label counts). `target`, when given, spreads the completion's first token over several labels
+    (label -> weight, summing to 1): the loss there is the weighted sum of each label's first-token loss."""
 
     id: str
     prompt: Prompt
     completion: str
     label: str
+    target: dict[str, float] | None = None
 
 
-def direct_example(record: Record, scheme: LabelScheme) -> TextExample:
-    """The direct example of a labelled record: the direct prompt, then the verbalised label."""
+def direct_example(record: Record, scheme: LabelScheme, soft_label: bool = False) -> TextExample:
+    """The direct example of a labelled record: the direct prompt, then the verbalised label. With `soft_label`, a
+    record carrying a raw score (the raters' mean, on the scheme's ratings) gets the target `scheme.rating_split`
+    makes of it; its label must be one of the grades the split names."""
     label = scheme.parse(record.label)
-    return TextExample(record.id, direct_prompt(record, scheme), label_completion(scheme, label), label)
+    target = None
+    if soft_label and record.raw_score is not None:
+        target = scheme.rating_split(float(record.raw_score))
+        if label not in target:
+            raise DataError(
+                f"record {record.id!r}: raw_score {record.raw_score} does not sit beside its label {label!r} on the "
+                f"ratings of scheme {scheme.name!r} ({dict(zip(scheme.labels, scheme.ratings))}); soft labels need "
+                "raw scores on that scale"
+            )
+    return TextExample(record.id, direct_prompt(record, scheme), label_completion(scheme, label), label, target)
 
 
 def text_completion_ids(tokenizer, completion: str) -> list[int]:
@@ -265,13 +286,25 @@ def build_dataset(
 
 
 def build_example_dataset(
-    tokenizer, examples: Sequence[TextExample], max_length: int | None, weights: dict[str, float] | None
+    tokenizer, examples: Sequence[TextExample], max_length: int | None, weights: dict[str, float] | None,
+    first_token_ids: dict[str, int] | None = None,
 ) -> _ExampleDataset:
+    """Tokenized examples with their loss weight; an example with a `target` also carries `soft_ids` and
+    `soft_probs` (its labels' first-token ids, from `first_token_ids`, and their weights)."""
     encoded, truncated = [], 0
     for example in examples:
         item = encode_example(tokenizer, example, max_length)
         truncated += item.pop("truncated")
         item["weight"] = 1.0 if weights is None else weights[example.label]
+        if example.target:
+            if first_token_ids is None:
+                raise ValueError("examples with a soft target need the labels' first-token ids")
+            first = next(token for token in item["labels"] if token != -100)
+            if first != first_token_ids[example.label]:
+                raise DataError(f"example {example.id!r}: its completion does not start with the first token of "
+                                f"label {example.label!r}, so a soft target cannot replace it")
+            item["soft_ids"] = [first_token_ids[label] for label in example.target]
+            item["soft_probs"] = [float(weight) for weight in example.target.values()]
         encoded.append(item)
     if truncated:
         logger.warning("%d of %d examples exceeded max_length=%s and lost part of their product text",
@@ -303,15 +336,16 @@ def examples_hash(examples: Sequence[TextExample]) -> str:
     """sha256 over the examples' id, prompt text, completion and label, in order."""
     digest = hashlib.sha256()
     for example in examples:
-        digest.update(json.dumps([example.id, example.prompt.prefix, example.prompt.pair, example.completion,
-                                  example.label], ensure_ascii=False).encode())
+        fields = [example.id, example.prompt.prefix, example.prompt.pair, example.completion, example.label]
+        digest.update(json.dumps(fields + ([example.target] if example.target else []), ensure_ascii=False).encode())
         digest.update(b"\n")
     return digest.hexdigest()
 
 
 class PadCollator:
     """Right-pads `input_ids` (pad id), `labels` (-100) and builds the attention mask and the weight vector; passes
-    `prefix_lengths` on when every example carries a `prefix_length`."""
+    `prefix_lengths` on when every example carries a `prefix_length`, and `soft_ids` / `soft_probs` (zero-padded)
+    when any carries a soft target."""
 
     def __init__(self, pad_token_id: int):
         self.pad_token_id = pad_token_id
@@ -332,6 +366,14 @@ class PadCollator:
         out = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels, "weights": weights}
         if all("prefix_length" in example for example in batch):
             out["prefix_lengths"] = torch.tensor([int(example["prefix_length"]) for example in batch])
+        width = max((len(example.get("soft_ids", ())) for example in batch), default=0)
+        if width:  # rows without a soft target keep zero weights, which selects their ordinary loss
+            out["soft_ids"] = torch.zeros((len(batch), width), dtype=torch.long)
+            out["soft_probs"] = torch.zeros((len(batch), width))
+            for row, example in enumerate(batch):
+                n = len(example.get("soft_ids", ()))
+                out["soft_ids"][row, :n] = torch.tensor(example.get("soft_ids", []), dtype=torch.long)
+                out["soft_probs"][row, :n] = torch.tensor(example.get("soft_probs", []))
         return out
 
 
@@ -462,6 +504,7 @@ def completion_loss(
     shifted = labels[:, 1:]
     mask = shifted != -100
     targets = shifted[mask]
+    soft = _soft_targets_at_labels(mask, inputs.get("soft_ids"), inputs.get("soft_probs"))
     lm = model.get_base_model() if isinstance(model, PeftModel) else model
     if logits_at_labels_only and not fast_head_supported(lm):
         logits_at_labels_only = False
@@ -475,9 +518,9 @@ def completion_loss(
     # Positions < n_prefix predict no label (checked), so the rows' rest lines up with `mask[:, n_prefix:]`.
     mask = mask[:, n_prefix:]
     if logits_at_labels_only:
-        token_loss = head_token_losses(lm, output.last_hidden_state[:, :-1][mask], targets)
+        token_loss = head_token_losses(lm, output.last_hidden_state[:, :-1][mask], targets, soft)
     else:
-        token_loss = F.cross_entropy(output.logits[:, :-1][mask].float(), targets, reduction="none")
+        token_loss = token_losses(output.logits[:, :-1][mask], targets, *(soft or ()))
     if weights is not None:
         token_loss = token_loss * weights.to(token_loss.dtype)[:, None].expand_as(mask)[mask]
     count = int(mask.sum())
@@ -487,34 +530,67 @@ def completion_loss(
     return token_loss.sum() / denominator, count
 
 
+def _soft_targets_at_labels(mask, soft_ids, soft_probs):
+    """(ids, probs) with one row per label position (in `mask`'s row-major order): a row's soft target at its first
+    label position, zeros elsewhere; None when the batch has no soft targets."""
+    import torch
+
+    if soft_ids is None:
+        return None
+    counts = mask.sum(dim=1)
+    first = torch.cumsum(counts, 0) - counts  # each row's first label position among the flattened ones
+    rows = counts > 0
+    ids = torch.zeros((int(counts.sum()), soft_ids.shape[1]), dtype=torch.long, device=soft_ids.device)
+    probs = torch.zeros(ids.shape, dtype=soft_probs.dtype, device=soft_probs.device)
+    ids[first[rows]] = soft_ids[rows]
+    probs[first[rows]] = soft_probs[rows]
+    return ids, probs
+
+
+def token_losses(logits, targets, soft_ids=None, soft_probs=None):
+    """Cross-entropy of `targets` under `logits` (positions x vocabulary); where a row of `soft_probs` has weight,
+    the weighted sum of the cross-entropies of its `soft_ids` instead."""
+    import torch
+    import torch.nn.functional as F
+
+    if soft_ids is None:
+        return F.cross_entropy(logits.float(), targets, reduction="none")
+    log_probs = F.log_softmax(logits.float(), dim=-1)
+    hard = -log_probs.gather(1, targets[:, None]).squeeze(1)
+    spread = -(log_probs.gather(1, soft_ids) * soft_probs.to(log_probs.dtype)).sum(dim=1)
+    return torch.where(soft_probs.sum(dim=1) > 0, spread, hard)
+
+
 HEAD_CHUNK = 256
 """Label positions projected through the LM head at a time. CoT completions put hundreds of label tokens in a batch,
 and with Gemma's 262k-token vocabulary their logits would take gigabytes at once; each chunk is recomputed in the
 backward pass instead of kept."""
 
 
-def head_token_losses(lm, hidden, targets):
-    """Cross-entropy of `targets` under `lm`'s output layer (soft-capped as the model does) at the hidden states
-    `hidden` (positions x width), `HEAD_CHUNK` positions at a time: the same values and gradients as one pass."""
+def head_token_losses(lm, hidden, targets, soft=None):
+    """`token_losses` under `lm`'s output layer (soft-capped as the model does) at the hidden states `hidden`
+    (positions x width), `HEAD_CHUNK` positions at a time: the same values and gradients as one pass. `soft`:
+    (soft_ids, soft_probs) per position, or None."""
     import torch
-    import torch.nn.functional as F
     from torch.utils.checkpoint import checkpoint
 
     head = lm.get_output_embeddings()
     cap = getattr(lm.config.get_text_config(), "final_logit_softcapping", None)
 
-    def chunk_losses(states, chunk_targets):
+    def chunk_losses(states, *chunk_targets):
         logits = head(states)
         if cap is not None:
             logits = torch.tanh(logits / cap) * cap
-        return F.cross_entropy(logits.float(), chunk_targets, reduction="none")
+        return token_losses(logits, *chunk_targets)
 
+    columns = (targets, *(soft or ()))
     if len(targets) <= HEAD_CHUNK:
-        return chunk_losses(hidden, targets)
+        return chunk_losses(hidden, *columns)
     recompute = torch.is_grad_enabled()
     return torch.cat([
-        checkpoint(chunk_losses, hidden[i:i + HEAD_CHUNK], targets[i:i + HEAD_CHUNK], use_reentrant=False)
-        if recompute else chunk_losses(hidden[i:i + HEAD_CHUNK], targets[i:i + HEAD_CHUNK])
+        checkpoint(chunk_losses, hidden[i:i + HEAD_CHUNK], *(column[i:i + HEAD_CHUNK] for column in columns),
+                   use_reentrant=False)
+        if recompute else chunk_losses(hidden[i:i + HEAD_CHUNK], *(column[i:i + HEAD_CHUNK] for column in columns))
         for i in range(0, len(targets), HEAD_CHUNK)
     ])
 
@@ -639,12 +715,13 @@ def train_sft(
     train_records = records_for_model(validate_records(train_records, scheme, "training"), start)
     eval_records = records_for_model(validate_records(eval_records, scheme, "evaluation"), start) if eval_records \
         else None
+    soft = config.soft_labels
     return train_sft_examples(
         config,
-        [direct_example(r, scheme) for r in train_records],
-        [direct_example(r, scheme) for r in eval_records] if eval_records else None,
+        [direct_example(r, scheme, soft) for r in train_records],
+        [direct_example(r, scheme, soft) for r in eval_records] if eval_records else None,
         callbacks=callbacks,
-        train_hash=data_hash(train_records),
+        train_hash=data_hash(train_records) + ("+soft-labels" if soft else ""),
         manifest_extra=match_hint_manifest(train_records),
     )
 
@@ -709,7 +786,7 @@ def train_sft_examples(
     model, tokenizer, _ = load_causal_lm(config.model, merge_adapter=True, dtype=torch.float32)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
-    label_token_ids(tokenizer, scheme)  # fail early when two labels share their first token
+    first_token_ids = dict(zip(scheme.labels, label_token_ids(tokenizer, scheme)))  # fails when two labels share one
     model.config.use_cache = False
     model = get_peft_model(
         model,
@@ -726,8 +803,9 @@ def train_sft_examples(
         order = prefix_grouped_order(train_examples, config.batch_size, config.seed)
         train_examples = [train_examples[i] for i in order]
     weights = class_weights([e.label for e in train_examples], scheme, config.class_balance)
-    train_dataset = build_example_dataset(tokenizer, train_examples, config.max_length, weights)
-    eval_dataset = build_example_dataset(tokenizer, eval_examples, config.max_length, None) if eval_examples else None
+    train_dataset = build_example_dataset(tokenizer, train_examples, config.max_length, weights, first_token_ids)
+    eval_dataset = (build_example_dataset(tokenizer, eval_examples, config.max_length, None, first_token_ids)
+                    if eval_examples else None)
 
     evaluate_during = eval_dataset is not None and config.eval_steps > 0
     args = TrainingArguments(
