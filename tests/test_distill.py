@@ -205,6 +205,36 @@ def test_student_learns_unlabelled_pairs_from_soft_targets(tmp_path, tiny_encode
         train_cross_encoder(CrossEncoderConfig(**{**config.__dict__, "output_dir": str(tmp_path / "x")}), records)
 
 
+def test_cross_encoder_soft_labels_learn_the_raters_spread(tmp_path, tiny_encoder):
+    """Same pairs and labels: trained on raw scores the encoder splits its probability as the raters did."""
+    from dataclasses import replace
+
+    from lref.models.cross_encoder import (CrossEncoderConfig, CrossEncoderScorer, _rating_targets, rating_loss,
+                                           train_cross_encoder)
+
+    scheme = get_scheme("graded3")
+    records = [Record(id=f"s{i}", query="white drill", title="white steel pack", label="Exact", raw_score=2.67)
+               for i in range(16)]
+    assert _rating_targets(records[:1] + [replace(records[0], raw_score=None)], scheme) == pytest.approx(
+        np.array([[0.67, 0.33, 0.0], [1.0, 0.0, 0.0]]))
+    probs = {}
+    for soft in (False, True):
+        config = CrossEncoderConfig(model=str(tiny_encoder), output_dir=str(tmp_path / str(soft)), learning_rate=5e-3,
+                                    max_steps=60, batch_size=8, warmup_ratio=0.0, progress=False, threads=1,
+                                    soft_labels=soft)
+        folder = train_cross_encoder(config, records, eval_records=records[:4])
+        manifest = json.loads((folder / MANIFEST_NAME).read_text())
+        assert manifest["config"]["soft_labels"] is soft and "eval_loss" in manifest["train_metrics"]
+        probs[soft] = CrossEncoderScorer.from_pretrained(folder).score(records[:1]).probs[0]
+    assert probs[False][0] > 0.9  # hard labels: all Exact
+    assert abs(probs[True][0] - 0.67) < 0.1 and abs(probs[True][1] - 0.33) < 0.1
+    with pytest.raises(ValueError, match="soft_labels sets the targets"):
+        train_cross_encoder(config, records, loss_fn=rating_loss)
+    with pytest.raises(DataError, match="record 'odd': raw_score 1.0 does not sit beside its label 'Exact'"):
+        train_cross_encoder(replace(config, output_dir=str(tmp_path / "odd")),
+                            [replace(records[0], id="odd", raw_score=1.0)])
+
+
 # -- distill end to end -----------------------------------------------------------------------------------------------
 
 

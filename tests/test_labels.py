@@ -39,3 +39,14 @@ def test_words_default_to_names_and_numeric_schemes_get_words():
     assert "- Excellent (4): " in crowdflower.describe()
     with pytest.raises(ValueError, match="distinct words"):
         LabelScheme("x", ("A", "B"), ("a", "b"), words=("same", "same"))
+
+
+def test_rating_split_shares_a_rating_between_the_grades_beside_it():
+    scheme = get_scheme("graded3")
+    assert scheme.rating_split(2.67) == pytest.approx({"Exact": 0.67, "Partial": 0.33})
+    assert scheme.rating_split(1.33) == pytest.approx({"Irrelevant": 0.67, "Partial": 0.33})
+    assert scheme.rating_split(2.0) == {"Partial": 1.0}
+    assert scheme.rating_split(3.4) == {"Exact": 1.0} and scheme.rating_split(0.2) == {"Irrelevant": 1.0}
+    split = scheme.rating_split(2.33)
+    assert sum(split.values()) == pytest.approx(1.0)
+    assert sum(weight * scheme.rating(label) for label, weight in split.items()) == pytest.approx(2.33)

@@ -427,16 +427,6 @@ def test_class_balance_weights_scale_each_example_loss(tiny_model, tokenizer, tm
 # -- soft labels ------------------------------------------------------------------------------------------------------
 
 
-def test_rating_split_shares_a_rating_between_the_grades_beside_it():
-    assert SCHEME.rating_split(2.67) == pytest.approx({"Exact": 0.67, "Partial": 0.33})
-    assert SCHEME.rating_split(1.33) == pytest.approx({"Irrelevant": 0.67, "Partial": 0.33})
-    assert SCHEME.rating_split(2.0) == {"Partial": 1.0}
-    assert SCHEME.rating_split(3.4) == {"Exact": 1.0} and SCHEME.rating_split(0.2) == {"Irrelevant": 1.0}
-    split = SCHEME.rating_split(2.33)
-    assert sum(split.values()) == pytest.approx(1.0)
-    assert sum(weight * SCHEME.rating(label) for label, weight in split.items()) == pytest.approx(2.33)
-
-
 def _with_targets(tokenizer, records, targets) -> list[dict]:
     from dataclasses import replace
 

@@ -63,6 +63,11 @@ class CrossEncoderConfig:
         default="none",
         metadata={"help": "Per-example loss weights by label frequency: 'none', 'sqrt' or 'inverse' (as in SFT)."},
     )
+    soft_labels: bool = field(
+        default=False,
+        metadata={"help": "Train toward the raters' mean where a record carries one (raw_score), shared between the "
+                  "two grades that bracket it, as in SFT; records without a raw score keep their label."},
+    )
     save_steps: int = field(default=200, metadata={"help": "Write a resumable checkpoint every this many steps."})
     save_total_limit: int = field(default=1, metadata={"help": "Checkpoints kept on disk (the newest ones)."})
     resume: bool = field(
@@ -96,9 +101,19 @@ def has_label(record: Record) -> bool:
 
 def label_loss(logits, batch: dict[str, Any]):
     """Cross-entropy on the hard labels, weighted per example when the batch has `weights` (mean over the batch)."""
+    return _weighted_mean(logits, batch["labels"], batch)
+
+
+def rating_loss(logits, batch: dict[str, Any]):
+    """Cross-entropy on the raters' spread (`targets`: each pair's `rating_target`, one-hot without a raw score),
+    weighted as `label_loss`."""
+    return _weighted_mean(logits, batch["targets"], batch)
+
+
+def _weighted_mean(logits, targets, batch: dict[str, Any]):
     import torch.nn.functional as F
 
-    loss = F.cross_entropy(logits.float(), batch["labels"], reduction="none")
+    loss = F.cross_entropy(logits.float(), targets, reduction="none")
     weights = batch.get("weights")
     if weights is not None:
         loss = loss * weights.to(loss.dtype)
@@ -144,6 +159,17 @@ def _make_trainer_class():
     return CrossEncoderTrainer
 
 
+def _rating_targets(records: Sequence[Record], scheme: LabelScheme) -> np.ndarray:
+    """N x K soft targets (scheme order): each record's `rating_target`, or its label one-hot without a raw score."""
+    from lref.stages.sft import rating_target
+
+    targets = np.zeros((len(records), len(scheme)), dtype=np.float32)
+    for row, record in enumerate(records):
+        for label, weight in (rating_target(record, scheme) or {record.label: 1.0}).items():
+            targets[row, scheme.index(label)] = weight
+    return targets
+
+
 def _tokenize(tokenizer, records: Sequence[Record], scheme: LabelScheme, max_length: int):
     queries, products = zip(*(pair_texts(r) for r in records)) if records else ((), ())
     encoded = tokenizer(list(queries), list(products), truncation="only_second", max_length=max_length)
@@ -182,12 +208,15 @@ def train_cross_encoder(
         data_hash,
         last_checkpoint,
         trainer_state_step,
+        rating_target,
         validate_records,
     )
 
     from lref.models.distill_loss import IGNORE_LABEL
 
     scheme = get_scheme(config.scheme)
+    if config.soft_labels and (targets is not None or loss_fn is not label_loss):
+        raise ValueError("soft_labels sets the targets and the loss itself; give neither with it")
     if targets is not None and records:  # a soft target teaches a pair that has no human label
         records = list(records)
         labelled = [i for i, r in enumerate(records) if has_label(r)]
@@ -196,6 +225,8 @@ def train_cross_encoder(
     else:
         records = validate_records(records, scheme, "training")
     eval_records = validate_records(eval_records, scheme, "evaluation") if eval_records else None
+    if config.soft_labels:
+        targets, loss_fn = _rating_targets(records, scheme), rating_loss
     if targets is not None:
         targets = np.asarray(targets, dtype=np.float32)
         if targets.shape != (len(records), len(scheme)):
@@ -207,7 +238,7 @@ def train_cross_encoder(
             f"{output_dir} already holds checkpoints of a run ({checkpoint.name}); resume it or choose another folder"
         )
     run_file = output_dir / CHECKPOINT_DIR / RUN_FILE
-    train_hash = data_hash(records)
+    train_hash = data_hash(records) + ("+soft-labels" if config.soft_labels else "")
     if checkpoint is not None:
         previous = json.loads(run_file.read_text()) if run_file.is_file() else {}
         if previous.get("data_hash", train_hash) != train_hash:
@@ -238,8 +269,11 @@ def train_cross_encoder(
     eval_examples = None
     if eval_records:
         eval_examples = _tokenize(tokenizer, eval_records, scheme, config.max_length)
-        for example, record in zip(eval_examples, eval_records):
+        eval_targets = _rating_targets(eval_records, scheme) if config.soft_labels else None
+        for i, (example, record) in enumerate(zip(eval_examples, eval_records)):
             example["labels"] = scheme.index(record.label)
+            if eval_targets is not None:
+                example["targets"] = eval_targets[i].tolist()
 
     args = TrainingArguments(
         **training_arguments(
@@ -402,6 +436,7 @@ __all__ = [
     "label_loss",
     "load_cross_encoder",
     "pair_texts",
+    "rating_loss",
     "score_pairs",
     "train_cross_encoder",
 ]

@@ -206,20 +206,27 @@ class TextExample:
     target: dict[str, float] | None = None
 
 
-def direct_example(record: Record, scheme: LabelScheme, soft_label: bool = False) -> TextExample:
-    """The direct example of a labelled record: the direct prompt, then the verbalised label. With `soft_label`, a
-    record carrying a raw score (the raters' mean, on the scheme's ratings) gets the target `scheme.rating_split`
-    makes of it; its label must be one of the grades the split names."""
+def rating_target(record: Record, scheme: LabelScheme) -> dict[str, float] | None:
+    """The soft target of a record carrying a raw score (the raters' mean, on the scheme's ratings):
+    `scheme.rating_split` of it, or None without one. The record's label must be one of the grades the split names."""
+    if record.raw_score is None:
+        return None
     label = scheme.parse(record.label)
-    target = None
-    if soft_label and record.raw_score is not None:
-        target = scheme.rating_split(float(record.raw_score))
-        if label not in target:
-            raise DataError(
-                f"record {record.id!r}: raw_score {record.raw_score} does not sit beside its label {label!r} on the "
-                f"ratings of scheme {scheme.name!r} ({dict(zip(scheme.labels, scheme.ratings))}); soft labels need "
-                "raw scores on that scale"
-            )
+    target = scheme.rating_split(float(record.raw_score))
+    if label not in target:
+        raise DataError(
+            f"record {record.id!r}: raw_score {record.raw_score} does not sit beside its label {label!r} on the "
+            f"ratings of scheme {scheme.name!r} ({dict(zip(scheme.labels, scheme.ratings))}); soft labels need raw "
+            "scores on that scale"
+        )
+    return target
+
+
+def direct_example(record: Record, scheme: LabelScheme, soft_label: bool = False) -> TextExample:
+    """The direct example of a labelled record: the direct prompt, then the verbalised label; with `soft_label`, the
+    record's `rating_target` as its first token's target."""
+    label = scheme.parse(record.label)
+    target = rating_target(record, scheme) if soft_label else None
     return TextExample(record.id, direct_prompt(record, scheme), label_completion(scheme, label), label, target)
 
 
@@ -910,8 +917,10 @@ __all__ = [
     "forward_replaced",
     "last_checkpoint",
     "prefix_grouped_order",
+    "rating_target",
     "shared_prefix_length",
     "text_completion_ids",
+    "token_losses",
     "train_sft",
     "train_sft_examples",
     "validate_records",
