@@ -460,9 +460,10 @@ def test_cli_cot_and_predict_cot(stage1, tmp_path, monkeypatch, capsys):
     code, stdout, err = run_lref(monkeypatch, capsys, "cot", "--model", str(stage1), "--train", str(data),
                                  "--direct-pool", str(pool), "--output-dir", str(out), "--stages", "ee",
                                  "--ee-samples", "3", "--max-steps", "1", "--batch-size", "4", "--lora-r", "4",
-                                 "--threads", "1", "--max-length", "4096")
+                                 "--threads", "1", "--max-length", "4096", "--soft-labels")
     assert code == 0, err
     assert (out / "ee" / MANIFEST_NAME).is_file() and str(out / "ee") in stdout
+    assert read_manifest(out / "ee")["config"]["soft_labels"] is True
     assert json.loads((out / REPORT_NAME).read_text())["n_direct_pool"] == 2 * len(make_records())
     code, _, err = run_lref(monkeypatch, capsys, "cot", "--model", str(stage1), "--train", str(data),
                             "--output-dir", str(tmp_path / "bad"), "--teacher", "gpt")
@@ -499,3 +500,20 @@ def test_direct_examples_come_from_the_pool_when_one_is_given(stage1, tmp_path):
     train_cot(own, records, direct_pool=pool)
     labels = json.loads((tmp_path / "own" / REPORT_NAME).read_text())["stages"]["ee"]["direct_labels"]
     assert set(labels) <= {record.label for record in records} and "Exact" in labels
+
+
+def test_soft_labels_give_the_direct_examples_the_raters_spread(stage1, tmp_path):
+    from lref.stages.cot import direct_examples
+
+    pool = [dataclasses.replace(record, id=f"pool{i}", label="Irrelevant", raw_score=1.33)
+            for i, record in enumerate(make_records())]
+    examples = direct_examples(pool, SCHEME, 4, soft_label=True)
+    assert all(example.target == pytest.approx({"Irrelevant": 0.67, "Partial": 0.33}) for example in examples)
+    assert all(example.target is None for example in direct_examples(pool, SCHEME, 4))
+
+    config = dataclasses.replace(cot_config(stage1, tmp_path / "soft"), stages=["ee"], soft_labels=True)
+    assert config.sft_config("ee", str(stage1)).soft_labels
+    hard = dataclasses.replace(config, output_dir=str(tmp_path / "hard"), soft_labels=False)
+    hashes = [read_manifest(train_cot(settings, make_records(), direct_pool=pool)["ee"])["cot"]["inputs_hash"]
+              for settings in (config, hard)]
+    assert hashes[0] != hashes[1]  # the targets are part of the stage's inputs

@@ -803,6 +803,7 @@ def cot_command(
     ra_epochs: float = typer.Option(1.0, "--ra-epochs", help=_cot_help("ra_epochs")),
     dr_epochs: float = typer.Option(0.5, "--dr-epochs", help=_cot_help("dr_epochs")),
     direct_share: float = typer.Option(0.5, "--direct-share", help=_cot_help("direct_share")),
+    soft_labels: bool = typer.Option(False, "--soft-labels", help=_cot_help("soft_labels")),
     over_estimate_share: float = typer.Option(0.7, "--over-estimate-share", help=_cot_help("over_estimate_share")),
     lr: float = typer.Option(1e-4, "--lr", min=0.0, help=_cot_help("learning_rate")),
     max_steps: int = typer.Option(-1, "--max-steps", help=_cot_help("max_steps")),
@@ -831,7 +832,8 @@ def cot_command(
             model=model, scheme=label_scheme.name, output_dir=output_dir, stages=stages, teacher=teacher,
             teacher_model=teacher_model, teacher_url=teacher_url, rules=rules, ee_samples=ee_samples,
             ra_samples=ra_samples, dr_samples=dr_samples, ee_epochs=ee_epochs, ra_epochs=ra_epochs,
-            dr_epochs=dr_epochs, direct_share=direct_share, over_estimate_share=over_estimate_share, learning_rate=lr,
+            dr_epochs=dr_epochs, direct_share=direct_share, soft_labels=soft_labels,
+            over_estimate_share=over_estimate_share, learning_rate=lr,
             max_steps=max_steps, lora_r=lora_r, lora_alpha=lora_alpha, batch_size=batch_size, grad_accum=grad_accum,
             max_length=max_length, save_steps=save_steps, seed=seed, threads=threads, resume=resume,
         )

@@ -208,7 +208,6 @@ def train_cross_encoder(
         data_hash,
         last_checkpoint,
         trainer_state_step,
-        rating_target,
         validate_records,
     )
 

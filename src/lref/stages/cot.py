@@ -132,6 +132,11 @@ class CoTConfig:
                   "scorer's label prior, and the selected pairs' label mix is not the traffic's. Off, or with no "
                   "pool given: from the stage's own training pairs."},
     )
+    soft_labels: bool = field(
+        default=False,
+        metadata={"help": "Direct examples train toward the raters' mean where a pair carries one (raw_score), as "
+                  "SFT's soft_labels; the chain-of-thought examples keep their label."},
+    )
     over_estimate_share: float = field(
         default=0.7,
         metadata={"help": "DR: share of wrong decisions that over-estimate (a grade more relevant than gold; the "
@@ -521,13 +526,15 @@ def quotas_from_weights(weights: Mapping[str, float], count: int) -> Counter:
     return quota
 
 
-def direct_examples(records: Sequence[Record], scheme: LabelScheme, count: int, seed: int = 0) -> list[TextExample]:
-    """`count` direct examples drawn in a seeded order (cycling through the records when they are fewer)."""
+def direct_examples(records: Sequence[Record], scheme: LabelScheme, count: int, seed: int = 0,
+                    soft_label: bool = False) -> list[TextExample]:
+    """`count` direct examples drawn in a seeded order (cycling through the records when they are fewer); with
+    `soft_label`, targets from the pairs' raw scores (`direct_example`)."""
     if count <= 0:
         return []
     order = list(records)
     random.Random(f"{seed}:direct").shuffle(order)
-    return [direct_example(order[i % len(order)], scheme) for i in range(count)]
+    return [direct_example(order[i % len(order)], scheme, soft_label) for i in range(count)]
 
 
 def direct_count(cot_count: int, direct_share: float) -> int:
@@ -612,7 +619,7 @@ def train_cot(
             seed=config.seed, cache_path=output_dir / TEACHER_FILE.format(task=task), progress=config.progress,
         )
         direct = direct_examples(direct_source, scheme, direct_count(len(cot), config.direct_share),
-                                 config.seed + 1 + TASKS.index(task))
+                                 config.seed + 1 + TASKS.index(task), config.soft_labels)
         examples = cot + direct
         sft = config.sft_config(task, model)
         inputs_hash = _inputs_hash(previous, examples, sft)

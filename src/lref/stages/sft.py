@@ -490,7 +490,8 @@ def completion_loss(
     share_prefix: bool = True,
     num_items: Any = None,
 ):
-    """Weighted next-token cross-entropy over the positions whose label is not -100.
+    """Weighted next-token cross-entropy over the positions whose label is not -100 (at a row's first label position,
+    its soft target's mix of label losses when the batch carries `soft_ids` / `soft_probs`; `token_losses`).
 
     Returns (sum of weighted token losses / `num_items`, number of label tokens). `num_items` defaults to the number
     of label tokens in this batch. With `logits_at_labels_only` the backbone's hidden states are projected through
@@ -503,7 +504,6 @@ def completion_loss(
     expectation). Otherwise, or when the model's cache cannot be shared, the plain forward runs.
     """
     import torch
-    import torch.nn.functional as F
     from peft import PeftModel
 
     labels = inputs["labels"]
