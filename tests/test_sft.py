@@ -436,7 +436,7 @@ def _with_targets(tokenizer, records, targets) -> list[dict]:
 
 
 @pytest.mark.parametrize("logits_at_labels_only", [True, False])
-def test_a_soft_target_weighs_the_first_token_loss_of_each_of_its_labels(tiny_model, tokenizer,
+def test_a_soft_target_weighs_the_first_token_loss_of_each_of_its_labels(tiny_model, tokenizer, monkeypatch,
                                                                            logits_at_labels_only):
     model = AutoModelForCausalLM.from_pretrained(str(tiny_model))
     model.config.final_logit_softcapping = 3.0
@@ -459,6 +459,9 @@ def test_a_soft_target_weighs_the_first_token_loss_of_each_of_its_labels(tiny_mo
     exact_id, partial_id, _ = label_token_ids(tokenizer, SCHEME)
     assert mixed == pytest.approx(plain + 0.4 * (log_probs[exact_id] - log_probs[partial_id]).item(), rel=1e-5)
     assert abs(mixed - plain) > 1e-2  # the split moved the loss (by more than the tolerance above)
+    monkeypatch.setattr(sft_module, "HEAD_CHUNK", 2)  # the targets follow their positions into the chunks
+    chunked = loss(collate(_with_targets(tokenizer, records, [{"Exact": 0.6, "Partial": 0.4}, {"Partial": 1.0}, None])))
+    assert chunked == pytest.approx(mixed, rel=1e-5)
 
 
 def test_soft_labels_train_on_raw_scores_and_refuse_a_score_beside_another_label(tiny_model, tmp_path):

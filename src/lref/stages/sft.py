@@ -590,16 +590,13 @@ def head_token_losses(lm, hidden, targets, soft=None):
             logits = torch.tanh(logits / cap) * cap
         return token_losses(logits, *chunk_targets)
 
-    columns = (targets, *(soft or ()))
+    columns = (hidden, targets, *(soft or ()))
     if len(targets) <= HEAD_CHUNK:
-        return chunk_losses(hidden, *columns)
+        return chunk_losses(*columns)
     recompute = torch.is_grad_enabled()
-    return torch.cat([
-        checkpoint(chunk_losses, hidden[i:i + HEAD_CHUNK], *(column[i:i + HEAD_CHUNK] for column in columns),
-                   use_reentrant=False)
-        if recompute else chunk_losses(hidden[i:i + HEAD_CHUNK], *(column[i:i + HEAD_CHUNK] for column in columns))
-        for i in range(0, len(targets), HEAD_CHUNK)
-    ])
+    chunks = [[column[i:i + HEAD_CHUNK] for column in columns] for i in range(0, len(targets), HEAD_CHUNK)]
+    return torch.cat([checkpoint(chunk_losses, *chunk, use_reentrant=False) if recompute else chunk_losses(*chunk)
+                      for chunk in chunks])
 
 
 @contextmanager
