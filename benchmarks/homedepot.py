@@ -97,6 +97,9 @@ def goals(systems: dict[str, Any]) -> list[str]:
             margin = 100 * (wf1(final) - wf1(baseline))
             lines.append(f"- LREF-final ({final}) vs `{baseline}`: {margin:+.1f} pts weighted-F1 (goal: >= +2.0) -> "
                          f"{'met' if margin >= 2 else 'missed'}")
+    if wf1("lref_select") is None and wf1("lref_ee") is not None:
+        lines.append("- `lref_select`: no model of its own; the config has no sft stage, so the CoT stages continue "
+                     "llm-base and the selection only chooses their examples (its effect is inside `lref_ee`)")
     previous = "llm_base"
     for stage in CHAIN:
         if wf1(stage) is None:

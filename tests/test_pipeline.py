@@ -96,7 +96,8 @@ def full_run(models, tmp_path_factory):
         (lambda c: c.update(stagse={}), r"stagse: unknown key \(did you mean 'stages'\?\)"),
         (lambda c: c["stages"]["bert"].update(pairs=0), r"stages\.bert\.pairs: must be at least 1"),
         (lambda c: c["stages"]["sft"].update(start_from="bert"), r"stages\.sft\.start_from: expected one of model, llm-base"),
-        (lambda c: c["stages"]["dpo"].update(start_from="llm-base"), r"stages\.dpo\.start_from: only the sft stage"),
+        (lambda c: c["stages"]["dpo"].update(start_from="llm-base"),
+         r"stages\.dpo\.start_from: only the first chain stage listed \(sft\) takes it"),
         (lambda c: c["stages"].pop("llm-base") and c["stages"]["sft"].update(start_from="llm-base"),
          r"stages\.sft\.start_from: llm-base is not among the stages"),
     ],
@@ -237,6 +238,14 @@ def test_sft_can_continue_the_llm_base_adapter(models, tmp_path):
     assert "llm-base" in manifest["inputs"]
     with pytest.raises(ConfigError, match="stage sft starts from llm-base .* which has not finished"):
         run({**config, "run_dir": str(tmp_path / "cold")}, tmp_path, only=["sft"])
+
+    # Without sft, cot is the first chain stage and may continue the llm-base adapter itself.
+    cot_first = make_config(models, tmp_path / "warm", stages={"llm-base": stages["llm-base"], "cot": {
+        **make_config(models, tmp_path)["stages"]["cot"], "start_from": "llm-base"}})
+    assert status(run(cot_first, tmp_path)) == {"llm-base": "unchanged,", "cot": "running"}
+    manifest = json.loads((tmp_path / "warm/stages/cot/manifest.json").read_text())
+    assert manifest["config"]["model"] == str(tmp_path / "warm/stages/llm-base/model")
+    assert "llm-base" in manifest["inputs"]
 
     # A moved run dir keeps its finished stages, and a re-run stage reads their outputs where they are now.
     shutil.move(tmp_path / "warm", tmp_path / "moved")

@@ -17,8 +17,9 @@ The config names the data, the models, the settings of each stage and the seed::
 Stages, in run order (`STAGES`): the baselines `lexical`, `zero-shot`, `bert` (a cross-encoder on all training
 data), `llm-base` (LoRA SFT on all training data), then the chain `select` -> `sft` (on the selected pairs, or all
 pairs without `select`) -> `cot` (EE, RA, DR) -> `dpo` -> `distill`. Each chain stage starts from the model the
-previous chain stage wrote; `sft` starts from the base `model`, or, with `start_from: llm-base`, continues
-training the llm-base adapter on the selected pairs. Besides its dataclass fields every trained stage takes
+previous chain stage wrote; the first chain stage listed (usually `sft`) starts from the base `model`, or, with
+`start_from: llm-base`, continues training the llm-base adapter (`sft` on the selected pairs; `cot` without `sft`
+on CoT examples of the selected pairs). Besides its dataclass fields every trained stage takes
 `pairs` (train on a seeded sample of that many of its input pairs). `scheme`, `output_dir` and `resume` are set by
 the pipeline, and so is `model` (`teacher` for distill) of the chain stages; `seed` defaults to the top-level seed.
 
@@ -72,7 +73,7 @@ logger = logging.getLogger(__name__)
 
 STAGES = ("lexical", "zero-shot", "bert", "llm-base", "select", "sft", "cot", "dpo", "distill")
 CHAIN = ("sft", "cot", "dpo", "distill")
-SFT_STARTS = ("model", "llm-base")
+CHAIN_STARTS = ("model", "llm-base")
 RESULTS_NAME = "results.json"
 MANIFEST = "manifest.json"
 LOG_NAME = "run.log"
@@ -180,10 +181,10 @@ class PipelineConfig:
                   "per-label bias is fitted on them, stored beside its model and applied to its evaluation."},
     )
     calibration_pairs: int | None = field(default=None, metadata={"help": "Pairs held out for calibration."})
-    sft_start: str = field(
+    chain_start: str = field(
         default="model",
-        metadata={"help": "What the chain's sft stage starts from: 'model' (the base LLM, as in the paper) or "
-                  "'llm-base' (continue the llm-base adapter on the selected pairs)."},
+        metadata={"help": "What the first chain stage listed (sft, or cot without sft) starts from: 'model' (the base "
+                  "LLM, as in the paper) or 'llm-base' (continue the llm-base adapter on that stage's data)."},
     )
     source: str | None = None
 
@@ -358,7 +359,8 @@ def parse_config(raw: dict[str, Any], source: str | Path | None = None) -> Pipel
         raise ConfigError(f"stages: expected a mapping naming at least one of {', '.join(STAGES)}")
     scheme = _scheme_name(data)
     stages, pairs = {}, {}
-    sft_start = "model"
+    chain_start = "model"
+    first_chain = next((name for name in CHAIN if name in stages_raw), None)
     for name, values in stages_raw.items():
         path = f"stages.{name}"
         if name not in STAGES:
@@ -382,12 +384,13 @@ def parse_config(raw: dict[str, Any], source: str | Path | None = None) -> Pipel
             if pairs[name] is not None and pairs[name] < 1:
                 raise ConfigError(f"{path}.pairs: must be at least 1 or null, got {pairs[name]}")
         if "start_from" in values:
-            if name != "sft":
-                raise ConfigError(f"{path}.start_from: only the sft stage takes it")
-            sft_start = _check_type(values.pop("start_from"), str, f"{path}.start_from")
-            if sft_start not in SFT_STARTS:
-                raise ConfigError(f"{path}.start_from: expected one of {', '.join(SFT_STARTS)}, got {sft_start!r}")
-            if sft_start == "llm-base" and "llm-base" not in stages_raw:
+            if name != first_chain:
+                raise ConfigError(f"{path}.start_from: only the first chain stage listed ({first_chain or 'none'}) "
+                                  "takes it")
+            chain_start = _check_type(values.pop("start_from"), str, f"{path}.start_from")
+            if chain_start not in CHAIN_STARTS:
+                raise ConfigError(f"{path}.start_from: expected one of {', '.join(CHAIN_STARTS)}, got {chain_start!r}")
+            if chain_start == "llm-base" and "llm-base" not in stages_raw:
                 raise ConfigError(f"{path}.start_from: llm-base is not among the stages; add it or remove this key")
         if "seed" in _field_names(cls):
             values.setdefault("seed", seed)
@@ -398,7 +401,7 @@ def parse_config(raw: dict[str, Any], source: str | Path | None = None) -> Pipel
     stages = {name: stages[name] for name in STAGES if name in stages}
     return PipelineConfig(run_dir=run_dir, seed=seed, model=model, data=data, eval=eval_settings, stages=stages,
                           pairs=pairs, calibration=calibration, calibration_pairs=calibration_pairs,
-                          sft_start=sft_start, source=str(source) if source else None)
+                          chain_start=chain_start, source=str(source) if source else None)
 
 
 def _calibration_settings(raw: Any) -> tuple[Any, int | None]:
@@ -872,10 +875,10 @@ class Pipeline:
                     raise ConfigError(f"stage {name} needs {previous}, which has not finished: run it first")
                 upstream["model"] = done[previous]["outputs"]["model"]
                 inputs[previous] = done[previous]["fingerprint"]
-            elif name == "sft" and self.config.sft_start == "llm-base":
+            elif self.config.chain_start == "llm-base":
                 if "llm-base" not in done or done["llm-base"].get("status") != "done":
-                    raise ConfigError("stage sft starts from llm-base (start_from), which has not finished: run it "
-                                      "first")
+                    raise ConfigError(f"stage {name} starts from llm-base (start_from), which has not finished: run "
+                                      "it first")
                 upstream["model"] = done["llm-base"]["outputs"]["model"]
                 inputs["llm-base"] = done["llm-base"]["fingerprint"]
             else:
@@ -1060,8 +1063,8 @@ def config_reference() -> str:
             lines.append("| `pairs` | (required) | Training pairs (whole queries) held out of every stage; each system's "
                          "label bias is fitted on them and applied to its evaluation. Leave `calibration` out for "
                          "raw scores. |")
-        if title == "stages.sft":
-            help_text = PipelineConfig.__dataclass_fields__["sft_start"].metadata["help"]
+        if title in ("stages.sft", "stages.cot"):
+            help_text = PipelineConfig.__dataclass_fields__["chain_start"].metadata["help"]
             lines.append(f"| `start_from` | `\"model\"` | {help_text} |")
         for f in dataclasses.fields(cls):
             if f.name in owned:
