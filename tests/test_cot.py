@@ -342,8 +342,9 @@ def test_cot_generation_falls_back_to_the_direct_label(trained):
     unparsed = [i for i, text in enumerate(stats["texts"]) if parse_label(text, SCHEME) is None]
     assert stats["fallbacks"] == len(unparsed) and stats["pairs"] == 5 and stats["pairs_per_s"] > 0
     direct = LabelScorer(model, tokenizer, SCHEME).predict(records)
-    for i in unparsed:
-        assert predictions[i].label == direct[i].label and predictions[i].probs == direct[i].probs
+    for i in unparsed:  # the fallback scores in other batches than `direct`: equal up to float rounding
+        assert predictions[i].label == direct[i].label
+        assert predictions[i].probs == pytest.approx(direct[i].probs, abs=1e-6)
     assert stats["generated_tokens"] <= 5 * 12
 
 

@@ -225,7 +225,7 @@ def test_only_needs_finished_upstream_stages(models, tmp_path):
         run(config, tmp_path, from_stage="nope")
 
 
-def test_sft_can_continue_the_llm_base_adapter(models, tmp_path):
+def test_the_first_chain_stage_can_continue_the_llm_base_adapter(models, tmp_path):
     stages = {name: make_config(models, tmp_path)["stages"][name] for name in ("llm-base", "sft")}
     config = make_config(models, tmp_path / "warm", stages=stages)
     run(config, tmp_path)
