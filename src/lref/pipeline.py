@@ -183,8 +183,9 @@ class PipelineConfig:
     calibration_pairs: int | None = field(default=None, metadata={"help": "Pairs held out for calibration."})
     chain_start: str = field(
         default="model",
-        metadata={"help": "What the first chain stage listed (sft, or cot without sft) starts from: 'model' (the base "
-                  "LLM, as in the paper) or 'llm-base' (continue the llm-base adapter on that stage's data)."},
+        metadata={"help": "What the first chain stage listed (sft; without sft, cot; and so on) starts from: 'model' "
+                  "(the base LLM, as in the paper) or 'llm-base' (continue the llm-base adapter on that stage's "
+                  "data)."},
     )
     source: str | None = None
 
