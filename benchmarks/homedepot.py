@@ -261,7 +261,7 @@ def main() -> None:
         "wall_time_s": round(time.perf_counter() - started, 1) if not args.report_only else last_run_wall(args.out),
         "machine": f"{cpu_name()}, {os.cpu_count()} cores",
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "command": "python benchmarks/homedepot.py" + (" --report-only" if args.report_only else ""),
+        "command": "python " + " ".join(sys.argv),
     }
     write_json(args.out, data)
     text = results_markdown(data)
