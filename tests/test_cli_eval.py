@@ -139,6 +139,25 @@ def test_eval_end_to_end(catalog, tmp_path, monkeypatch, capsys):
     assert f"metrics written to {metrics_path}" in out
 
 
+def test_eval_against_a_baseline_prints_the_paired_margin(catalog, tmp_path, monkeypatch, capsys):
+    gold = load_records(catalog, scheme="graded3")
+    _write_predictions(tmp_path / "perfect.jsonl", [{"id": r.id, "label": r.label} for r in gold])
+    # wrong on every fifth pair: each query resample has the perfect baseline ahead
+    rows = [{"id": r.id, "label": "Exact" if i % 5 == 0 and r.label != "Exact" else r.label} for i, r in enumerate(gold)]
+    _write_predictions(tmp_path / "pred.jsonl", rows)
+    wrong = sum(1 for r, row in zip(gold, rows, strict=True) if row["label"] != r.label)
+    args = ["eval", "--pred", str(tmp_path / "pred.jsonl"), "--gold", str(catalog), "--bootstrap", "200"]
+    code, out, err = run_lref(monkeypatch, capsys, *args, "--baseline", str(tmp_path / "perfect.jsonl"),
+                              "--out", str(tmp_path / "metrics.json"))
+    assert code == 0, err
+    paired = json.loads((tmp_path / "metrics.json").read_text())["paired"]
+    assert paired["accuracy"] == pytest.approx(-wrong / 400)
+    assert paired["ci95"]["weighted_f1"][1] < 0
+    assert f"margin over {tmp_path / 'perfect.jsonl'}: weighted_f1 {100 * paired['weighted_f1']:+.1f} pts" in out
+    code, _, err = run_lref(monkeypatch, capsys, *args, "--allow-missing", "--baseline", str(tmp_path / "perfect.jsonl"))
+    assert code == 2 and "--baseline" in err and "every pair predicted" in err
+
+
 def test_eval_reports_a_bad_prediction_label_with_file_and_row(catalog, tmp_path, monkeypatch, capsys):
     gold = load_records(catalog, scheme="graded3")
     rows = [{"id": r.id, "label": r.label} for r in gold]

@@ -3,7 +3,7 @@ import pytest
 from sklearn.metrics import f1_score
 
 from lref.data.records import DataError, Record
-from lref.metrics import _scores_from_confusion, evaluate, format_report
+from lref.metrics import _scores_from_confusion, evaluate, format_report, paired_difference
 from lref.predictions import Prediction
 
 # Six pairs over two queries, scheme graded3 (Exact=3, Partial=2, Irrelevant=1).
@@ -100,6 +100,38 @@ def test_intervals_contain_the_estimate_and_are_reproducible():
         low, high = first["ci95"][name]
         assert low < first[name] < high
         assert high - low < 0.2
+
+
+def test_a_system_against_itself_differs_by_exactly_zero():
+    gold, preds = _noisy_set()
+    result = paired_difference(gold, preds, preds, "graded3", bootstrap=200)
+    assert result["n"] == len(gold)
+    for name in ("accuracy", "macro_f1", "weighted_f1"):
+        assert result[name] == 0 and result["ci95"][name] == [0, 0]
+
+
+def test_paired_difference_is_the_difference_of_the_evaluations_with_a_narrower_interval():
+    gold, better = _noisy_set()
+    rng = np.random.default_rng(3)
+    labels = ["Exact", "Partial", "Irrelevant"]
+    # The baseline errs wherever `better` does, plus on a tenth of the pairs `better` gets right.
+    worse = [Prediction(p.id, labels[(labels.index(g.label) + 1) % 3]) if p.label == g.label and rng.random() < 0.1
+             else p for g, p in zip(gold, better)]
+    first, second = (evaluate(gold, preds, "graded3", bootstrap=500, seed=1) for preds in (better, worse))
+    result = paired_difference(gold, better, list(reversed(worse)), "graded3", bootstrap=500, seed=1)  # joined by id
+    for name in ("accuracy", "macro_f1", "weighted_f1"):
+        assert result[name] == pytest.approx(first[name] - second[name])
+        low, high = result["ci95"][name]
+        assert 0 < low < result[name] < high  # every resample favours `better`
+        assert high - low < first["ci95"][name][1] - first["ci95"][name][0]
+
+
+def test_paired_difference_needs_every_pair_and_resamples():
+    gold, preds = six_pairs()
+    with pytest.raises(DataError, match="1 of 6 gold record"):
+        paired_difference(gold, preds, preds[:-1], "graded3")
+    with pytest.raises(ValueError, match="bootstrap must be at least 1"):
+        paired_difference(gold, preds, preds, "graded3", bootstrap=0)
 
 
 def test_confusion_formulas_match_sklearn():

@@ -172,6 +172,7 @@ def test_rerun_skips_unchanged_stages_and_reevaluates_on_eval_change(full_run, t
     assert status(run(changed, tmp_path, only=["lexical", "bert"])) == {"lexical": "evaluation", "bert": "evaluation"}
     bert = json.loads((run_dir / "stages/bert/manifest.json").read_text())
     assert bert["started"] == started  # not retrained
+    assert bert["reevaluated"]["wall_time_s"] > 0
     assert json.loads((run_dir / "stages/bert/metrics_bert.json").read_text())["bootstrap"] == 10
     run(config, tmp_path, only=["lexical", "bert"])
 

@@ -391,6 +391,11 @@ def evaluate_command(
         False, "--allow-missing", help="Evaluate the ids both files share instead of failing on unmatched ids."
     ),
     option: list[str] | None = typer.Option(None, "--option", help=_OPTION_HELP),
+    baseline: str | None = typer.Option(
+        None, "--baseline", "-b",
+        help="A second prediction file for the same pairs: also print --pred's margin over it, with a paired "
+        "query-level 95% CI (in --out as `paired`).",
+    ),
 ) -> None:
     """Compare predictions with gold labels: accuracy beside the majority floor, F1s, confusion, query-level CIs."""
     from rich.console import Console
@@ -398,14 +403,24 @@ def evaluate_command(
     from lref.data import default_scheme
     from lref.io import write_json
     from lref.labels import get_scheme
-    from lref.metrics import evaluate, format_report
+    from lref.metrics import evaluate, format_report, paired_difference
     from lref.predictions import read_predictions
 
     label_scheme = get_scheme(scheme) if scheme else default_scheme(fmt)
     records = _load_data(gold, fmt, label_scheme.name, None, option)
     predictions = read_predictions(pred, label_scheme)
     result = evaluate(records, predictions, label_scheme, bootstrap=bootstrap, seed=seed, allow_missing=allow_missing)
+    if baseline:
+        if allow_missing or bootstrap < 1:
+            raise typer.BadParameter("needs every pair predicted and --bootstrap of at least 1", param_hint="--baseline")
+        paired = paired_difference(records, predictions, read_predictions(baseline, label_scheme), label_scheme,
+                                   bootstrap=bootstrap, seed=seed)
+        result["paired"] = {"baseline": baseline, **paired}
     Console().print(format_report(result, label_scheme))
+    if baseline:
+        typer.echo(f"margin over {baseline}: " + "; ".join(
+            f"{name} {100 * paired[name]:+.1f} pts [paired 95% CI {100 * paired['ci95'][name][0]:+.1f}, "
+            f"{100 * paired['ci95'][name][1]:+.1f}]" for name in ("weighted_f1", "macro_f1", "accuracy")))
     if out:
         write_json(out, result)
         typer.echo(f"metrics written to {out}")

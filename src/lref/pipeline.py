@@ -924,8 +924,13 @@ class Pipeline:
                     self.echo(f"{prefix}: unchanged, kept ({_headline(previous)})")
                     return previous
                 self.echo(f"{prefix}: evaluation settings changed, re-evaluating")
+                started = time.perf_counter()
                 previous.update(metrics=self._evaluate(previous["systems"], data, stage_dir),
                                 eval_fingerprint=eval_fingerprint)
+                # wall_time_s stays the training run's; this says what scoring the new evaluation cost.
+                previous["reevaluated"] = {
+                    "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                    "wall_time_s": round(time.perf_counter() - started, 2)}
                 write_json(stage_dir / MANIFEST, previous)
                 return previous
         resume = bool(previous and not force and previous.get("fingerprint") == fingerprint
