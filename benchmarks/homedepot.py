@@ -77,16 +77,53 @@ def collect(pipeline: Pipeline) -> dict[str, Any]:
         manifest = read_manifest(pipeline.stage_dir(name))
         if manifest:
             stages[name] = {"status": manifest.get("status"), "wall_time_s": manifest.get("wall_time_s"),
+                            "reevaluated_s": (manifest.get("reevaluated") or {}).get("wall_time_s"),
                             "peak_rss_mb": manifest.get("peak_rss_mb")}
     calibration_pairs = next((s["calibration"]["pairs"] for s in systems.values() if s.get("calibration")), None)
+    predictions = {NAMES.get(system["name"], system["name"]):
+                   pipeline.stage_dir(system["stage"]) / f"predictions_{system['name']}.jsonl"
+                   for system in results["systems"] if "skipped" not in system}
     return {"systems": systems, "stages": stages, "selection": results.get("selection"),
-            "calibration_pairs": calibration_pairs}
+            "calibration_pairs": calibration_pairs, "paired": paired_differences(pipeline, systems, predictions)}
 
 
-def goals(systems: dict[str, Any]) -> list[str]:
-    """The issue's goals, each with the measured margin (weighted-F1 points)."""
+def compared(systems: dict[str, Any]) -> list[tuple[str, str]]:
+    """The (system, baseline) pairs the goals judge, among the systems that have figures."""
+    present = [name for name in CHAIN if (systems.get(name) or {}).get("weighted_f1") is not None]
+    if not present:
+        return []
+    final, pairs = present[-1], []
+    pairs += [(final, baseline) for baseline in ("bert", "lexical")]
+    pairs += list(zip(present, ["llm_base", *present[:-1]]))
+    pairs += [("student", final), ("student", "bert")]
+    return [(a, b) for a, b in pairs if all((systems.get(n) or {}).get("weighted_f1") is not None for n in (a, b))]
+
+
+def paired_differences(pipeline: Pipeline, systems: dict[str, Any], predictions: dict[str, Path]) -> dict[str, Any]:
+    """`paired_difference` for each comparison the goals make, keyed "system - baseline": the margin's own interval
+    (both systems scored on the same resampled queries), narrower than the two systems' separate intervals."""
+    from lref.metrics import paired_difference
+    from lref.pipeline import load_data
+    from lref.predictions import read_predictions
+
+    pairs, settings = compared(systems), pipeline.config.eval
+    if not pairs or settings.bootstrap < 1:
+        return {}
+    data = load_data(pipeline.config)
+    read = {name: read_predictions(predictions[name]) for name in {n for pair in pairs for n in pair}}
+    return {f"{a} - {b}": paired_difference(data.eval, read[a], read[b], data.scheme, bootstrap=settings.bootstrap,
+                                            seed=pipeline.config.seed)
+            for a, b in pairs}
+
+
+def goals(systems: dict[str, Any], paired: dict[str, Any]) -> list[str]:
+    """The issue's goals, each with the measured margin (weighted-F1 points) and its paired 95% interval."""
     def wf1(name: str) -> float | None:
         return (systems.get(name) or {}).get("weighted_f1")
+
+    def interval(a: str, b: str) -> str:
+        low, high = (paired.get(f"{a} - {b}") or {}).get("ci95", {}).get("weighted_f1", (None, None))
+        return "" if low is None else f" [paired 95% CI {100 * low:+.1f}, {100 * high:+.1f}]"
 
     final = next((name for name in reversed(CHAIN) if wf1(name) is not None), None)
     if final is None:
@@ -95,7 +132,8 @@ def goals(systems: dict[str, Any]) -> list[str]:
     for baseline in ("bert", "lexical"):
         if wf1(baseline) is not None:
             margin = 100 * (wf1(final) - wf1(baseline))
-            lines.append(f"- LREF-final ({final}) vs `{baseline}`: {margin:+.1f} pts weighted-F1 (goal: >= +2.0) -> "
+            lines.append(f"- LREF-final ({final}) vs `{baseline}`: {margin:+.1f} pts weighted-F1"
+                         f"{interval(final, baseline)} (goal: >= +2.0) -> "
                          f"{'met' if margin >= 2 else 'missed'}")
     if wf1("lref_select") is None and wf1("lref_ee") is not None:
         lines.append("- `lref_select`: no model of its own; the config has no sft stage, so the CoT stages continue "
@@ -106,7 +144,8 @@ def goals(systems: dict[str, Any]) -> list[str]:
             continue
         delta = 100 * (wf1(stage) - wf1(previous)) if wf1(previous) is not None else None
         if delta is not None:
-            lines.append(f"- `{stage}` vs `{previous}`: {delta:+.1f} pts weighted-F1 (goal: >= 0) -> "
+            lines.append(f"- `{stage}` vs `{previous}`: {delta:+.1f} pts weighted-F1{interval(stage, previous)} "
+                         "(goal: >= 0) -> "
                          f"{'met' if delta >= 0 else 'missed'}")
         previous = stage
     if wf1("lref_dpo") is not None and wf1("lref_dr") is not None:
@@ -115,11 +154,12 @@ def goals(systems: dict[str, Any]) -> list[str]:
                      f"{'met' if after < before else 'missed'}")
     if wf1("student") is not None:
         gap = 100 * (wf1("student") - wf1(final))
-        lines.append(f"- student vs LREF-final: {gap:+.1f} pts (goal: within 1) -> "
+        lines.append(f"- student vs LREF-final: {gap:+.1f} pts{interval('student', final)} (goal: within 1) -> "
                      f"{'met' if abs(gap) <= 1 else 'missed'}")
         if wf1("bert") is not None:
             margin = 100 * (wf1("student") - wf1("bert"))
-            lines.append(f"- student vs `bert`: {margin:+.1f} pts (goal: > 0) -> {'met' if margin > 0 else 'missed'}")
+            lines.append(f"- student vs `bert`: {margin:+.1f} pts{interval('student', 'bert')} (goal: > 0) -> "
+                         f"{'met' if margin > 0 else 'missed'}")
     return lines
 
 
@@ -131,15 +171,19 @@ def results_markdown(data: dict[str, Any]) -> str:
     systems = data["systems"]
     times = [stage["wall_time_s"] for stage in data["stages"].values() if stage.get("wall_time_s") is not None]
     stage_total = sum(times) if times else None
+    reevaluations = [stage["reevaluated_s"] for stage in data["stages"].values() if stage.get("reevaluated_s")]
+    reevaluated = (f" Evaluation settings changed after training, and re-evaluating {len(reevaluations)} stages took "
+                   f"{_fmt(sum(reevaluations), 0)} s more." if reevaluations else "")
     lines = [
         "# Home Depot benchmark",
         "",
         f"Generated by `{data['command']}` on {data['date']} ({data['machine']}); do not edit by hand. The stages' "
         f"wall times add up to {_fmt(stage_total, 0)} s; the last `python benchmarks/homedepot.py` took "
         f"{_fmt(data['wall_time_s'], 0)} s (stages kept from an earlier run add nothing to it, and a run made with "
-        "`lref run` leaves it blank).",
+        "`lref run` leaves it blank)." + reevaluated,
         "",
-        f"Dev pairs: {data['eval']['pairs']} (seeded sample of dev.csv), scheme {data['eval']['scheme']}. Training "
+        f"Dev pairs: {data['eval']['pairs']} ({'all' if data['eval'].get('sample') is None else 'seeded sample'} of "
+        f"dev.csv), scheme {data['eval']['scheme']}. Training "
         f"pool: {data['eval']['train_pairs']} pairs of train.csv"
         + (f" ({data['calibration_pairs']} more held out for calibration)" if data.get("calibration_pairs") else "")
         + f". Sizes per stage are in `{data['config']}`.",
@@ -167,7 +211,10 @@ def results_markdown(data: dict[str, Any]) -> str:
             cells = [f"{per_class[label]['precision']:.3f} / {per_class[label]['recall']:.3f}"
                      if label in per_class else "–" for label in data["labels"]]
             lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    lines += ["", "## Goals", "", *goals(systems), "",
+    lines += ["", "## Goals", "", *goals(systems, data.get("paired") or {}), "",
+              "Paired intervals: a bootstrap over dev queries that scores both systems on each resample, so it is "
+              "the interval of the margin itself; a margin whose interval straddles 0 is not told apart from no "
+              "change.", "",
               "What each run changed, what it showed and what limits the results: `docs/homedepot.md`.", "",
               *stage_changes(systems, data["labels"])]
     selection = data.get("selection")
@@ -176,10 +223,11 @@ def results_markdown(data: dict[str, Any]) -> str:
         lines += ["## Selection", "", f"Funnel: {funnel}.", "",
                   "Label mix kept: " + ", ".join(f"{label} {entry['count']}" for label, entry in
                                                  selection["label_distribution"]["selected"].items()) + ".", ""]
-    lines += ["## Stage wall times", "", "| stage | status | wall s | peak RSS MB |", "|---|---|---|---|"]
+    lines += ["## Stage wall times", "", "| stage | status | wall s | re-evaluation s | peak RSS MB |",
+              "|---|---|---|---|---|"]
     for name, stage in data["stages"].items():
         lines.append(f"| {name} | {stage['status']} | {_fmt(stage['wall_time_s'], 0)} | "
-                     f"{_fmt(stage['peak_rss_mb'], 0)} |")
+                     f"{_fmt(stage.get('reevaluated_s'), 0)} | {_fmt(stage['peak_rss_mb'], 0)} |")
     lines += ["", "## Commands and sizes", "",
               "Run from the repository root with `../shared/datasets/homedepot` present:", "",
               "```", "make install", "python benchmarks/homedepot.py            # resumable; regenerates this file",
@@ -254,6 +302,7 @@ def main() -> None:
     data = {
         **collected,
         "eval": {"pairs": (evaluated or {}).get("n_eval"), "scheme": (evaluated or {}).get("scheme"),
+                 "sample": config.data.eval_pairs,
                  "train_pairs": (read_manifest(pipeline.stage_dir("lexical")) or {}).get("n_train")},
         "labels": ["Exact", "Partial", "Irrelevant"],
         "config": str(Path(args.config).resolve().relative_to(ROOT)),
