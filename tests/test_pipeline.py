@@ -204,7 +204,8 @@ def test_a_killed_stage_resumes_from_its_checkpoints(full_run, tmp_path, monkeyp
     monkeypatch.setitem(pipeline.RUNNERS, "bert", killed)
     with pytest.raises(KeyboardInterrupt):
         run(changed, tmp_path, only=["bert"])
-    assert json.loads((run_dir / "stages/bert/manifest.json").read_text())["status"] == "running"
+    interrupted = json.loads((run_dir / "stages/bert/manifest.json").read_text())
+    assert interrupted["status"] == "running" and interrupted["interrupted_s"] > 0
     assert (run_dir / "stages/bert/model/checkpoints").is_dir()
 
     def record(ctx):
@@ -216,6 +217,10 @@ def test_a_killed_stage_resumes_from_its_checkpoints(full_run, tmp_path, monkeyp
     assert state == {"bert": "resuming"} and seen == [True]
     manifest = json.loads((run_dir / "stages/bert/manifest.json").read_text())
     assert manifest["status"] == "done" and manifest["resumed"]
+    # the stage's cost includes the interrupted attempt, and its start is the first attempt's
+    assert manifest["interrupted_s"] == interrupted["interrupted_s"]
+    assert manifest["wall_time_s"] >= manifest["train_seconds"] > interrupted["interrupted_s"]
+    assert manifest["started"] == interrupted["started"] and "resumed_at" in manifest
 
 
 def test_only_needs_finished_upstream_stages(models, tmp_path):

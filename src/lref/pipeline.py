@@ -945,21 +945,29 @@ class Pipeline:
             "inputs": inputs, "upstream": upstream, "versions": _versions(),
             "started": datetime.now(timezone.utc).isoformat(timespec="seconds"), "resumed": resume,
         }
+        if resume and previous.get("started"):
+            manifest.update(started=previous["started"], resumed_at=manifest["started"])
         write_json(stage_dir / MANIFEST, manifest)
         self.echo(f"{prefix}: {'resuming' if resume else 'running'} on {len(records)} pairs")
         logger.info("stage %s: %s (fingerprint %s)", name, "resuming" if resume else "starting", fingerprint[:12])
         torch = sys.modules.get("torch")
         if torch is not None and torch.cuda.is_available():
             torch.cuda.reset_peak_memory_stats()
+        # Time spent by interrupted attempts counts towards the stage, so a resumed stage reports what it cost.
+        earlier_s = float(previous.get("interrupted_s") or 0.0) if resume else 0.0
+        if earlier_s:
+            manifest["interrupted_s"] = earlier_s
         started = time.perf_counter()
         context = StageContext(name, config, data, stage_dir, records, upstream, resume)
         try:
             result = RUNNERS[name](context)
         except BaseException:
+            manifest["interrupted_s"] = round(earlier_s + time.perf_counter() - started, 2)
+            write_json(stage_dir / MANIFEST, manifest)
             logger.exception("stage %s failed", name)
             self.echo(f"{prefix}: FAILED after {time.perf_counter() - started:.1f} s (see {self.run_dir / LOG_NAME})")
             raise
-        train_seconds = time.perf_counter() - started
+        train_seconds = earlier_s + time.perf_counter() - started
         if "skipped" in result:
             manifest.update(status="skipped", reason=result["skipped"])
             write_json(stage_dir / MANIFEST, manifest)
@@ -968,7 +976,8 @@ class Pipeline:
             return manifest
         manifest.update(outputs=result["outputs"], systems=result["systems"], train_seconds=round(train_seconds, 2))
         manifest["metrics"] = self._evaluate(result["systems"], data, stage_dir)
-        manifest.update(status="done", wall_time_s=round(time.perf_counter() - started, 2), **_peak_memory_mb(),
+        manifest.update(status="done", wall_time_s=round(earlier_s + time.perf_counter() - started, 2),
+                        **_peak_memory_mb(),
                         finished=datetime.now(timezone.utc).isoformat(timespec="seconds"))
         write_json(stage_dir / MANIFEST, manifest)
         self.echo(f"{prefix}: done in {manifest['wall_time_s']:.1f} s ({_headline(manifest)})")
