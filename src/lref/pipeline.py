@@ -945,18 +945,17 @@ class Pipeline:
             "inputs": inputs, "upstream": upstream, "versions": _versions(),
             "started": datetime.now(timezone.utc).isoformat(timespec="seconds"), "resumed": resume,
         }
-        if resume and previous.get("started"):
-            manifest.update(started=previous["started"], resumed_at=manifest["started"])
+        # A resumed stage keeps its first start and counts its interrupted attempts' time, so it reports what it cost.
+        earlier_s = float(previous.get("interrupted_s") or 0.0) if resume else 0.0
+        if resume:
+            manifest.update(started=previous.get("started", manifest["started"]), resumed_at=manifest["started"],
+                            interrupted_s=earlier_s)
         write_json(stage_dir / MANIFEST, manifest)
         self.echo(f"{prefix}: {'resuming' if resume else 'running'} on {len(records)} pairs")
         logger.info("stage %s: %s (fingerprint %s)", name, "resuming" if resume else "starting", fingerprint[:12])
         torch = sys.modules.get("torch")
         if torch is not None and torch.cuda.is_available():
             torch.cuda.reset_peak_memory_stats()
-        # Time spent by interrupted attempts counts towards the stage, so a resumed stage reports what it cost.
-        earlier_s = float(previous.get("interrupted_s") or 0.0) if resume else 0.0
-        if earlier_s:
-            manifest["interrupted_s"] = earlier_s
         started = time.perf_counter()
         context = StageContext(name, config, data, stage_dir, records, upstream, resume)
         try:
