@@ -122,8 +122,8 @@ def goals(systems: dict[str, Any], paired: dict[str, Any]) -> list[str]:
     def wf1(name: str) -> float | None:
         return (systems.get(name) or {}).get("weighted_f1")
 
-    def interval(a: str, b: str) -> str:
-        low, high = (paired.get(f"{a} - {b}") or {}).get("ci95", {}).get("weighted_f1", (None, None))
+    def interval(a: str, b: str, metric: str = "weighted_f1") -> str:
+        low, high = (paired.get(f"{a} - {b}") or {}).get("ci95", {}).get(metric, (None, None))
         return "" if low is None else f" [paired 95% CI {100 * low:+.1f}, {100 * high:+.1f}]"
 
     final = next((name for name in reversed(CHAIN) if wf1(name) is not None), None)
@@ -156,8 +156,9 @@ def goals(systems: dict[str, Any], paired: dict[str, Any]) -> list[str]:
         raw = [((systems[name].get("calibration") or {}).get("uncalibrated") or {}).get("over_estimate_share")
                for name in ("lref_dr", "lref_dpo")]
         uncalibrated = f"; uncalibrated {raw[0]:.3f} -> {raw[1]:.3f}" if None not in raw else ""
-        lines.append(f"- DPO over-estimate share {before:.3f} -> {after:.3f} (goal: lower) -> "
-                     f"{'met' if after < before else 'missed'}{uncalibrated}")
+        lines.append(f"- DPO over-estimate share {before:.3f} -> {after:.3f}, "
+                     f"{100 * (after - before):+.1f} pts{interval('lref_dpo', 'lref_dr', 'over_estimate_share')} "
+                     f"(goal: lower) -> {'met' if after < before else 'missed'}{uncalibrated}")
     if wf1("student") is not None:
         gap = 100 * (wf1("student") - wf1(final))
         lines.append(f"- student vs LREF-final: {gap:+.1f} pts{interval('student', final)} (goal: within 1) -> "

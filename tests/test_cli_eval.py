@@ -132,7 +132,7 @@ def test_eval_end_to_end(catalog, tmp_path, monkeypatch, capsys):
     assert result["per_class"]["Exact"]["recall"] == 1.0
     assert result["per_class"]["Partial"]["precision"] == 1.0
     assert result["rmse"] is None  # the synthetic catalog has no raw scores
-    assert set(result["ci95"]) == {"accuracy", "macro_f1", "weighted_f1"}
+    assert set(result["ci95"]) == {"accuracy", "macro_f1", "weighted_f1", "over_estimate_share"}
     low, high = result["ci95"]["accuracy"]
     assert low <= result["accuracy"] <= high
     assert f"majority floor {majority_count / 400:.3f} (always '{majority}')" in out

@@ -265,6 +265,35 @@ def test_too_few_pairs_skips_and_keeps_the_model(sft_adapter, tmp_path):
     assert not (out / "adapter_config.json").exists()
 
 
+def test_mine_calibrated_mines_the_mistakes_of_the_calibrated_model(sft_adapter, tmp_path):
+    import shutil
+
+    calibrated = tmp_path / "calibrated"
+    shutil.copytree(sft_adapter, calibrated)
+    (calibrated / "calibration.json").write_text(json.dumps(
+        {"scheme": "graded3", "bias": {"Exact": 0.0, "Partial": 0.0, "Irrelevant": 50.0}}))
+    pool = make_records(12)
+    reports = {}
+    for mine_calibrated in (False, True):
+        out = tmp_path / f"dpo_{mine_calibrated}"
+        train_dpo(dpo_config(calibrated, out, min_pairs=10_000, mine_calibrated=mine_calibrated), pool)
+        reports[mine_calibrated] = json.loads((out / MANIFEST_NAME).read_text())["mining"]
+        pairs = [PreferencePair.from_dict(json.loads(line)) for line in (out / PAIRS_FILE).read_text().splitlines()]
+    assert reports[False]["label_bias"] is None
+    assert reports[True]["label_bias"] == {"Exact": 0.0, "Partial": 0.0, "Irrelevant": 50.0}
+    # The bias makes Irrelevant every pair's top-1: each pair of another gold label is a mistake that rejects it.
+    assert {pair.rejected for pair in pairs} == {"Irrelevant"}
+    assert len(pairs) == sum(record.label != "Irrelevant" for record in pool)
+
+
+def test_mine_calibrated_warns_and_mines_raw_without_a_calibration(sft_adapter, tmp_path, caplog):
+    out = tmp_path / "dpo"
+    with caplog.at_level("WARNING", logger="lref.stages.dpo"):
+        train_dpo(dpo_config(sft_adapter, out, min_pairs=10_000, mine_calibrated=True), make_records(12))
+    assert "no calibration.json" in caplog.text
+    assert json.loads((out / MANIFEST_NAME).read_text())["mining"]["label_bias"] is None
+
+
 def test_bad_pool(tiny_model, tmp_path):
     with pytest.raises(DataError, match="no records"):
         train_dpo(dpo_config(tiny_model, tmp_path / "a"), [])
@@ -517,6 +546,8 @@ def test_cot_config_validation():
         DPOStageConfig(mode="cot", teacher="openai")
     with pytest.raises(ValueError, match="max_new_tokens"):
         DPOStageConfig(mode="cot", max_new_tokens=0)
+    with pytest.raises(ValueError, match="mine_calibrated needs mode='direct'"):
+        DPOStageConfig(mode="cot", mine_calibrated=True)
 
 
 ANALYSIS = " Type: same\nBrand: same"

@@ -106,7 +106,7 @@ def test_a_system_against_itself_differs_by_exactly_zero():
     gold, preds = _noisy_set()
     result = paired_difference(gold, preds, preds, "graded3", bootstrap=200)
     assert result["n"] == len(gold)
-    for name in ("accuracy", "macro_f1", "weighted_f1"):
+    for name in ("accuracy", "macro_f1", "weighted_f1", "over_estimate_share"):
         assert result[name] == 0 and result["ci95"][name] == [0, 0]
 
 
@@ -124,6 +124,10 @@ def test_paired_difference_is_the_difference_of_the_evaluations_with_a_narrower_
         low, high = result["ci95"][name]
         assert 0 < low < result[name] < high  # every resample favours `better`
         assert high - low < first["ci95"][name][1] - first["ci95"][name][0]
+    # Of the pairs `worse` changes, only Irrelevant ones (wrapped round to Exact) become over-estimates.
+    over = result["over_estimate_share"]
+    assert over == pytest.approx(first["over_estimate_share"] - second["over_estimate_share"])
+    assert over < 0 and result["ci95"]["over_estimate_share"][1] <= 0
 
 
 def test_paired_difference_needs_every_pair_and_resamples():

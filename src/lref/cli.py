@@ -420,7 +420,8 @@ def evaluate_command(
     if baseline:
         typer.echo(f"margin over {baseline}: " + "; ".join(
             f"{name} {100 * paired[name]:+.1f} pts [paired 95% CI {100 * paired['ci95'][name][0]:+.1f}, "
-            f"{100 * paired['ci95'][name][1]:+.1f}]" for name in ("weighted_f1", "macro_f1", "accuracy")))
+            f"{100 * paired['ci95'][name][1]:+.1f}]"
+            for name in ("weighted_f1", "macro_f1", "accuracy", "over_estimate_share")))
     if out:
         write_json(out, result)
         typer.echo(f"metrics written to {out}")
@@ -495,6 +496,7 @@ def train_dpo_command(
     out: str = typer.Option(..., "--out", "-o", help=_dpo_help("output_dir")),
     top_k: int = typer.Option(3, "--top-k", min=1, help=_dpo_help("top_k")),
     over_estimates_only: bool = typer.Option(False, "--over-estimates-only", help=_dpo_help("over_estimates_only")),
+    mine_calibrated: bool = typer.Option(False, "--mine-calibrated", help=_dpo_help("mine_calibrated")),
     mode: str = typer.Option("direct", "--mode", help=_dpo_help("mode")),
     cot_task: str = typer.Option("ee", "--cot-task", help=_dpo_help("cot_task")),
     teacher: str = typer.Option("rules", "--teacher", help=_dpo_help("teacher")),
@@ -538,7 +540,8 @@ def train_dpo_command(
     try:
         config = DPOStageConfig(
             model=model, scheme=label_scheme.name, output_dir=out, top_k=top_k,
-            over_estimates_only=over_estimates_only, mode=mode, cot_task=cot_task, teacher=teacher,
+            over_estimates_only=over_estimates_only, mine_calibrated=mine_calibrated, mode=mode, cot_task=cot_task,
+            teacher=teacher,
             teacher_model=teacher_model, teacher_url=teacher_url, rules=rules, max_new_tokens=max_new_tokens,
             min_pairs=min_pairs, beta=beta, sft_weight=alpha, epochs=epochs,
             max_steps=max_steps, learning_rate=lr, lora_r=lora_r, lora_alpha=lora_alpha, batch_size=batch_size,

@@ -111,7 +111,8 @@ def _expected_rating(prediction: Prediction, scheme: LabelScheme, label_index: i
 
 
 def _scores_from_confusion(cm: np.ndarray) -> dict[str, np.ndarray]:
-    """Accuracy, macro- and weighted-F1 from confusion matrices of shape (..., K, K), as scikit-learn computes them."""
+    """Accuracy, macro- and weighted-F1 from confusion matrices of shape (..., K, K), as scikit-learn computes them,
+    and the over-estimate share (labels are ordered most relevant first, so over-estimates lie below the diagonal)."""
     tp = np.diagonal(cm, axis1=-2, axis2=-1)
     support = cm.sum(axis=-1)
     predicted = cm.sum(axis=-2)
@@ -123,6 +124,7 @@ def _scores_from_confusion(cm: np.ndarray) -> dict[str, np.ndarray]:
         "accuracy": tp.sum(axis=-1) / total,
         "macro_f1": (f1 * present).sum(axis=-1) / present.sum(axis=-1),
         "weighted_f1": (f1 * support).sum(axis=-1) / total,
+        "over_estimate_share": np.tril(cm, k=-1).sum(axis=(-2, -1)) / total,
     }
 
 
@@ -135,7 +137,7 @@ def _query_draws(query_index: np.ndarray, resamples: int, seed: int) -> np.ndarr
 
 def _resampled_scores(query_index: np.ndarray, gold: np.ndarray, pred: np.ndarray, n_labels: int,
                       draws: np.ndarray) -> dict[str, np.ndarray]:
-    """Accuracy, macro- and weighted-F1 of every resample in `draws` (one confusion matrix per resample)."""
+    """`_scores_from_confusion` of every resample in `draws` (one confusion matrix per resample)."""
     cells = np.zeros((draws.shape[1], n_labels * n_labels))
     np.add.at(cells, (query_index, gold * n_labels + pred), 1.0)
     return _scores_from_confusion((draws @ cells).reshape(len(draws), n_labels, n_labels))
@@ -261,10 +263,10 @@ def paired_difference(
     bootstrap: int = 1000,
     seed: int = 0,
 ) -> dict[str, Any]:
-    """Accuracy, macro- and weighted-F1 of `predictions` minus those of `baseline` on the same gold pairs, with a
-    paired 95% interval: every bootstrap resample of queries scores both systems, so the interval is that of the
-    difference, far narrower than the two systems' own intervals when they err on the same pairs. Both must cover
-    every gold pair."""
+    """Accuracy, macro- and weighted-F1 and over-estimate share of `predictions` minus those of `baseline` on the same
+    gold pairs, with a paired 95% interval: every bootstrap resample of queries scores both systems, so the interval is
+    that of the difference, far narrower than the two systems' own intervals when they err on the same pairs. Both
+    must cover every gold pair."""
     scheme = get_scheme(scheme)
     if bootstrap < 1:
         raise ValueError(f"bootstrap must be at least 1 for a paired interval, got {bootstrap}")
@@ -280,7 +282,7 @@ def paired_difference(
     result: dict[str, Any] = {"scheme": scheme.name, "n": len(records), "bootstrap": bootstrap, "ci95": {}}
     point = [_resampled_scores(query_index, y_true, pred, k, full) for pred in labels]
     samples = [_resampled_scores(query_index, y_true, pred, k, draws) for pred in labels]
-    for name in ("accuracy", "macro_f1", "weighted_f1"):
+    for name in ("accuracy", "macro_f1", "weighted_f1", "over_estimate_share"):
         result[name] = float(point[0][name][0] - point[1][name][0])
         result["ci95"][name] = [float(v) for v in np.percentile(samples[0][name] - samples[1][name], [2.5, 97.5])]
     return result
@@ -318,7 +320,7 @@ def format_report(result: dict[str, Any], scheme: LabelScheme | str | None = Non
     headline.add_row(
         "over-estimates",
         f"{result['over_estimate_share']:.3f}",
-        "",
+        interval("over_estimate_share"),
         "predicted more relevant than gold" + (f"; {share:.1%} of errors" if share is not None else ""),
     )
     headline.add_row(

@@ -51,6 +51,7 @@ from typing import Any
 
 import numpy as np
 
+from lref.calibration import CALIBRATION_FILE, label_bias_for
 from lref.data.records import DataError, Record
 from lref.labels import LabelScheme, get_scheme
 from lref.prompts import (ANSWER_CUE, PROMPT_VERSION, encode_prompt, label_completion, match_hint_manifest,
@@ -92,6 +93,15 @@ class DPOStageConfig:
     over_estimates_only: bool = field(
         default=False,
         metadata={"help": "Keep only pairs whose wrong top-1 is more relevant than gold (the optimistic errors)."},
+    )
+    mine_calibrated: bool = field(
+        default=False,
+        metadata={
+            "help": "Mine and guard with the input model's label-prior calibration (its folder's calibration.json; "
+            "the pipeline fits one for every stage it evaluates), so the pairs are the mistakes of the calibrated "
+            "judge rather than of its raw label prior, which the calibration already corrects. A warning and raw "
+            "scores when the folder has none."
+        },
     )
     mode: str = field(
         default="direct",
@@ -229,6 +239,9 @@ class DPOStageConfig:
             raise ValueError(f"unknown teacher {self.teacher!r}: choose one of {', '.join(TEACHERS)}")
         if self.mode == "cot" and self.teacher == "openai" and not self.teacher_model:
             raise ValueError("the openai teacher needs teacher_model: the model name its endpoint serves")
+        if self.mine_calibrated and self.mode == "cot":
+            raise ValueError("mine_calibrated needs mode='direct': CoT pairs are mined from generations, not label "
+                             "scores")
         if self.beta <= 0:
             raise ValueError(f"beta must be positive, not {self.beta}")
         if self.sft_weight < 0:
@@ -532,8 +545,9 @@ def _make_recall_guard_class():
         weighted-F1 has fallen more than 5 x `tolerance` below the start. `restore` puts the winner back."""
 
         def __init__(self, records, scheme, tokenizer, *, every: int, objective: str, tolerance: float,
-                     batch_size: int, max_length: int):
+                     batch_size: int, max_length: int, label_bias: tuple[float, ...] | None = None):
             self.records, self.scheme, self.tokenizer = list(records), scheme, tokenizer
+            self.label_bias = label_bias
             self.every, self.objective, self.tolerance = every, objective, tolerance
             self.batch_size, self.max_length = batch_size, max_length
             self.checks: list[dict[str, Any]] = []
@@ -544,7 +558,7 @@ def _make_recall_guard_class():
             from lref.models.scorer import LabelScorer, ScorerConfig
 
             scorer = LabelScorer(model, self.tokenizer, self.scheme, ScorerConfig(
-                batch_size=self.batch_size, max_length=self.max_length, progress=False))
+                batch_size=self.batch_size, max_length=self.max_length, label_bias=self.label_bias, progress=False))
             metrics = evaluate(self.records, scorer.predict(self.records), self.scheme, bootstrap=0)
             check = {"step": step, **{key: metrics[key] for key in (
                 "accuracy", "weighted_f1", "macro_f1", "over_estimate_share", "under_estimate_share")}}
@@ -826,6 +840,16 @@ def _mine_cot_pairs(config: DPOStageConfig, model, tokenizer, scheme: LabelSchem
     return pairs, report
 
 
+def _mining_bias(config: DPOStageConfig, scheme: LabelScheme) -> tuple[float, ...] | None:
+    """The input model's calibrated label bias when `mine_calibrated` asks for it, else None (raw scores)."""
+    if not config.mine_calibrated:
+        return None
+    bias = label_bias_for(config.model, scheme)
+    if bias is None:
+        logger.warning("mine_calibrated: %s has no %s; mining with raw scores", config.model, CALIBRATION_FILE)
+    return bias
+
+
 def train_dpo(config: DPOStageConfig, records: Sequence[Record], *, callbacks: list | None = None) -> Path | str:
     """Mine preference pairs from `records` with `config.model`, train a LoRA with DPO + α·SFT, return its folder.
 
@@ -874,6 +898,7 @@ def train_dpo(config: DPOStageConfig, records: Sequence[Record], *, callbacks: l
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     label_token_ids(tokenizer, scheme)  # fail early when two labels share their first token
+    label_bias = _mining_bias(config, scheme)
     rules = None
     if config.mode == "cot" and config.cot_task == "ra":  # the rules the model was RA-tuned on, unless given
         rules = load_rule_set(config.rules or ((input_manifest or {}).get("cot") or {}).get("rules"), scheme)
@@ -896,10 +921,11 @@ def train_dpo(config: DPOStageConfig, records: Sequence[Record], *, callbacks: l
         else:
             scorer = LabelScorer(model, tokenizer, scheme, ScorerConfig(
                 batch_size=config.scorer_batch_size, top_k=config.top_k, max_length=config.max_length,
-                progress=config.progress,
+                label_bias=label_bias, progress=config.progress,
             ))
             scores = scorer.score(mining_records)
             pairs, report = mine_pairs(mining_records, scores, scheme, config.top_k, config.over_estimates_only)
+            report["label_bias"] = None if label_bias is None else dict(zip(scheme.labels, label_bias))
         report["scoring_s"] = round(time.perf_counter() - started, 2)
         if is_main_process():  # under `accelerate launch` every process mines the same pairs; one writes them
             write_jsonl(pairs_path, (pair.to_dict() for pair in pairs))
@@ -944,6 +970,7 @@ def train_dpo(config: DPOStageConfig, records: Sequence[Record], *, callbacks: l
     recall_guard = _make_recall_guard_class()(
         guard_records, scheme, tokenizer, every=config.guard_steps, objective=config.guard_objective,
         tolerance=config.guard_tolerance, batch_size=config.scorer_batch_size, max_length=config.max_length,
+        label_bias=label_bias,
     ) if guard_records else None
     trainer = _make_trainer_class()(
         model=model,
