@@ -349,6 +349,20 @@ def test_folder_model_verified_once(tmp_path, cache, monkeypatch):
     assert not zoo.is_prepared(spec.name)
 
 
+def test_folder_model_of_another_environment_is_not_reused(tmp_path, cache, monkeypatch):
+    folders = []
+    for env in ("env-a", "env-b"):  # the same package installed in two virtualenvs sharing one cache
+        folder = tmp_path / env / "model"
+        folder.mkdir(parents=True)
+        (folder / "model.safetensors").write_bytes(PAYLOAD)
+        folders.append(folder)
+    for folder in folders:
+        spec = register(monkeypatch, fake_gguf_spec([folder], sha(PAYLOAD), name="fake-folder", kind="encoder",
+                                                    source="folder", filename="model.safetensors"))
+        assert zoo.prepare(spec.name) == folder
+        assert zoo.resolve_model(spec.name) == folder
+
+
 def test_list_models_rows(cache, monkeypatch, tmp_path, fake_convert):
     parts = split(PAYLOAD, tmp_path / "pkg", 2)
     spec = register(monkeypatch, fake_gguf_spec(parts, sha(PAYLOAD)))

@@ -335,11 +335,14 @@ def _prepared_path(spec: ModelSpec) -> Path | None:
     ):
         return None
     if spec.source == "folder":
+        # The marker must describe this environment's package: another virtualenv's copy of the same weights would
+        # otherwise stay in use, and vanish with that environment.
         verified = marker.get("verified_file") or {}
         try:
-            if _file_state(Path(verified.get("path", ""))) != verified:
+            installed = spec.locate()[0] / spec.filename
+            if _file_state(installed) != verified:
                 return None
-        except OSError:
+        except (OSError, ImportError):
             return None
         return Path(marker["model_path"])
     return target
