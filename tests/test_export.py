@@ -142,10 +142,6 @@ def test_smoke_real_minilm_onnx_agrees_with_pytorch(tmp_path):
     int8 (per-channel dynamic int8 weights) <= 0.15 (measured 0.03-0.07). int8 flips only near ties: its argmax
     agrees on >= 99% of the pairs whose PyTorch top-2 margin exceeds 0.05, and on >= 95% of all pairs (measured 97.5%
     after 30 steps; a briefly tuned head has many near ties)."""
-    from lref.models.zoo import is_prepared
-
-    if not is_prepared("minilm-l6"):
-        pytest.skip("minilm-l6 is not prepared (lref models prepare minilm-l6)")
     pool = generate_catalog(SyntheticCatalogConfig(n_pairs=900, seed=5))
     config = CrossEncoderConfig(model="minilm-l6", output_dir=str(tmp_path / "student"), learning_rate=5e-4,
                                 max_steps=30, batch_size=8, max_length=48, progress=False, threads=2)

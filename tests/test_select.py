@@ -525,10 +525,7 @@ def test_cli_select(tmp_path, tiny_encoder, pool):
 @pytest.mark.smoke
 def test_smoke_real_minilm_cross_encoder(tmp_path):
     """Real all-MiniLM-L6-v2: a few training steps and scoring through the selector backbone."""
-    from lref.models.zoo import is_prepared, resolve_model
-
-    if not is_prepared("minilm-l6"):
-        pytest.skip("minilm-l6 is not prepared")
+    from lref.models.zoo import resolve_model
     from lref.stages.select import make_backbone
 
     records = generate_catalog(SyntheticCatalogConfig(n_pairs=200, seed=1))
