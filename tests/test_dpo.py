@@ -278,7 +278,8 @@ def test_mine_calibrated_mines_the_mistakes_of_the_calibrated_model(sft_adapter,
         out = tmp_path / f"dpo_{mine_calibrated}"
         train_dpo(dpo_config(calibrated, out, min_pairs=10_000, mine_calibrated=mine_calibrated), pool)
         reports[mine_calibrated] = json.loads((out / MANIFEST_NAME).read_text())["mining"]
-        pairs = [PreferencePair.from_dict(json.loads(line)) for line in (out / PAIRS_FILE).read_text().splitlines()]
+    lines = (tmp_path / "dpo_True" / PAIRS_FILE).read_text().splitlines()
+    pairs = [PreferencePair.from_dict(json.loads(line)) for line in lines]
     assert reports[False]["label_bias"] is None
     assert reports[True]["label_bias"] == {"Exact": 0.0, "Partial": 0.0, "Irrelevant": 50.0}
     # The bias makes Irrelevant every pair's top-1: each pair of another gold label is a mistake that rejects it.

@@ -541,9 +541,8 @@ def train_dpo_command(
         config = DPOStageConfig(
             model=model, scheme=label_scheme.name, output_dir=out, top_k=top_k,
             over_estimates_only=over_estimates_only, mine_calibrated=mine_calibrated, mode=mode, cot_task=cot_task,
-            teacher=teacher,
-            teacher_model=teacher_model, teacher_url=teacher_url, rules=rules, max_new_tokens=max_new_tokens,
-            min_pairs=min_pairs, beta=beta, sft_weight=alpha, epochs=epochs,
+            teacher=teacher, teacher_model=teacher_model, teacher_url=teacher_url, rules=rules,
+            max_new_tokens=max_new_tokens, min_pairs=min_pairs, beta=beta, sft_weight=alpha, epochs=epochs,
             max_steps=max_steps, learning_rate=lr, lora_r=lora_r, lora_alpha=lora_alpha, batch_size=batch_size,
             grad_accum=grad_accum, max_length=max_length, collapse_tolerance=collapse_tolerance,
             guard_fraction=guard_fraction, guard_steps=guard_steps, guard_objective=guard_objective,
