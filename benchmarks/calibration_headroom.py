@@ -6,7 +6,8 @@ dev-fitted thresholds instead, an ordinal decision rule (schemes of three grades
 predictions already carry the fitted bias, so the figures are what a perfect fit would add on top of it.
 
     python benchmarks/calibration_headroom.py            # reads runs/homedepot, writes the JSON below
-    python benchmarks/calibration_headroom.py --run-dir runs/hd11 --out benchmarks/results/calibration_headroom_run11.json
+    python benchmarks/calibration_headroom.py --run-dir runs/hd11 \
+        --out benchmarks/results/calibration_headroom_run11.json
 
 It needs ../shared/datasets/homedepot and a finished run of configs/homedepot.yaml.
 """
@@ -74,8 +75,9 @@ def main() -> None:
                 systems[system].update(oracle_thresholds_weighted_f1=round(score, 6), thresholds=cuts)
                 line += f"  with dev-fitted rating thresholds {score:.3f}"
             print(line)
-    write_json(args.out, {"run_dir": str(run_dir), "dev_pairs": len(data.eval), "labels": labels,
-                          "note": "oracle bounds: biases and thresholds fitted on the dev pairs they are scored on", "systems": systems})
+    note = "oracle bounds: biases and thresholds fitted on the dev pairs they are scored on"
+    write_json(args.out, {"run_dir": str(run_dir), "dev_pairs": len(data.eval), "labels": labels, "note": note,
+                          "systems": systems})
 
 
 def _threshold_oracle(expected: np.ndarray, y: np.ndarray, ratings: np.ndarray) -> tuple[float, list[float]]:
