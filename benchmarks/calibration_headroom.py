@@ -6,7 +6,7 @@ dev-fitted thresholds instead, an ordinal decision rule (schemes of three grades
 predictions already carry the fitted bias, so the figures are what a perfect fit would add on top of it.
 
     python benchmarks/calibration_headroom.py            # reads runs/homedepot, writes the JSON below
-    python benchmarks/calibration_headroom.py --run-dir runs/hd11 \
+    python benchmarks/calibration_headroom.py --run-dir runs/hd11 \\
         --out benchmarks/results/calibration_headroom_run11.json
 
 It needs ../shared/datasets/homedepot and a finished run of configs/homedepot.yaml.
