@@ -29,7 +29,11 @@ from lref.data import load_records
 from lref.io import write_json
 from lref.labels import get_scheme
 from lref.metrics import evaluate
-from lref.models.cross_encoder import CrossEncoderConfig, CrossEncoderScorer, train_cross_encoder
+from lref.models.cross_encoder import (
+    CrossEncoderConfig,
+    CrossEncoderScorer,
+    train_cross_encoder,
+)
 from lref.models.scorer import ScorerConfig
 from lref.predictions import read_predictions, write_predictions
 from lref.stages.distill import DistillConfig, distill

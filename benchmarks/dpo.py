@@ -28,6 +28,7 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from lref.data import load_records
+from lref.fingerprint import data_hash
 from lref.io import write_json
 from lref.metrics import evaluate
 from lref.models.loading import load_causal_lm, read_manifest
@@ -35,7 +36,6 @@ from lref.models.scorer import LabelScorer, ScorerConfig
 from lref.models.zoo import resolve_model
 from lref.predictions import read_predictions, write_predictions
 from lref.stages.dpo import DPOStageConfig, train_dpo
-from lref.stages.sft import data_hash
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT.parent / "shared" / "datasets" / "homedepot"

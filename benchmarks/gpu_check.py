@@ -27,13 +27,13 @@ import numpy as np
 import torch
 
 from lref.data.synthetic import SyntheticCatalogConfig, generate_catalog
+from lref.device import resolve_precision
 from lref.io import write_json
 from lref.models.loading import load_causal_lm
 from lref.models.scorer import LabelScorer, ScorerConfig
 from lref.stages.cot import generate_predictions
 from lref.stages.dpo import DPOStageConfig, train_dpo
 from lref.stages.sft import SFTStageConfig, train_sft
-from lref.training import resolve_precision
 
 
 def parse_args() -> argparse.Namespace:

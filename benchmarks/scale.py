@@ -45,7 +45,12 @@ from scoring import cpu_name  # noqa: E402  (benchmarks/scoring.py)
 def bench_scoring(args, records, scheme, work: Path) -> dict:
     from lref.models.scorer import ScorerConfig
     from lref.predictions import write_predictions
-    from lref.sharding import merge_shard_files, score_in_parallel, select_shard, write_shard_info
+    from lref.sharding import (
+        merge_shard_files,
+        score_in_parallel,
+        select_shard,
+        write_shard_info,
+    )
 
     config = ScorerConfig(batch_size=args.batch_size, top_k=3, max_length=512)
     rates, files = {}, {}

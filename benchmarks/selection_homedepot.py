@@ -47,6 +47,7 @@ import numpy as np
 
 from lref.data import load_records
 from lref.data.records import Record
+from lref.fingerprint import data_hash
 from lref.io import write_json
 from lref.metrics import evaluate
 from lref.models.backbones import LLMBackbone
@@ -62,7 +63,7 @@ from lref.stages.select import (
     funnel_table,
     select,
 )
-from lref.stages.sft import SFTStageConfig, data_hash
+from lref.stages.sft import SFTStageConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT.parent / "shared" / "datasets" / "homedepot"

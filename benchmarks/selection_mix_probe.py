@@ -21,7 +21,14 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from lref.data import load_records
 from lref.io import write_json
-from lref.pipeline import Pipeline, _sample, evaluate_system, load_config, load_data, read_manifest
+from lref.pipeline import (
+    Pipeline,
+    _sample,
+    evaluate_system,
+    load_config,
+    load_data,
+    read_manifest,
+)
 from lref.prompts import with_match_hints
 from lref.stages.sft import train_sft
 

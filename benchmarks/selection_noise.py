@@ -32,7 +32,13 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from lref.data.synthetic import SyntheticCatalogConfig, generate_catalog
 from lref.io import write_json
-from lref.stages.select import EmptySelectionError, SelectConfig, funnel_table, noise_audit, select
+from lref.stages.select import (
+    EmptySelectionError,
+    SelectConfig,
+    funnel_table,
+    noise_audit,
+    select,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -3,6 +3,6 @@ precision stays float32 on CPUs with native bf16 too; tests of the bf16 path tur
 
 import os
 
-from lref.training import CPU_BF16_VARIABLE
+from lref.device import CPU_BF16_VARIABLE
 
 os.environ[CPU_BF16_VARIABLE] = "0"

@@ -7,7 +7,13 @@ import numpy as np
 import pytest
 from helpers import run_lref
 
-from lref.calibration import CalibrationConfig, calibrate, calibrate_scores, fit_label_bias, label_bias_for
+from lref.calibration import (
+    CalibrationConfig,
+    calibrate,
+    calibrate_scores,
+    fit_label_bias,
+    label_bias_for,
+)
 from lref.data.splits import normalise_query
 from lref.data.synthetic import SyntheticCatalogConfig, generate_catalog
 from lref.io import write_jsonl

@@ -6,8 +6,8 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from helpers import run_lref
+
 from lref.data import load_records
 
 

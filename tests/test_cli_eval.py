@@ -4,8 +4,8 @@ import json
 from collections import Counter
 
 import pytest
-
 from helpers import run_lref
+
 from lref.data import load_records
 
 REQUIRED_KEYS = {

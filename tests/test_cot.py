@@ -16,34 +16,34 @@ torch = pytest.importorskip("torch")
 
 pytestmark = pytest.mark.filterwarnings("ignore:`is_gradient_checkpointing` is deprecated:FutureWarning")
 
+from helpers import run_lref  # noqa: E402
 from transformers import TrainerCallback  # noqa: E402
 
-from helpers import run_lref  # noqa: E402
 from lref.data.records import DataError, Record  # noqa: E402
 from lref.labels import get_scheme  # noqa: E402
 from lref.models.loading import MANIFEST_NAME, load_causal_lm, read_manifest  # noqa: E402
 from lref.models.scorer import LabelScorer  # noqa: E402
 from lref.prompts import ANSWER_CUE, direct_prompt, encode_prompt, label_completion  # noqa: E402
+from lref.prompts.cot import cot_prompt
+from lref.prompts.rules import load_rules  # noqa: E402
 from lref.stages import cot as cot_module  # noqa: E402
-from lref.stages.cot import (  # noqa: E402
-    REPORT_NAME,
+from lref.stages.cot import (
     CoTConfig,
+    REPORT_NAME,
     cot_examples,
-    cot_prompt,
     direct_count,
     generate_predictions,
     label_quotas,
     quotas_from_weights,
     read_teacher_file,
     sample_wrong_label,
-    wrong_decision_plan,
     teach,
     train_cot,
+    wrong_decision_plan,
 )
 from lref.stages.sft import SFTStageConfig, prefix_grouped_order, train_sft  # noqa: E402
 from lref.teachers.base import parse_label  # noqa: E402
 from lref.teachers.rules import RulesTeacher  # noqa: E402
-from lref.teachers.rules_file import load_rules  # noqa: E402
 from lref.testing import build_tiny_causal_lm  # noqa: E402
 
 SCHEME = get_scheme("graded3")

@@ -6,7 +6,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from lref.data import DataError, default_scheme, describe_records, load_records, split_by_query
+from lref.data import (
+    DataError,
+    default_scheme,
+    describe_records,
+    load_records,
+    split_by_query,
+)
 from lref.data.adapters import homedepot_grade
 
 HOMEDEPOT_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "homedepot"

@@ -183,7 +183,11 @@ def tiny_teacher(tmp_path_factory):
 
 def test_student_learns_unlabelled_pairs_from_soft_targets(tmp_path, tiny_encoder):
     """Two students on the same unlabelled pairs, taught by teachers that disagree everywhere: each follows its own."""
-    from lref.models.cross_encoder import CrossEncoderConfig, CrossEncoderScorer, train_cross_encoder
+    from lref.models.cross_encoder import (
+        CrossEncoderConfig,
+        CrossEncoderScorer,
+        train_cross_encoder,
+    )
 
     records = [Record(id=r.id, query=r.query, title="white steel pack") for r in pool_records(24)]  # no labels
     word_class = np.arange(24) % 3
@@ -209,8 +213,13 @@ def test_cross_encoder_soft_labels_learn_the_raters_spread(tmp_path, tiny_encode
     """Same pairs and labels: trained on raw scores the encoder splits its probability as the raters did."""
     from dataclasses import replace
 
-    from lref.models.cross_encoder import (CrossEncoderConfig, CrossEncoderScorer, _rating_targets, rating_loss,
-                                           train_cross_encoder)
+    from lref.models.cross_encoder import (
+        CrossEncoderConfig,
+        CrossEncoderScorer,
+        _rating_targets,
+        rating_loss,
+        train_cross_encoder,
+    )
 
     scheme = get_scheme("graded3")
     records = [Record(id=f"s{i}", query="white drill", title="white steel pack", label="Exact", raw_score=2.67)

@@ -14,16 +14,21 @@ torch = pytest.importorskip("torch")
 
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning", "ignore::UserWarning")
 
-from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerControl, TrainerState  # noqa: E402
-
 from helpers import run_lref  # noqa: E402
+from transformers import (  # noqa: E402
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    TrainerControl,
+    TrainerState,
+)
+
 from lref.data import write_records  # noqa: E402
 from lref.data.records import DataError, Record  # noqa: E402
 from lref.labels import get_scheme  # noqa: E402
+from lref.metrics import evaluate  # noqa: E402
 from lref.models.loading import MANIFEST_NAME, load_causal_lm  # noqa: E402
 from lref.models.scorer import LabelScorer, ScorerConfig, ScoreResult  # noqa: E402
 from lref.prompts import direct_prompt, encode_prompt  # noqa: E402
-from lref.metrics import evaluate  # noqa: E402
 from lref.stages.cot import cot_prompt  # noqa: E402
 from lref.stages.dpo import (  # noqa: E402
     PAIRS_FILE,
@@ -39,9 +44,15 @@ from lref.stages.dpo import (  # noqa: E402
     split_guard,
     train_dpo,
 )
+from lref.stages.sft import (  # noqa: E402
+    SFTStageConfig,
+    TextExample,
+    completion_ids,
+    text_completion_ids,
+    train_sft,
+    train_sft_examples,  # noqa: E402
+)
 from lref.teachers.base import Explanation  # noqa: E402
-from lref.stages.sft import SFTStageConfig, TextExample, completion_ids, text_completion_ids, train_sft  # noqa: E402
-from lref.stages.sft import train_sft_examples  # noqa: E402
 from lref.testing import build_tiny_causal_lm  # noqa: E402
 
 SCHEME = get_scheme("graded3")  # Exact, Partial, Irrelevant

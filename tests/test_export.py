@@ -21,9 +21,19 @@ from helpers import run_lref  # noqa: E402
 
 from lref.data.synthetic import SyntheticCatalogConfig, generate_catalog  # noqa: E402
 from lref.labels import LabelError  # noqa: E402
-from lref.models.cross_encoder import CrossEncoderConfig, CrossEncoderScorer, train_cross_encoder  # noqa: E402
+from lref.models.cross_encoder import (  # noqa: E402
+    CrossEncoderConfig,
+    CrossEncoderScorer,
+    train_cross_encoder,
+)
 from lref.models.loading import MANIFEST_NAME  # noqa: E402
-from lref.models.onnx import ONNX_FILES, ExportConfig, OnnxScorer, export_student, load_student  # noqa: E402
+from lref.models.onnx import (  # noqa: E402
+    ONNX_FILES,
+    ExportConfig,
+    OnnxScorer,
+    export_student,
+    load_student,
+)
 from lref.models.scorer import ScorerConfig  # noqa: E402
 
 

@@ -3,10 +3,16 @@
 import numpy as np
 import pytest
 
-from lref.baselines.lexical import FEATURE_NAMES, LexicalConfig, LexicalFeatures, LexicalModel, numbers_and_units, tokenize
+from lref.baselines.lexical import (
+    FEATURE_NAMES,
+    LexicalConfig,
+    LexicalFeatures,
+    LexicalModel,
+)
 from lref.data import split_by_query
 from lref.data.records import DataError, Record
 from lref.data.synthetic import SyntheticCatalogConfig, generate_catalog
+from lref.data.text import numbers_and_units, tokenize
 from lref.metrics import evaluate
 
 

@@ -3,7 +3,12 @@ import pytest
 from sklearn.metrics import f1_score
 
 from lref.data.records import DataError, Record
-from lref.metrics import _scores_from_confusion, evaluate, format_report, paired_difference
+from lref.metrics import (
+    _scores_from_confusion,
+    evaluate,
+    format_report,
+    paired_difference,
+)
 from lref.predictions import Prediction
 
 # Six pairs over two queries, scheme graded3 (Exact=3, Partial=2, Irrelevant=1).

@@ -13,7 +13,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import numpy as np
 import pytest
 
-from lref.training import prepare_device, resolve_precision
+from lref.device import prepare_device, resolve_precision
 
 torch = pytest.importorskip("torch")
 
@@ -72,7 +72,7 @@ EXIT_CHECK = """
 import atexit, os, tempfile
 import torch.distributed as dist
 from types import SimpleNamespace
-from lref.training import prepare_device
+from lref.device import prepare_device
 
 # Registered first, so it runs last: after the handler prepare_device registers.
 atexit.register(lambda: print("initialized at exit:", dist.is_initialized()))

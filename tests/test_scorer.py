@@ -7,8 +7,14 @@ import pytest
 
 from lref.data.records import Record
 from lref.labels import LabelScheme, get_scheme
-from lref.models.scorer import LabelScorer, ScoreResult, ScorerConfig, truncate_pair
-from lref.prompts import ANSWER_CUE, Prompt, VerbalizationError, direct_prompt
+from lref.models.scorer import LabelScorer, ScorerConfig, ScoreResult
+from lref.prompts import (
+    ANSWER_CUE,
+    Prompt,
+    VerbalizationError,
+    direct_prompt,
+    truncate_pair,
+)
 
 torch = pytest.importorskip("torch")
 
@@ -220,7 +226,7 @@ def test_fast_matches_naive_on_real_gemma():
     fast = LabelScorer(model, tokenizer, "graded3", ScorerConfig(batch_size=4)).score(records)
     assert np.abs(fast.probs - naive.probs).max() < TOLERANCE
 
-    from lref.training import cpu_has_native_bf16
+    from lref.device import cpu_has_native_bf16
 
     if not cpu_has_native_bf16():
         pytest.skip("this CPU has no native bf16, so bf16 scoring is not offered here")

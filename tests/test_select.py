@@ -31,8 +31,8 @@ from lref.stages.select import (  # noqa: E402
     SelectionError,
     apply_rule,
     balanced_sample,
-    confusion_map,
     clean_mask,
+    confusion_map,
     fill_to_fraction,
     floor_labels,
     make_folds,
@@ -402,9 +402,13 @@ def separable(n: int) -> list[Record]:
 
 
 def test_cross_encoder_learns_saves_manifest_and_scores(tmp_path, tiny_encoder):
-    from lref.models.cross_encoder import CrossEncoderConfig, CrossEncoderScorer, train_cross_encoder
+    from lref.fingerprint import data_hash
+    from lref.models.cross_encoder import (
+        CrossEncoderConfig,
+        CrossEncoderScorer,
+        train_cross_encoder,
+    )
     from lref.models.loading import MANIFEST_NAME
-    from lref.stages.sft import data_hash
 
     records = separable(24)
     config = CrossEncoderConfig(model=str(tiny_encoder), output_dir=str(tmp_path / "ce"), learning_rate=5e-3,
@@ -424,7 +428,11 @@ def test_cross_encoder_learns_saves_manifest_and_scores(tmp_path, tiny_encoder):
 
 
 def test_cross_encoder_loss_is_pluggable_and_receives_targets(tmp_path, tiny_encoder):
-    from lref.models.cross_encoder import CrossEncoderConfig, label_loss, train_cross_encoder
+    from lref.models.cross_encoder import (
+        CrossEncoderConfig,
+        label_loss,
+        train_cross_encoder,
+    )
 
     seen = []
 

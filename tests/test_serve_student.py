@@ -16,10 +16,20 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from lref.data.records import Record
 from lref.labels import get_scheme
-from lref.models.cross_encoder import CrossEncoderConfig, CrossEncoderScorer, train_cross_encoder
+from lref.models.cross_encoder import (
+    CrossEncoderConfig,
+    CrossEncoderScorer,
+    train_cross_encoder,
+)
 from lref.models.scorer import ScorerConfig
 from lref.serve.background import free_port, serve_in_background
-from lref.serve.student import MicroBatcher, ServeStudentConfig, StudentMetrics, build_server, relevance_results
+from lref.serve.student import (
+    MicroBatcher,
+    ServeStudentConfig,
+    StudentMetrics,
+    build_server,
+    relevance_results,
+)
 from lref.testing import build_tiny_encoder
 
 G3 = get_scheme("graded3")

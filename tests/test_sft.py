@@ -16,18 +16,26 @@ pytestmark = pytest.mark.filterwarnings("ignore:`is_gradient_checkpointing` is d
 
 from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback  # noqa: E402
 
-from lref.data.records import DataError, Record  # noqa: E402
-from lref.labels import get_scheme  # noqa: E402
-from lref.models.loading import MANIFEST_NAME, load_causal_lm  # noqa: E402
-from lref.prompts import PROMPT_VERSION, direct_prompt, encode_prompt, label_completion, label_token_ids  # noqa: E402
 import lref.stages.sft as sft_module  # noqa: E402
-from lref.stages.sft import (  # noqa: E402
-    PadCollator,
-    SFTStageConfig,
-    build_example,
+from lref.data.records import DataError, Record  # noqa: E402
+from lref.fingerprint import data_hash
+from lref.labels import (
     class_weights,
+    get_scheme,  # noqa: E402
+)
+from lref.models.loading import MANIFEST_NAME, load_causal_lm  # noqa: E402
+from lref.prompts import (  # noqa: E402
+    PROMPT_VERSION,
+    direct_prompt,
+    encode_prompt,
+    label_completion,
+    label_token_ids,
+)
+from lref.stages.sft import (
+    SFTStageConfig,
+    PadCollator,
+    build_example,
     completion_loss,
-    data_hash,
     last_checkpoint,
     shared_prefix_length,
     train_sft,

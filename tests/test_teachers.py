@@ -6,13 +6,21 @@ import pytest
 
 from lref.data.records import DataError, Record
 from lref.labels import PRESETS, get_scheme
+from lref.prompts.rules import CHECKS, shipped_rulesets
 from lref.teachers import (
-    Explanation, RuleFileError, RulesTeacher, Teacher, default_rules, extract_facts, extract_measures, load_rules,
-    parse_label, parse_rules,
+    Explanation,
+    RuleFileError,
+    RulesTeacher,
+    Teacher,
+    default_rules,
+    extract_facts,
+    extract_measures,
+    load_rules,
+    parse_label,
+    parse_rules,
 )
 from lref.teachers.base import cited_rule_ids, strip_answer
 from lref.teachers.rules import stem
-from lref.teachers.rules_file import CHECKS, shipped_rulesets
 
 G3 = get_scheme("graded3")
 BRANDS = ["dewalt", "ryobi", "behr", "flexzilla", "kohler", "delta", "lg"]

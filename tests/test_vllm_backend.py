@@ -9,7 +9,12 @@ from helpers import run_lref
 
 from lref.models import vllm_backend
 from lref.models.scorer import LabelScorer
-from lref.models.vllm_backend import BackendUnavailable, VLLMScorer, make_scorer, resolve_backend
+from lref.models.vllm_backend import (
+    BackendUnavailable,
+    VLLMScorer,
+    make_scorer,
+    resolve_backend,
+)
 
 torch = pytest.importorskip("torch")
 

@@ -68,7 +68,10 @@ class CalibrationConfig:
 
 
 def _objective(name: str, gold: np.ndarray, predicted: np.ndarray) -> float:
-    from sklearn.metrics import accuracy_score, f1_score  # here: serving reads calibrations without scikit-learn
+    from sklearn.metrics import (  # here: serving reads calibrations without scikit-learn
+        accuracy_score,
+        f1_score,
+    )
 
     if name == "accuracy":
         return float(accuracy_score(gold, predicted))

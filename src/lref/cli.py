@@ -199,10 +199,9 @@ def models_list(as_json: bool = typer.Option(False, "--json", help="Print the ro
     if as_json:
         typer.echo(json.dumps(rows, indent=2))
         return
+    from rich import box
     from rich.console import Console
     from rich.table import Table
-
-    from rich import box
 
     table = Table(title="lref model zoo", box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
     for column in ("name", "kind", "params", "installed", "prepared", "packages"):
@@ -273,10 +272,20 @@ def predict(
     from lref.data import default_scheme
     from lref.models.loading import read_manifest
     from lref.models.scorer import ScorerConfig, for_model, scheme_for_model
-    from lref.models.vllm_backend import BackendUnavailable, make_scorer, resolve_backend
+    from lref.models.vllm_backend import (
+        BackendUnavailable,
+        make_scorer,
+        resolve_backend,
+    )
     from lref.models.zoo import resolve_model
     from lref.predictions import write_predictions
-    from lref.sharding import score_blocks, score_in_parallel, select_shard, shard_info_path, write_shard_info
+    from lref.sharding import (
+        score_blocks,
+        score_in_parallel,
+        select_shard,
+        shard_info_path,
+        write_shard_info,
+    )
 
     folder = resolve_model(model)
     manifest = read_manifest(folder)
@@ -602,7 +611,13 @@ def select_command(
     from rich.console import Console
 
     from lref.data import default_scheme
-    from lref.stages.select import REPORT_NAME, SELECTED_NAME, SelectConfig, funnel_table, select
+    from lref.stages.select import (
+        REPORT_NAME,
+        SELECTED_NAME,
+        SelectConfig,
+        funnel_table,
+        select,
+    )
 
     scheme_name = scheme or default_scheme(fmt).name
     try:
@@ -938,7 +953,14 @@ def teach_command(
     from lref.labels import get_scheme
     from lref.sharding import select_shard, write_shard_info
     from lref.stages.cot import (
-        TASKS, TEACHERS, load_rule_set, make_teacher, sample_wrong_label, teach, teacher_key, wrong_decision_plan,
+        TASKS,
+        TEACHERS,
+        load_rule_set,
+        make_teacher,
+        sample_wrong_label,
+        teach,
+        teacher_key,
+        wrong_decision_plan,
     )
 
     if task not in TASKS:

@@ -6,7 +6,12 @@ A scheme lists its grades from most to least relevant. Index 0 is the most relev
 
 from __future__ import annotations
 
+from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
+
+CLASS_BALANCE = ("none", "sqrt", "inverse")
+"""Ways to weight a training example by its label's frequency (`class_weights`)."""
 
 
 class LabelError(ValueError):
@@ -142,3 +147,16 @@ def get_scheme(name: str | LabelScheme) -> LabelScheme:
         return PRESETS[name]
     except KeyError:
         raise LabelError(f"unknown label scheme {name!r} (presets: {', '.join(PRESETS)})") from None
+
+
+def class_weights(labels: Sequence[str], scheme: LabelScheme, mode: str = "none") -> dict[str, float]:
+    """Per-label loss weights. 'sqrt' and 'inverse' up-weight rare labels; the weights average 1 over `labels`."""
+    if mode not in CLASS_BALANCE:
+        raise ValueError(f"class_balance must be one of {', '.join(CLASS_BALANCE)}, not {mode!r}")
+    counts = Counter(labels)
+    if mode == "none" or not counts:
+        return {label: 1.0 for label in scheme.labels}
+    power = 0.5 if mode == "sqrt" else 1.0
+    raw = {label: (len(labels) / (len(counts) * counts[label])) ** power for label in counts}
+    mean = sum(raw[label] for label in labels) / len(labels)
+    return {label: raw.get(label, 0.0) / mean for label in scheme.labels}

@@ -482,7 +482,7 @@ def _sample(records: list[Record], n: int | None, seed: int, tag: str) -> list[R
 def load_data(config: PipelineConfig) -> RunData:
     """The training pairs and the held-out evaluation pairs, sampled as configured; refuses overlapping ids."""
     from lref.data import load_records, split_by_query
-    from lref.stages.sft import data_hash
+    from lref.fingerprint import data_hash
 
     data, scheme = config.data, _scheme_name(config.data)
     if data.format == "synthetic":
@@ -743,9 +743,9 @@ def _hash(obj: Any) -> str:
 def _versions() -> dict[str, str]:
     import importlib.metadata as md
 
-    from lref.stages.sft import _library_versions
+    from lref.fingerprint import library_versions
 
-    versions = _library_versions()
+    versions = library_versions()
     for name in ("trl", "scikit-learn"):
         try:
             versions[name] = md.version(name)
@@ -895,8 +895,8 @@ class Pipeline:
     def _run_stage(self, name: str, data: RunData, done: dict[str, dict[str, Any]], force: bool,
                    prefix: str) -> dict[str, Any]:
         from lref.calibration import FIT_VERSION
+        from lref.fingerprint import data_hash
         from lref.io import write_json
-        from lref.stages.sft import data_hash
 
         stage_dir = self.stage_dir(name)
         records, upstream, inputs = self._inputs(name, data, done)

@@ -41,7 +41,7 @@ from lref.io import atomic_write, write_json
 
 if TYPE_CHECKING:
     from lref.labels import LabelScheme
-    from lref.models.scorer import ScoreResult, ScorerConfig
+    from lref.models.scorer import ScorerConfig, ScoreResult
 
 T = TypeVar("T")
 
@@ -291,7 +291,7 @@ def score_in_parallel(
     from tqdm.auto import tqdm
 
     from lref.labels import get_scheme
-    from lref.models.scorer import ScoreResult, ScorerConfig
+    from lref.models.scorer import ScorerConfig, ScoreResult
 
     if workers < 1:
         raise ValueError(f"workers must be at least 1, got {workers}")

@@ -76,7 +76,14 @@ def build_tiny_causal_lm(save_dir: str | Path, seed: int = 0, embedding_scale: f
 def build_tiny_encoder(save_dir: str | Path, seed: int = 0) -> Path:
     """Save a tiny random BERT encoder plus a WordPiece tokenizer to `save_dir` and return the folder."""
     import torch
-    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
+    from tokenizers import (
+        Tokenizer,
+        models,
+        normalizers,
+        pre_tokenizers,
+        processors,
+        trainers,
+    )
     from transformers import BertConfig, BertModel, PreTrainedTokenizerFast
 
     save_dir = Path(save_dir)

@@ -25,8 +25,6 @@ The classifier is `HistGradientBoostingClassifier` (default) or a standardised `
 
 from __future__ import annotations
 
-import functools
-import re
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -38,6 +36,15 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from lref.data.records import DataError, Record
+from lref.data.text import (
+    NUMBER_RE,
+    STOPWORDS,
+    UNITS,
+    numbers_and_units,
+    product_text,
+    stem,
+    tokenize,
+)
 from lref.labels import get_scheme
 from lref.predictions import Prediction
 
@@ -45,24 +52,6 @@ CLASSIFIERS = ("gbdt", "logistic")
 MODEL_FILE = "lexical.joblib"
 KIND = "lexical"
 _HASH_FEATURES = 2**18
-_TOKEN = re.compile(r"\d+(?:[./]\d+)*|[a-z]+")
-_NUMBER = re.compile(r"\d+(?:[./]\d+)*$")
-_UNITS = {
-    "in": "in", "inch": "in", "inches": "in", '"': "in",
-    "ft": "ft", "foot": "ft", "feet": "ft", "'": "ft",
-    "v": "v", "volt": "v", "volts": "v",
-    "w": "w", "watt": "w", "watts": "w",
-    "a": "amp", "amp": "amp", "amps": "amp", "ampere": "amp",
-    "gal": "gal", "gallon": "gal", "gallons": "gal",
-    "lb": "lb", "lbs": "lb", "pound": "lb", "pounds": "lb",
-    "oz": "oz", "ounce": "oz", "ounces": "oz",
-    "qt": "qt", "quart": "qt", "quarts": "qt",
-    "mm": "mm", "cm": "cm", "m": "m", "btu": "btu", "psi": "psi", "cu": "cu", "sq": "sq", "yd": "yd",
-    "gauge": "gauge", "ga": "gauge", "pack": "pack", "pk": "pack", "piece": "piece", "pc": "piece", "count": "count",
-    "ct": "count", "k": "k", "mah": "mah", "ah": "ah", "hp": "hp", "rpm": "rpm", "cfm": "cfm", "gpm": "gpm",
-}
-_STOP = frozenset("a an and the of for with in on to by x or".split())
-
 FEATURE_NAMES = (
     "word_cov_q", "word_cov_t", "word_jaccard", "stem_cov_q", "stem_cov_t", "stem_jaccard", "idf_cov_q",
     "word_tfidf_cos", "char_cov_q", "char_jaccard", "char_tfidf_cos", "bm25", "bm25_per_term",
@@ -107,7 +96,7 @@ class LexicalConfig:
     )
 
     def __post_init__(self) -> None:
-        from lref.stages.sft import CLASS_BALANCE
+        from lref.labels import CLASS_BALANCE
 
         get_scheme(self.scheme)
         if self.classifier not in CLASSIFIERS:
@@ -125,56 +114,6 @@ class LexicalConfig:
             raise ValueError(f"threads must be at least 1 or None, not {self.threads}")
         if not 0 <= self.bm25_b <= 1:
             raise ValueError(f"bm25_b must lie in [0, 1], not {self.bm25_b}")
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-# Text
-
-
-def normalise_text(text: str) -> str:
-    """Lower case, digits split from letters (`18v` -> `18 v`), inch/foot marks spelled out."""
-    text = text.lower().replace('"', " in ").replace("''", " in ").replace("'", " ft ")
-    text = re.sub(r"(\d)([a-z])", r"\1 \2", text)
-    return re.sub(r"([a-z])(\d)", r"\1 \2", text)
-
-
-def tokenize(text: str) -> list[str]:
-    return _TOKEN.findall(normalise_text(text))
-
-
-@functools.lru_cache(maxsize=200_000)
-def stem(token: str) -> str:
-    """A crude plural/suffix stripper: enough to match `hoses`/`hose`, `batteries`/`battery`."""
-    if len(token) <= 3 or token[0].isdigit():
-        return token
-    if token.endswith("ies"):
-        return token[:-3] + "y"
-    if token.endswith(("ches", "shes", "xes", "sses")):
-        return token[:-2]
-    if token.endswith("s") and not token.endswith("ss"):
-        return token[:-1]
-    return token
-
-
-def _number(token: str) -> str:
-    return token.rstrip("0").rstrip(".") if "." in token else token
-
-
-def numbers_and_units(tokens: Sequence[str]) -> tuple[set[str], set[str]]:
-    """The numbers of a token list, and its number+unit pairs with units normalised (`50 feet` -> `50 ft`)."""
-    numbers, units = set(), set()
-    for i, token in enumerate(tokens):
-        if _NUMBER.match(token):
-            number = _number(token)
-            numbers.add(number)
-            if i + 1 < len(tokens) and tokens[i + 1] in _UNITS:
-                units.add(f"{number} {_UNITS[tokens[i + 1]]}")
-    return numbers, units
-
-
-def product_text(record: Record) -> str:
-    return f"{record.brand} {record.title}" if record.brand and record.brand.lower() not in record.title.lower() \
-        else record.title
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -264,7 +203,7 @@ class LexicalFeatures:
         self.avg_title_words_ = float(np.mean([len(t) for t in texts.title_words])) if records else 1.0
         leads = Counter(r.brand.lower() if r.brand else (t[0] if t else "") for r, t in zip(records, texts.title_words))
         self.known_brands_ = frozenset(
-            b for b, c in leads.items() if c >= 3 and b and not b[0].isdigit() and b not in _STOP and b not in _UNITS
+            b for b, c in leads.items() if c >= 3 and b and not b[0].isdigit() and b not in STOPWORDS and b not in UNITS
         )
         return self
 
@@ -313,7 +252,7 @@ class LexicalFeatures:
         brand_in_query, brand_missing = np.zeros(n), np.zeros(n)
         for i, (record, q, t) in enumerate(zip(records, texts.query_words, texts.title_words)):
             title_set = set(t) | {stem(w) for w in t}
-            content = [w for w in q if w not in _STOP and not _NUMBER.match(w) and w not in _UNITS]
+            content = [w for w in q if w not in STOPWORDS and not NUMBER_RE.match(w) and w not in UNITS]
             if content:
                 last = content[-1]
                 last_in[i] = last in title_set or stem(last) in title_set
@@ -394,7 +333,9 @@ class LexicalModel:
         )
 
     def fit(self, records: Sequence[Record]) -> "LexicalModel":
-        from lref.stages.sft import class_weights, data_hash, validate_records
+        from lref.data.validation import validate_records
+        from lref.fingerprint import data_hash
+        from lref.labels import class_weights
 
         scheme = self.scheme
         records = validate_records(records, scheme, "training")
@@ -444,9 +385,9 @@ class LexicalModel:
         """Write `lexical.joblib` and `lref_manifest.json` into `folder` (atomically, file by file)."""
         import joblib
 
+        from lref.fingerprint import library_versions
         from lref.io import atomic_write, write_json
         from lref.models.loading import MANIFEST_NAME
-        from lref.stages.sft import _library_versions
 
         if not hasattr(self, "classifier_"):
             raise RuntimeError("LexicalModel.save before fit")
@@ -460,7 +401,7 @@ class LexicalModel:
             "features": list(self.features_.names),
             "config": asdict(self.config),
             **self.train_info_,
-            "versions": {**_library_versions(), "scikit-learn": _sklearn_version()},
+            "versions": {**library_versions(), "scikit-learn": _sklearn_version()},
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         })
         return folder
@@ -485,5 +426,4 @@ def _sklearn_version() -> str:
     return sklearn.__version__
 
 
-__all__ = ["FEATURE_NAMES", "LexicalConfig", "LexicalFeatures", "LexicalModel", "normalise_text", "numbers_and_units",
-           "stem", "tokenize"]
+__all__ = ["FEATURE_NAMES", "LexicalConfig", "LexicalFeatures", "LexicalModel"]

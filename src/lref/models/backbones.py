@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from lref.data.records import Record
-from lref.models.scorer import ScoreResult, ScorerConfig
+from lref.models.scorer import ScorerConfig, ScoreResult
 
 
 class SelectorBackbone(Protocol):
@@ -34,8 +34,8 @@ class SelectorBackbone(Protocol):
 
 def _finished(out_dir: Path, records: Sequence[Record], settings: dict[str, Any]) -> bool:
     """Whether `out_dir` holds a finished model trained on `records` with `settings` (its manifest says so)."""
+    from lref.fingerprint import data_hash
     from lref.models.loading import read_manifest
-    from lref.stages.sft import data_hash
 
     manifest = read_manifest(out_dir) if out_dir.is_dir() else None
     return bool(manifest) and manifest.get("data_hash") == data_hash(records) and manifest.get(
@@ -47,7 +47,8 @@ def _prepare_folder(out_dir: Path, records: Sequence[Record], settings: dict[str
     """Clear a folder left by another dataset or other settings; True when its checkpoints can be resumed."""
     import json
 
-    from lref.stages.sft import CHECKPOINT_DIR, RUN_FILE, data_hash
+    from lref.fingerprint import data_hash
+    from lref.stages.sft import CHECKPOINT_DIR, RUN_FILE
 
     run_file = out_dir / CHECKPOINT_DIR / RUN_FILE
     if not out_dir.exists():

@@ -28,10 +28,11 @@ from typing import Any
 import numpy as np
 
 from lref.data.records import DataError, Record
+from lref.device import prepare_device, use_bf16
 from lref.labels import LabelScheme, get_scheme
-from lref.models.scorer import ScoreResult, ScorerConfig, for_model, scheme_for_model
+from lref.models.scorer import ScorerConfig, ScoreResult, for_model, scheme_for_model
 from lref.prompts import match_hint_manifest, product_fields, with_match_hints
-from lref.training import BF16_HELP, check_training_fields, prepare_device, training_arguments, use_bf16
+from lref.training import BF16_HELP, check_training_fields, training_arguments
 
 logger = logging.getLogger(__name__)
 
@@ -83,7 +84,7 @@ class CrossEncoderConfig:
     progress: bool = field(default=True, metadata={"help": "Show progress bars."})
 
     def __post_init__(self) -> None:
-        from lref.stages.sft import CLASS_BALANCE
+        from lref.labels import CLASS_BALANCE
 
         if self.class_balance not in CLASS_BALANCE:
             raise ValueError(f"class_balance must be one of {', '.join(CLASS_BALANCE)}, not {self.class_balance!r}")
@@ -193,25 +194,27 @@ def train_cross_encoder(
     `labels` entry is `IGNORE_LABEL` (-100), which `label_loss` and `soft_label_loss` leave out of the cross-entropy.
     """
     import torch
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer, TrainingArguments, set_seed
+    from transformers import (
+        AutoModelForSequenceClassification,
+        AutoTokenizer,
+        TrainingArguments,
+        set_seed,
+    )
 
+    from lref.data.validation import validate_records
+    from lref.fingerprint import data_hash, library_versions
     from lref.io import write_json
+    from lref.labels import class_weights
+    from lref.models.distill_loss import IGNORE_LABEL
     from lref.models.loading import MANIFEST_NAME
-    from lref.models.zoo import resolve_model
+    from lref.models.zoo import resolve_model, stored_model_reference
     from lref.stages.sft import (
         CHECKPOINT_DIR,
         RUN_FILE,
         _ExampleDataset,
-        _library_versions,
-        _stored_model_reference,
-        class_weights,
-        data_hash,
         last_checkpoint,
         trainer_state_step,
-        validate_records,
     )
-
-    from lref.models.distill_loss import IGNORE_LABEL
 
     scheme = get_scheme(config.scheme)
     if config.soft_labels and (targets is not None or loss_fn is not label_loss):
@@ -317,7 +320,7 @@ def train_cross_encoder(
         {
             "kind": KIND,
             "stage": "cross-encoder",
-            "base_model": _stored_model_reference(config.model),
+            "base_model": stored_model_reference(config.model),
             "scheme": {"name": scheme.name, "labels": list(scheme.labels)},
             "data_hash": train_hash,
             "n_train": len(records),
@@ -327,7 +330,7 @@ def train_cross_encoder(
             "class_weights": weights,
             "config": asdict(config),
             "train_metrics": metrics,
-            "versions": _library_versions(),
+            "versions": library_versions(),
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         },
     )

@@ -35,7 +35,7 @@ from lref.calibration import calibration_path, label_bias_for
 from lref.data.records import Record
 from lref.labels import LabelScheme, get_scheme
 from lref.models.cross_encoder import EncoderCollator, score_pairs
-from lref.models.scorer import ScoreResult, ScorerConfig, for_model, scheme_for_model
+from lref.models.scorer import ScorerConfig, ScoreResult, for_model, scheme_for_model
 
 logger = logging.getLogger(__name__)
 

@@ -45,10 +45,17 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from lref.data.records import Record
+from lref.device import use_bf16
 from lref.labels import LabelError, LabelScheme, get_scheme
 from lref.predictions import Prediction
-from lref.prompts import ANSWER_CUE, Prompt, direct_prompt, encode_prompt, label_token_ids, with_match_hints
-from lref.training import use_bf16
+from lref.prompts import (
+    Prompt,
+    direct_prompt,
+    encode_prompt,
+    label_token_ids,
+    truncate_pair,
+    with_match_hints,
+)
 
 PromptFn = Callable[[Record, LabelScheme], Prompt]
 
@@ -199,19 +206,6 @@ class ScoreResult:
         ]
 
 
-def truncate_pair(pair_ids: Sequence[int], budget: int, keep_tail: int) -> list[int]:
-    """Cut `pair_ids` to `budget` tokens, dropping from the end of the product text but keeping the last
-    `keep_tail` tokens (the answer cue) so the prompt still ends where the label is expected."""
-    pair_ids = list(pair_ids)
-    if len(pair_ids) <= budget:
-        return pair_ids
-    if budget < 1:
-        raise ValueError(f"no room left for the pair (budget {budget} tokens); raise max_length")
-    keep_tail = min(keep_tail, budget)
-    head = budget - keep_tail
-    return pair_ids[:head] + pair_ids[len(pair_ids) - keep_tail :]
-
-
 class LabelScorer:
     """Scores query–product pairs with a causal LM: probabilities over `scheme`'s labels and the top-k labels.
 
@@ -232,8 +226,6 @@ class LabelScorer:
         self.config = config or ScorerConfig()
         self.prompt_fn = prompt_fn
         self.label_ids = label_token_ids(tokenizer, self.scheme)
-        cue = tokenizer(ANSWER_CUE, add_special_tokens=False)["input_ids"]
-        self._cue_ids = list(cue)
         pad = tokenizer.pad_token_id
         if pad is None:
             pad = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else 0
@@ -299,9 +291,7 @@ class LabelScorer:
                     raise ValueError(
                         f"the prompt prefix alone has {len(prefix_ids)} tokens, max_length is {self.config.max_length}"
                     )
-                cue = self._cue_ids
-                tail = len(cue) if cue and list(pair_ids[-len(cue) :]) == cue else min(8, len(pair_ids))
-                pair_ids = truncate_pair(pair_ids, budget, tail)
+                pair_ids = truncate_pair(pair_ids, budget)
             out.append((prefix_ids, list(pair_ids)))
         return out
 

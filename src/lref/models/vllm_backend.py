@@ -28,7 +28,13 @@ import numpy as np
 
 from lref.data.records import Record
 from lref.labels import LabelScheme
-from lref.models.scorer import LabelScorer, ScoreResult, ScorerConfig, for_model, scheme_for_model
+from lref.models.scorer import (
+    LabelScorer,
+    ScorerConfig,
+    ScoreResult,
+    for_model,
+    scheme_for_model,
+)
 from lref.prompts import Prompt, direct_prompt, with_match_hints
 
 BACKENDS = ("auto", "torch", "vllm")

@@ -43,6 +43,7 @@ MARKER_NAME = "lref_zoo.json"
 ZOO_FORMAT = 1  # bump when the prepared-folder layout changes; older folders are rebuilt
 
 __all__ = [
+    "stored_model_reference",
     "DEFAULT_ENCODER",
     "DEFAULT_LLM",
     "MARKER_NAME",
@@ -669,3 +670,11 @@ def list_models() -> list[dict[str, Any]]:
             }
         )
     return rows
+
+
+def stored_model_reference(name_or_path: str) -> str:
+    """What the manifest records as base model: a zoo name as given, a local folder as an absolute path."""
+    if str(name_or_path) in MODELS:
+        return str(name_or_path)
+    path = Path(name_or_path).expanduser()
+    return str(path.resolve()) if path.is_dir() else str(name_or_path)

@@ -48,31 +48,21 @@ from pathlib import Path
 from typing import Any
 
 from lref.data.records import DataError, Record
-from lref.labels import LabelScheme, get_scheme
+from lref.device import use_bf16
+from lref.labels import CLASS_BALANCE, LabelScheme, get_scheme
 from lref.predictions import Prediction
-from lref.prompts import ANSWER_CUE, Prompt, match_hint_manifest, product_fields, records_for_model
-from lref.stages.sft import CLASS_BALANCE, SFTStageConfig, TextExample, direct_example, examples_hash
+from lref.prompts import PAIR_TAIL_TOKENS, match_hint_manifest, records_for_model
+from lref.prompts.cot import COT_PROMPT_VERSION, TASKS, cot_completion, cot_prompt
+from lref.prompts.rules import RuleSet, default_rules, load_rules
+from lref.stages.sft import SFTStageConfig, TextExample, direct_example, examples_hash
 from lref.teachers.base import TEACHER_PROMPT_VERSION, Explanation, Teacher, parse_label
-from lref.teachers.rules_file import RuleSet, default_rules, load_rules
-from lref.training import BF16_HELP, check_training_fields, use_bf16
+from lref.training import BF16_HELP, check_training_fields
 
 logger = logging.getLogger(__name__)
 
-TASKS = ("ee", "ra", "dr")
 TEACHERS = ("rules", "openai", "local")
-COT_PROMPT_VERSION = "cot-v1"
 REPORT_NAME = "cot_report.json"
 TEACHER_FILE = "teacher_{task}.jsonl"
-ANALYSIS_CUE = "Analysis:"
-REFLECTION_CUE = "Reflection:"
-_TASK_MARKERS = {
-    "ee": "Task: expert analysis of a search result.\n",
-    "ra": "Task: apply the business rules to a search result.\n",
-    "dr": "Task: reflect on a wrong relevance decision.\n",
-}
-_CUE_TAIL_TOKENS = 8
-"""On truncation, the last tokens of the pair part (the analysis cue) are always kept."""
-
 
 @dataclass
 class CoTConfig:
@@ -224,47 +214,6 @@ class CoTConfig:
         shared = {f.name: getattr(self, f.name) for f in fields(SFTStageConfig) if hasattr(self, f.name)}
         shared.update(model=model, output_dir=str(Path(self.output_dir) / task), epochs=getattr(self, f"{task}_epochs"))
         return SFTStageConfig(**shared)
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-# Prompts
-
-
-def cot_instruction(task: str, scheme: LabelScheme, rules: RuleSet | None = None) -> str:
-    """The pair-independent instruction of a CoT task; it starts with the task's marker, unlike the direct prompt."""
-    if task == "ee":
-        body = ("Analyse the query and the product from several perspectives, one line each: product type, brand, "
-                "model, attributes (size, colour, material, quantity). Then give the grade.")
-    elif task == "ra":
-        if rules is None:
-            raise ValueError("the RA prompt needs a rule set")
-        body = ("Business rules (product-level rules decide what the item is; modifier-level rules lower the grade "
-                f"when an attribute differs):\n{rules.describe()}\nApply the rules to the pair, cite each rule you "
-                "apply by its id in square brackets, then give the grade.")
-    elif task == "dr":
-        body = "A model graded the pair wrongly. Explain why its decision is wrong, then give the correct grade."
-    else:
-        raise ValueError(f"unknown CoT task {task!r}: choose one of {', '.join(TASKS)}")
-    return (f"{_TASK_MARKERS[task]}Grades, from most to least relevant:\n{scheme.describe()}\n{body}\n"
-            f"Finish with the line '{ANSWER_CUE} <grade>', where <grade> is one of: {', '.join(scheme.words)}.\n\n")
-
-
-def cot_prompt(task: str, record: Record, scheme: LabelScheme, rules: RuleSet | None = None,
-               wrong_label: str | None = None) -> Prompt:
-    """The prompt of a CoT task; the model continues with the reasoning, the answer cue and the label."""
-    pair = f"Query: {record.query}\n{product_fields(record)}\n"
-    if task == "dr":
-        if wrong_label is None:
-            raise ValueError("the DR prompt needs the wrong decision")
-        pair += f"Model's decision: {scheme.word(wrong_label)}\n{REFLECTION_CUE}"
-    else:
-        pair += ANALYSIS_CUE
-    return Prompt(prefix=cot_instruction(task, scheme, rules), pair=pair)
-
-
-def cot_completion(explanation: Explanation, scheme: LabelScheme) -> str:
-    """What the model learns to write after a CoT prompt: the reasoning, then the answer cue and the label."""
-    return " " + explanation.text(scheme)
 
 
 def sample_wrong_label(record: Record, scheme: LabelScheme, over_probability: float, seed: int = 0) -> str:
@@ -549,9 +498,9 @@ def direct_count(cot_count: int, direct_share: float) -> int:
 def _model_identity(model: str) -> dict[str, Any]:
     """What identifies the starting model for the skip check: its reference and, for an lref folder, its manifest."""
     from lref.models.loading import read_manifest
-    from lref.stages.sft import _stored_model_reference
+    from lref.models.zoo import stored_model_reference
 
-    reference = _stored_model_reference(model)
+    reference = stored_model_reference(model)
     manifest = read_manifest(reference) if Path(reference).is_dir() else None
     keys = ("data_hash", "created", "cot")
     return {"model": reference, **({k: manifest.get(k) for k in keys} if manifest else {})}
@@ -580,11 +529,12 @@ def train_cot(
     return {task: adapter folder}. `direct_pool`: the training pairs before selection, which the direct examples are
     drawn from when `config.direct_from_pool` is on. `teacher` overrides the one named in the config (e.g. an
     already built one)."""
+    from lref.data.validation import validate_records
     from lref.io import write_json
     from lref.models.loading import read_manifest
     from lref.models.scorer import scheme_for_model
     from lref.models.zoo import resolve_model
-    from lref.stages.sft import last_checkpoint, train_sft_examples, validate_records
+    from lref.stages.sft import last_checkpoint, train_sft_examples
 
     started = time.perf_counter()
     scheme = get_scheme(config.scheme)
@@ -696,8 +646,8 @@ def generate_predictions(
     from tqdm.auto import tqdm
 
     from lref.models.loading import load_causal_lm
-    from lref.models.scorer import LabelScorer, ScorerConfig, scheme_for_model, truncate_pair
-    from lref.prompts import encode_prompt
+    from lref.models.scorer import LabelScorer, ScorerConfig, scheme_for_model
+    from lref.prompts import encode_prompt, truncate_pair
 
     if task not in ("ee", "ra"):
         raise ValueError(f"CoT inference runs the ee or ra prompt, not {task!r}")
@@ -722,10 +672,10 @@ def generate_predictions(
     for record in records:
         prefix_ids, pair_ids = encode_prompt(tokenizer, cot_prompt(task, record, scheme, rule_set))
         budget = max_length - max_new_tokens - len(prefix_ids)
-        if budget < 2 * _CUE_TAIL_TOKENS:
+        if budget < 2 * PAIR_TAIL_TOKENS:
             raise DataError(f"record {record.id!r}: max_length {max_length} leaves no room for the pair after the "
                             f"{len(prefix_ids)}-token instruction and {max_new_tokens} new tokens; raise max_length")
-        encoded.append(prefix_ids + truncate_pair(pair_ids, budget, _CUE_TAIL_TOKENS))
+        encoded.append(prefix_ids + truncate_pair(pair_ids, budget, PAIR_TAIL_TOKENS))
     order = sorted(range(len(records)), key=lambda i: len(encoded[i]))
     texts: list[str] = [""] * len(records)
     generated_tokens = hit_limit = 0
@@ -789,10 +739,7 @@ def generate_predictions(
 __all__ = [
     "CoTConfig",
     "TASKS",
-    "cot_completion",
     "cot_examples",
-    "cot_instruction",
-    "cot_prompt",
     "direct_count",
     "direct_examples",
     "generate_predictions",

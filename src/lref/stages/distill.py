@@ -176,8 +176,8 @@ def build_pool(
 ) -> tuple[list[Record], dict[str, int]]:
     """Labelled records (labels checked against `scheme`), unlabelled ones (labels dropped) and candidate pairs;
     returns the pool and its counts. Raises DataError on an empty pool or a repeated id."""
+    from lref.data.validation import validate_records
     from lref.models.cross_encoder import has_label
-    from lref.stages.sft import validate_records
 
     records = list(records or [])
     labelled = [r for r in records if has_label(r)]
@@ -213,8 +213,7 @@ def pair_hash(record: Record) -> str:
 
 def teacher_identity(config: DistillConfig) -> dict[str, Any]:
     """What makes the teacher's scores what they are; its `key` changes when the teacher folder's files change."""
-    from lref.models.zoo import resolve_model
-    from lref.stages.sft import _stored_model_reference
+    from lref.models.zoo import resolve_model, stored_model_reference
 
     folder = resolve_model(config.teacher)
     digest = hashlib.sha256()
@@ -224,7 +223,7 @@ def teacher_identity(config: DistillConfig) -> dict[str, Any]:
         if size <= _HASHED_FILE_LIMIT:
             digest.update(hashlib.sha256(path.read_bytes()).digest())
     identity = {
-        "model": _stored_model_reference(config.teacher),
+        "model": stored_model_reference(config.teacher),
         "files_sha256": digest.hexdigest(),
         "scheme": config.scheme,
         "prompt": "direct",
@@ -315,6 +314,7 @@ def calibrated_probs(probs: np.ndarray, bias: Sequence[float]) -> np.ndarray:
 def distill(config: DistillConfig, records: Sequence[Record], unlabeled: Sequence[Record] | None = None) -> Path:
     """Distil `config.teacher` into `config.student` on `records` (+ `unlabeled`); return the student folder."""
     from lref.calibration import label_bias_for
+    from lref.device import prepare_device
     from lref.io import write_json
     from lref.models.cross_encoder import CrossEncoderConfig, train_cross_encoder
     from lref.models.distill_loss import soft_label_loss
@@ -323,7 +323,6 @@ def distill(config: DistillConfig, records: Sequence[Record], unlabeled: Sequenc
     from lref.models.zoo import resolve_model
     from lref.prompts import records_for_model
     from lref.stages.sft import last_checkpoint
-    from lref.training import prepare_device
 
     scheme = get_scheme(config.scheme)
     output_dir = Path(config.output_dir)

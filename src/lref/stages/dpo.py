@@ -53,13 +53,21 @@ import numpy as np
 
 from lref.calibration import CALIBRATION_FILE, label_bias_for
 from lref.data.records import DataError, Record
+from lref.device import is_main_process, prepare_device
 from lref.labels import LabelScheme, get_scheme
-from lref.prompts import (ANSWER_CUE, PROMPT_VERSION, encode_prompt, label_completion, match_hint_manifest,
-                          records_for_model)
-from lref.stages.cot import TEACHER_FILE, TEACHERS, cot_completion, cot_prompt, load_rule_set
+from lref.prompts import (
+    ANSWER_CUE,
+    PROMPT_VERSION,
+    encode_prompt,
+    label_completion,
+    match_hint_manifest,
+    records_for_model,
+)
+from lref.prompts.cot import cot_completion, cot_prompt
+from lref.prompts.rules import RuleSet
+from lref.stages.cot import TEACHER_FILE, TEACHERS, load_rule_set
 from lref.teachers.base import Explanation, parse_label, strip_answer
-from lref.teachers.rules_file import RuleSet
-from lref.training import BF16_HELP, check_training_fields, is_main_process, prepare_device, training_arguments
+from lref.training import BF16_HELP, check_training_fields, training_arguments
 
 logger = logging.getLogger(__name__)
 
@@ -673,8 +681,8 @@ def cot_preference_example(
     then each text plus EOS. Too long, the pair loses its middle first (as on the direct path, its last tokens, the
     analysis cue, kept); when even that is not enough, the texts lose the middle of their analysis, their final
     "Relevance: <label>" and EOS kept."""
-    from lref.models.scorer import truncate_pair
-    from lref.stages.sft import _PAIR_TAIL_TOKENS, text_completion_ids
+    from lref.prompts import PAIR_TAIL_TOKENS, truncate_pair
+    from lref.stages.sft import text_completion_ids
 
     if not pair.is_cot:
         raise ValueError(f"pair {pair.record.id!r} has no CoT texts")
@@ -683,8 +691,8 @@ def cot_preference_example(
     answers = {key: text_completion_ids(tokenizer, text) for key, (text, _) in texts.items()}
     if max_length is not None:
         room = max_length - len(prefix_ids)
-        pair_ids = truncate_pair(pair_ids, max(room - max(map(len, answers.values())), 2 * _PAIR_TAIL_TOKENS),
-                                 _PAIR_TAIL_TOKENS)
+        pair_ids = truncate_pair(pair_ids, max(room - max(map(len, answers.values())), 2 * PAIR_TAIL_TOKENS),
+                                 PAIR_TAIL_TOKENS)
         room -= len(pair_ids)
         for key, (_, label) in texts.items():
             # the answer line tokenized on its own, + EOS: what must survive
@@ -763,11 +771,12 @@ def _read_pairs(path: Path) -> list[PreferencePair]:
 
 def _base_manifest(config: DPOStageConfig, scheme: LabelScheme, pool_hash: str, records: Sequence[Record],
                    report: dict[str, Any]) -> dict[str, Any]:
-    from lref.stages.sft import _library_versions, _stored_model_reference
+    from lref.fingerprint import library_versions
+    from lref.models.zoo import stored_model_reference
 
     return {
         "stage": "dpo",
-        "base_model": _stored_model_reference(config.model),
+        "base_model": stored_model_reference(config.model),
         "scheme": {"name": scheme.name, "labels": list(scheme.labels)},
         "prompt_version": PROMPT_VERSION,
         "data_hash": pool_hash,
@@ -776,7 +785,7 @@ def _base_manifest(config: DPOStageConfig, scheme: LabelScheme, pool_hash: str, 
         "mining": report,
         "pairs_file": PAIRS_FILE,
         "config": asdict(config),
-        "versions": {**_library_versions(), **_trl_version()},
+        "versions": {**library_versions(), **_trl_version()},
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
 
@@ -865,11 +874,13 @@ def train_dpo(config: DPOStageConfig, records: Sequence[Record], *, callbacks: l
     from transformers import set_seed
     from trl import DPOConfig
 
+    from lref.data.validation import validate_records
+    from lref.fingerprint import data_hash
     from lref.io import write_json, write_jsonl
     from lref.models.loading import MANIFEST_NAME, load_causal_lm
     from lref.models.scorer import LabelScorer, ScorerConfig
     from lref.prompts import label_token_ids
-    from lref.stages.sft import data_hash, last_checkpoint, trainer_state_step, validate_records
+    from lref.stages.sft import last_checkpoint, trainer_state_step
 
     scheme = get_scheme(config.scheme)
     if not records:

@@ -462,7 +462,7 @@ def run_selector(
     out of fold, and return (probabilities N x K in pool order, timing info). Cached in `folder/scores.npz`."""
     from dataclasses import replace
 
-    from lref.stages.sft import data_hash
+    from lref.fingerprint import data_hash
 
     # `sample` may repeat pairs (an oversampled CI band): folds are cut over distinct pairs, so every copy of a pair
     # sits on the same side.
@@ -517,7 +517,7 @@ def run_selector(
 
 
 def _check_pool(pool: Sequence[Record], scheme: LabelScheme) -> list[Record]:
-    from lref.stages.sft import validate_records
+    from lref.data.validation import validate_records
 
     if not pool:
         raise SelectionError("the pool is empty: selection needs labelled pairs")

@@ -30,30 +30,39 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import platform
 import time
 from collections import Counter
 from collections.abc import Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from lref.data.records import DataError, Record
-from lref.labels import LabelError, LabelScheme, get_scheme
-from lref.prompts import (PROMPT_VERSION, Prompt, direct_prompt, encode_prompt, label_completion, match_hint_manifest,
-                          records_for_model)
-from lref.training import BF16_HELP, check_training_fields, is_main_process, prepare_device, training_arguments
+from lref.data.validation import validate_records
+from lref.device import is_main_process, prepare_device
+from lref.fingerprint import data_hash, library_versions
+from lref.labels import CLASS_BALANCE, LabelScheme, class_weights, get_scheme
+from lref.models.zoo import stored_model_reference
+from lref.prompts import (
+    PAIR_TAIL_TOKENS,
+    PROMPT_VERSION,
+    Prompt,
+    direct_prompt,
+    encode_prompt,
+    label_completion,
+    match_hint_manifest,
+    records_for_model,
+    truncate_pair,
+)
+from lref.training import BF16_HELP, check_training_fields, training_arguments
 
 logger = logging.getLogger(__name__)
 
 CHECKPOINT_DIR = "checkpoints"
 RUN_FILE = "lref_run.json"
 """Written into the checkpoint folder when a run starts; resuming checks that the training data is the same."""
-CLASS_BALANCE = ("none", "sqrt", "inverse")
-_PAIR_TAIL_TOKENS = 8
-"""On truncation, the last tokens of the pair part (the answer cue) are always kept."""
 
 
 @dataclass
@@ -152,46 +161,6 @@ class SFTStageConfig:
 # Data
 
 
-def validate_records(records: Sequence[Record], scheme: LabelScheme, what: str = "training") -> list[Record]:
-    """Check that every record has a label of `scheme`; return them with canonical label names."""
-    if not records:
-        raise DataError(f"no {what} records: SFT needs at least one labelled pair")
-    checked = []
-    for record in records:
-        if record.label is None or str(record.label).strip() == "":
-            raise DataError(f"{what} record {record.id!r} has no label; SFT needs labelled records")
-        try:
-            label = scheme.parse(record.label)
-        except LabelError as error:
-            raise DataError(f"{what} record {record.id!r}: {error}") from None
-        if label != record.label:
-            record = replace(record, label=label)
-        checked.append(record)
-    return checked
-
-
-def data_hash(records: Sequence[Record]) -> str:
-    """sha256 over the records' id, query, title and label, in order."""
-    digest = hashlib.sha256()
-    for record in records:
-        digest.update(json.dumps([record.id, record.query, record.title, record.label], ensure_ascii=False).encode())
-        digest.update(b"\n")
-    return digest.hexdigest()
-
-
-def class_weights(labels: Sequence[str], scheme: LabelScheme, mode: str = "none") -> dict[str, float]:
-    """Per-label loss weights. 'sqrt' and 'inverse' up-weight rare labels; the weights average 1 over `labels`."""
-    if mode not in CLASS_BALANCE:
-        raise ValueError(f"class_balance must be one of {', '.join(CLASS_BALANCE)}, not {mode!r}")
-    counts = Counter(labels)
-    if mode == "none" or not counts:
-        return {label: 1.0 for label in scheme.labels}
-    power = 0.5 if mode == "sqrt" else 1.0
-    raw = {label: (len(labels) / (len(counts) * counts[label])) ** power for label in counts}
-    mean = sum(raw[label] for label in labels) / len(labels)
-    return {label: raw.get(label, 0.0) / mean for label in scheme.labels}
-
-
 @dataclass(frozen=True)
 class TextExample:
     """One training example as text: the model reads `prompt` (prefix and pair tokenized separately, as the scorer
@@ -256,12 +225,12 @@ def encode_example(tokenizer, example: TextExample, max_length: int | None = Non
     truncated = False
     if max_length is not None and len(prefix_ids) + len(pair_ids) + len(answer) > max_length:
         budget = max_length - len(prefix_ids) - len(answer)
-        if budget < 2 * _PAIR_TAIL_TOKENS:
+        if budget < 2 * PAIR_TAIL_TOKENS:
             raise DataError(
                 f"record {example.id!r}: max_length {max_length} leaves no room for the pair after the "
                 f"{len(prefix_ids)}-token instruction and the {len(answer)}-token completion; raise max_length"
             )
-        pair_ids = pair_ids[: budget - _PAIR_TAIL_TOKENS] + pair_ids[-_PAIR_TAIL_TOKENS:]
+        pair_ids = truncate_pair(pair_ids, budget)
         truncated = True
     prompt_ids = prefix_ids + pair_ids
     return {
@@ -666,28 +635,6 @@ def _make_trainer_class():
 # Entry point
 
 
-def _library_versions() -> dict[str, str]:
-    import importlib.metadata as md
-
-    versions = {"python": platform.python_version()}
-    for name in ("lref", "torch", "transformers", "peft", "accelerate"):
-        try:
-            versions[name] = md.version(name)
-        except md.PackageNotFoundError:
-            pass
-    return versions
-
-
-def _stored_model_reference(name_or_path: str) -> str:
-    """What the manifest records as base model: a zoo name as given, a local folder as an absolute path."""
-    from lref.models import zoo
-
-    if str(name_or_path) in getattr(zoo, "MODELS", {}):
-        return str(name_or_path)
-    path = Path(name_or_path).expanduser()
-    return str(path.resolve()) if path.is_dir() else str(name_or_path)
-
-
 def last_checkpoint(output_dir: str | Path) -> Path | None:
     """The newest resumable checkpoint of a run in `output_dir`, if any."""
     from transformers.trainer_utils import get_last_checkpoint
@@ -865,7 +812,7 @@ def train_sft_examples(
     manifest = {
         "kind": "lora-adapter",
         "stage": stage,
-        "base_model": _stored_model_reference(config.model),
+        "base_model": stored_model_reference(config.model),
         "scheme": {"name": scheme.name, "labels": list(scheme.labels)},
         "prompt_version": PROMPT_VERSION,
         "data_hash": train_hash,
@@ -876,7 +823,7 @@ def train_sft_examples(
         "config": asdict(config),
         "train_metrics": metrics,
         "precision": "bf16" if args.bf16 else "fp32",
-        "versions": _library_versions(),
+        "versions": library_versions(),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         **(manifest_extra or {}),
     }

@@ -7,9 +7,22 @@
 All follow the :class:`Teacher` protocol and return :class:`Explanation` objects.
 """
 
-from lref.teachers.base import ChatTeacher, Explanation, Teacher, TeacherError, parse_label
+from lref.prompts.rules import (
+    Rule,
+    RuleFileError,
+    RuleSet,
+    default_rules,
+    load_rules,
+    parse_rules,
+)
+from lref.teachers.base import (
+    ChatTeacher,
+    Explanation,
+    Teacher,
+    TeacherError,
+    parse_label,
+)
 from lref.teachers.rules import RulesTeacher, compare, extract_facts, extract_measures
-from lref.teachers.rules_file import Rule, RuleFileError, RuleSet, default_rules, load_rules, parse_rules
 
 __all__ = [
     "ChatTeacher", "Explanation", "Rule", "RuleFileError", "RuleSet", "RulesTeacher", "Teacher", "TeacherError",

@@ -23,7 +23,7 @@ from typing import Any, Protocol, runtime_checkable
 from lref.data.records import DataError, Record
 from lref.labels import LabelScheme
 from lref.prompts import ANSWER_CUE, label_completion, product_fields
-from lref.teachers.rules_file import RuleSet
+from lref.prompts.rules import RuleSet
 
 KINDS = ("ee", "ra", "dr")
 

@@ -15,7 +15,7 @@ Extraction (:func:`extract_facts`) reads from a query or a product title:
 * colours and finishes, materials;
 * accessory relations: "cover for ...", "replacement ...", "... for <searched item>", accessory head nouns, and kits.
 
-The findings (:data:`~lref.teachers.rules_file.CHECKS`) fire the rules of a :class:`RuleSet` whose ``check`` names
+The findings (:data:`~lref.prompts.rules.CHECKS`) fire the rules of a :class:`RuleSet` whose ``check`` names
 them; the grade is the least relevant grade among the fired rules (product-level rules say what the item is,
 modifier-level rules lower it).
 """
@@ -30,8 +30,13 @@ from difflib import SequenceMatcher
 
 from lref.data.records import Record
 from lref.labels import LabelScheme
-from lref.teachers.base import Explanation, adjacent_label, check_wrong_labels, human_label
-from lref.teachers.rules_file import LEVELS, Rule, RuleSet, default_rules
+from lref.prompts.rules import LEVELS, Rule, RuleSet, default_rules
+from lref.teachers.base import (
+    Explanation,
+    adjacent_label,
+    check_wrong_labels,
+    human_label,
+)
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Vocabulary

@@ -1,4 +1,4 @@
-"""Prompt templates and label verbalisation.
+"""The direct prompt: (instruction with the label definitions | query and product) -> " <label>".
 
 Layout: everything that does not depend on the pair comes first (the *prefix*: instruction and label definitions), so
 its KV cache can be computed once and shared; the *pair* part follows and ends right before the answer. The prefix and
@@ -9,8 +9,9 @@ has the same token ids in every sequence.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
+from lref.data.hints import MATCH_HINT
 from lref.data.records import Record
 from lref.labels import LabelScheme
 
@@ -18,8 +19,8 @@ PROMPT_VERSION = "direct-v1"
 
 ANSWER_CUE = "Relevance:"
 
-MATCH_HINT = "match_hint"
-"""The `Record.meta` key of a pair's match hint; a model's manifest says `match_hints: true` when it trained on them."""
+PAIR_TAIL_TOKENS = 8
+"""When a pair is cut to fit, its last tokens (the answer or analysis cue) are always kept."""
 
 
 class VerbalizationError(ValueError):
@@ -44,52 +45,6 @@ def instruction(scheme: LabelScheme) -> str:
         f"{scheme.describe()}\n"
         f"Answer with one grade: {', '.join(scheme.words)}.\n\n"
     )
-
-
-def match_hint(record: Record) -> str:
-    """Which query words the product text contains: `found` (same crude stem), `close` (`word~title word`: part of a
-    title word, e.g. `deck~deckover`, or a near spelling) and `missing`. Small LMs read spelling and numbers poorly;
-    on Home Depot this line is worth about 2 points of weighted-F1 to Gemma-3-270M (docs/homedepot.md)."""
-    import difflib
-
-    from lref.baselines.lexical import product_text, stem, tokenize
-
-    title = [stem(token) for token in tokenize(product_text(record))]
-    found, close, missing = [], [], []
-    for word in dict.fromkeys(tokenize(record.query)):
-        word_stem = stem(word)
-        if word_stem in title:
-            found.append(word)
-            continue
-        near = [token for token in title if len(word_stem) >= 3 and word_stem in token][:1]
-        near = near or difflib.get_close_matches(word_stem, title, n=1, cutoff=0.8)
-        if near:
-            close.append(f"{word}~{near[0]}")
-        else:
-            missing.append(word)
-    parts = [f"found: {', '.join(found) or 'none'}"]
-    if close:
-        parts.append(f"close: {', '.join(close)}")
-    parts.append(f"missing: {', '.join(missing) or 'none'}")
-    return "; ".join(parts)
-
-
-def with_match_hints(records: Sequence[Record]) -> list[Record]:
-    """Copies of `records` carrying their `match_hint` in `meta`, so every prompt and cross-encoder input built from
-    them shows it (`product_fields`). Idempotent."""
-    return [record if MATCH_HINT in record.meta
-            else replace(record, meta={**record.meta, MATCH_HINT: match_hint(record)}) for record in records]
-
-
-def records_for_model(records: Sequence[Record], manifest: dict | None) -> list[Record]:
-    """`records` as a model reads them: with match hints when its manifest says it trained with them."""
-    return with_match_hints(records) if (manifest or {}).get("match_hints") else list(records)
-
-
-def match_hint_manifest(records: Sequence[Record]) -> dict[str, bool]:
-    """The manifest entry of a model trained on `records`: `{"match_hints": True}` when they all carry a match hint,
-    so scorers loading the model add hints to the pairs they are given (`ScorerConfig.match_hints`)."""
-    return {"match_hints": True} if records and all(MATCH_HINT in record.meta for record in records) else {}
 
 
 def product_fields(record: Record, max_description_chars: int = 300) -> str:
@@ -119,6 +74,18 @@ def direct_prompt(record: Record, scheme: LabelScheme) -> Prompt:
 def label_completion(scheme: LabelScheme, label: str) -> str:
     """What the model should write after the cue: a space, then the grade's word."""
     return f" {scheme.word(label)}"
+
+
+def truncate_pair(pair_ids: Sequence[int], budget: int, keep_tail: int = PAIR_TAIL_TOKENS) -> list[int]:
+    """Cut `pair_ids` to `budget` tokens, dropping the end of the product text but keeping the last `keep_tail` tokens
+    (the cue), so the prompt still ends where the answer is expected. The one pair cut of training and scoring."""
+    pair_ids = list(pair_ids)
+    if len(pair_ids) <= budget:
+        return pair_ids
+    if budget < 1:
+        raise ValueError(f"no room left for the pair (budget {budget} tokens); raise max_length")
+    keep_tail = min(keep_tail, budget)
+    return pair_ids[: budget - keep_tail] + pair_ids[len(pair_ids) - keep_tail :]
 
 
 def encode_prompt(tokenizer, prompt: Prompt, add_bos: bool = True) -> tuple[list[int], list[int]]:
