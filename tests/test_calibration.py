@@ -9,7 +9,6 @@ from helpers import run_lref
 
 from lref.calibration import (
     CalibrationConfig,
-    calibrate,
     calibrate_scores,
     fit_label_bias,
     label_bias_for,
@@ -18,7 +17,8 @@ from lref.data.splits import normalise_query
 from lref.data.synthetic import SyntheticCatalogConfig, generate_catalog
 from lref.io import write_jsonl
 from lref.labels import LabelError, get_scheme
-from lref.models.scorer import ScoreResult
+from lref.models.calibrate import calibrate
+from lref.predictions import ScoreResult
 
 SCHEME = get_scheme("graded3")
 

@@ -65,7 +65,8 @@ def test_synth_writes_a_loadable_deterministic_catalog(catalog, tmp_path, monkey
     )
     assert again.read_bytes() == catalog.read_bytes()
     lref5 = tmp_path / "lref5.jsonl"
-    assert run_lref(monkeypatch, capsys, "data", "synth", "--out", str(lref5), "--pairs", "300", "--scheme", "lref5")[0] == 0
+    code = run_lref(monkeypatch, capsys, "data", "synth", "--out", str(lref5), "--pairs", "300", "--scheme", "lref5")[0]
+    assert code == 0
     assert {r.label for r in load_records(lref5, scheme="lref5")} == {
         "Exact",
         "Significant",
@@ -143,7 +144,8 @@ def test_eval_against_a_baseline_prints_the_paired_margin(catalog, tmp_path, mon
     gold = load_records(catalog, scheme="graded3")
     _write_predictions(tmp_path / "perfect.jsonl", [{"id": r.id, "label": r.label} for r in gold])
     # wrong on every fifth pair: each query resample has the perfect baseline ahead
-    rows = [{"id": r.id, "label": "Exact" if i % 5 == 0 and r.label != "Exact" else r.label} for i, r in enumerate(gold)]
+    rows = [{"id": r.id, "label": "Exact" if i % 5 == 0 and r.label != "Exact" else r.label}
+            for i, r in enumerate(gold)]
     _write_predictions(tmp_path / "pred.jsonl", rows)
     wrong = sum(1 for r, row in zip(gold, rows, strict=True) if row["label"] != r.label)
     args = ["eval", "--pred", str(tmp_path / "pred.jsonl"), "--gold", str(catalog), "--bootstrap", "200"]
@@ -154,7 +156,8 @@ def test_eval_against_a_baseline_prints_the_paired_margin(catalog, tmp_path, mon
     assert paired["accuracy"] == pytest.approx(-wrong / 400)
     assert paired["ci95"]["weighted_f1"][1] < 0
     assert f"margin over {tmp_path / 'perfect.jsonl'}: weighted_f1 {100 * paired['weighted_f1']:+.1f} pts" in out
-    code, _, err = run_lref(monkeypatch, capsys, *args, "--allow-missing", "--baseline", str(tmp_path / "perfect.jsonl"))
+    code, _, err = run_lref(monkeypatch, capsys, *args, "--allow-missing", "--baseline",
+                            str(tmp_path / "perfect.jsonl"))
     assert code == 2 and "--baseline" in err and "every pair predicted" in err
 
 
@@ -179,7 +182,8 @@ def test_eval_missing_ids(catalog, tmp_path, monkeypatch, capsys):
     gold = load_records(catalog, scheme="graded3")
     pred = tmp_path / "pred.jsonl"
     _write_predictions(pred, [{"id": r.id, "label": r.label} for r in gold[:-3]])
-    code, _, err = run_lref(monkeypatch, capsys, "eval", "--pred", str(pred), "--gold", str(catalog), "--bootstrap", "0")
+    code, _, err = run_lref(monkeypatch, capsys, "eval", "--pred", str(pred), "--gold", str(catalog),
+                            "--bootstrap", "0")
     assert code == 2
     assert f"3 of 400 gold record(s) have no prediction ('{gold[-3].id}'" in err
     code, out, _ = run_lref(

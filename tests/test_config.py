@@ -1,11 +1,11 @@
 import pytest
 
 from lref.config import field_default, field_help
-from lref.models.cross_encoder import CrossEncoderConfig
 from lref.serve.llm import LLMServerConfig
 from lref.stages.dpo import DPOStageConfig
 from lref.stages.select import SelectConfig
 from lref.stages.sft import SFTStageConfig
+from lref.training.cross_encoder import CrossEncoderConfig
 
 
 def test_help_and_defaults_come_from_the_dataclass():

@@ -21,30 +21,30 @@ from transformers import TrainerCallback  # noqa: E402
 
 from lref.data.records import DataError, Record  # noqa: E402
 from lref.labels import get_scheme  # noqa: E402
+from lref.models.generation import generate_predictions  # noqa: E402
 from lref.models.loading import MANIFEST_NAME, load_causal_lm, read_manifest  # noqa: E402
 from lref.models.scorer import LabelScorer  # noqa: E402
 from lref.prompts import ANSWER_CUE, direct_prompt, encode_prompt, label_completion  # noqa: E402
 from lref.prompts.cot import cot_prompt
 from lref.prompts.rules import load_rules  # noqa: E402
-from lref.stages import cot as cot_module  # noqa: E402
-from lref.stages.cot import (
-    CoTConfig,
+from lref.stages.cot import (  # noqa: E402
     REPORT_NAME,
+    CoTConfig,
     cot_examples,
     direct_count,
-    generate_predictions,
+    direct_examples,
+    inputs_hash,
     label_quotas,
     quotas_from_weights,
-    read_teacher_file,
-    sample_wrong_label,
-    teach,
     train_cot,
-    wrong_decision_plan,
 )
-from lref.stages.sft import SFTStageConfig, prefix_grouped_order, train_sft  # noqa: E402
+from lref.stages.sft import SFTStageConfig, train_sft  # noqa: E402
 from lref.teachers.base import parse_label  # noqa: E402
+from lref.teachers.cache import read_teacher_file, teach  # noqa: E402
+from lref.teachers.decisions import sample_wrong_label, wrong_decision_plan  # noqa: E402
 from lref.teachers.rules import RulesTeacher  # noqa: E402
 from lref.testing import build_tiny_causal_lm  # noqa: E402
+from lref.training.examples import direct_example, prefix_grouped_order  # noqa: E402
 
 SCHEME = get_scheme("graded3")
 RULES = load_rules("homedepot")
@@ -237,7 +237,7 @@ def test_prefix_grouped_order_keeps_batches_homogeneous():
     records = make_records()
     teacher = RulesTeacher().fit(records)
     ee, _ = cot_examples("ee", records, SCHEME, teacher, 6, progress=False)
-    examples = ee + [cot_module.direct_example(r, SCHEME) for r in records[:7]]
+    examples = ee + [direct_example(r, SCHEME) for r in records[:7]]
     order = prefix_grouped_order(examples, batch_size=3, seed=0)
     assert sorted(order) == list(range(len(examples)))
     full_batches = [order[i:i + 3] for i in range(0, 12, 3)]  # 2 EE + 2 direct full batches, then the partial ones
@@ -480,9 +480,28 @@ def test_cli_cot_and_predict_cot(stage1, tmp_path, monkeypatch, capsys):
     assert "fallbacks" in err and len((tmp_path / "texts.jsonl").read_text().splitlines()) == 12
 
 
+def test_stage_settings_come_from_the_composed_training_settings(tmp_path):
+    from lref.fingerprint import neutral_names
+
+    config = CoTConfig(model="m", output_dir=str(tmp_path), learning_rate=3e-4, lora_r=4, grad_accum=2, dr_epochs=0.25,
+                       threads=2, progress=False)
+    stage = config.stage_config("dr", "previous")
+    assert (stage.learning_rate, stage.lora_r, stage.grad_accum, stage.epochs) == (3e-4, 4, 2, 0.25)
+    assert (stage.model, stage.output_dir, stage.max_length) == ("previous", str(tmp_path / "dr"), 1024)
+    assert {"resume", "threads", "progress", "logging_steps"} <= set(neutral_names(CoTConfig))
+    with pytest.raises(ValueError, match="ee_epochs"):
+        CoTConfig(model="m", epochs=2.0)
+    # output-neutral settings leave a stage's inputs hash alone; training settings do not
+    examples = direct_examples(make_records(), SCHEME, 4)
+    quiet = dataclasses.replace(config, threads=None, progress=True, logging_steps=1)
+    assert inputs_hash({}, examples, quiet.stage_config("dr", "previous")) == inputs_hash({}, examples, stage)
+    faster = dataclasses.replace(config, learning_rate=1e-3)
+    assert inputs_hash({}, examples, faster.stage_config("dr", "previous")) != inputs_hash({}, examples, stage)
+
+
 def test_class_balance_reaches_every_stage(stage1, tmp_path):
     config = cot_config(stage1, tmp_path / "balanced", class_balance="sqrt")
-    assert all(config.sft_config(task, "m").class_balance == "sqrt" for task in ("ee", "ra", "dr"))
+    assert all(config.stage_config(task, "m").class_balance == "sqrt" for task in ("ee", "ra", "dr"))
     adapters = train_cot(dataclasses.replace(config, stages=["ee"]), make_records())
     weights = read_manifest(adapters["ee"])["class_weights"]
     assert weights is not None and len(set(weights.values())) > 1
@@ -504,8 +523,6 @@ def test_direct_examples_come_from_the_pool_when_one_is_given(stage1, tmp_path):
 
 
 def test_soft_labels_give_the_direct_examples_the_raters_spread(stage1, tmp_path):
-    from lref.stages.cot import direct_examples
-
     pool = [dataclasses.replace(record, id=f"pool{i}", label="Irrelevant", raw_score=1.33)
             for i, record in enumerate(make_records())]
     examples = direct_examples(pool, SCHEME, 4, soft_label=True)
@@ -513,7 +530,7 @@ def test_soft_labels_give_the_direct_examples_the_raters_spread(stage1, tmp_path
     assert all(example.target is None for example in direct_examples(pool, SCHEME, 4))
 
     config = dataclasses.replace(cot_config(stage1, tmp_path / "soft"), stages=["ee"], soft_labels=True)
-    assert config.sft_config("ee", str(stage1)).soft_labels
+    assert config.stage_config("ee", str(stage1)).soft_labels
     hard = dataclasses.replace(config, output_dir=str(tmp_path / "hard"), soft_labels=False)
     hashes = [read_manifest(train_cot(settings, make_records(), direct_pool=pool)["ee"])["cot"]["inputs_hash"]
               for settings in (config, hard)]

@@ -22,7 +22,6 @@ from helpers import run_lref  # noqa: E402
 
 from lref.data.records import DataError, Record  # noqa: E402
 from lref.labels import LabelError, get_scheme  # noqa: E402
-from lref.models.distill_loss import IGNORE_LABEL, soft_label_loss  # noqa: E402
 from lref.models.loading import MANIFEST_NAME  # noqa: E402
 from lref.stages.distill import (  # noqa: E402
     CANDIDATE_TAG,
@@ -35,6 +34,7 @@ from lref.stages.distill import (  # noqa: E402
     pair_hash,
     teacher_identity,
 )
+from lref.training.losses import IGNORE_LABEL, soft_label_loss  # noqa: E402
 
 SCHEME = get_scheme("graded3")
 E, P, I = SCHEME.labels
@@ -183,11 +183,8 @@ def tiny_teacher(tmp_path_factory):
 
 def test_student_learns_unlabelled_pairs_from_soft_targets(tmp_path, tiny_encoder):
     """Two students on the same unlabelled pairs, taught by teachers that disagree everywhere: each follows its own."""
-    from lref.models.cross_encoder import (
-        CrossEncoderConfig,
-        CrossEncoderScorer,
-        train_cross_encoder,
-    )
+    from lref.models.cross_encoder import CrossEncoderScorer
+    from lref.training.cross_encoder import CrossEncoderConfig, train_cross_encoder
 
     records = [Record(id=r.id, query=r.query, title="white steel pack") for r in pool_records(24)]  # no labels
     word_class = np.arange(24) % 3
@@ -213,18 +210,14 @@ def test_cross_encoder_soft_labels_learn_the_raters_spread(tmp_path, tiny_encode
     """Same pairs and labels: trained on raw scores the encoder splits its probability as the raters did."""
     from dataclasses import replace
 
-    from lref.models.cross_encoder import (
-        CrossEncoderConfig,
-        CrossEncoderScorer,
-        _rating_targets,
-        rating_loss,
-        train_cross_encoder,
-    )
+    from lref.models.cross_encoder import CrossEncoderScorer
+    from lref.training.cross_encoder import CrossEncoderConfig, rating_targets, train_cross_encoder
+    from lref.training.losses import rating_loss
 
     scheme = get_scheme("graded3")
     records = [Record(id=f"s{i}", query="white drill", title="white steel pack", label="Exact", raw_score=2.67)
                for i in range(16)]
-    assert _rating_targets(records[:1] + [replace(records[0], raw_score=None)], scheme) == pytest.approx(
+    assert rating_targets(records[:1] + [replace(records[0], raw_score=None)], scheme) == pytest.approx(
         np.array([[0.67, 0.33, 0.0], [1.0, 0.0, 0.0]]))
     probs = {}
     for soft in (False, True):
@@ -313,14 +306,21 @@ def test_teacher_calibration_shifts_the_soft_labels_by_the_stored_bias(tmp_path,
     bias = {E: 0.0, P: 0.0, I: 30.0}  # large enough to make Irrelevant every pair's top label
     calibration_path(teacher).write_text(json.dumps({"scheme": "graded3", "bias": bias}))
     records = pool_records(8)
-    shares = {}
+    shares, cached = {}, {}
     for use in (False, True):
         config = distill_config(tmp_path, teacher, tiny_encoder, output_dir=str(tmp_path / f"student_{use}"),
                                 teacher_calibration=use)
-        info = json.loads((distill(config, records) / MANIFEST_NAME).read_text())["distill"]
+        folder = distill(config, records)
+        info = json.loads((folder / MANIFEST_NAME).read_text())["distill"]
         assert info["teacher_bias"] == (bias if use else None)
         shares[use] = info["teacher_label_shares"]
+        rows = (folder / SCORES_NAME).read_text().splitlines()
+        cached[use] = {row["id"]: row["probs"] for row in map(json.loads, rows)}
     assert shares[True] == {E: 0.0, P: 0.0, I: 1.0} and shares[False][I] < 1.0
+    # the bias is applied once, after the cache: both runs cached the same raw teacher scores
+    assert cached[True].keys() == cached[False].keys()
+    assert all(np.allclose(cached[True][key], cached[False][key], atol=1e-6) for key in cached[True])
+    assert max(probs[2] for probs in cached[True].values()) < 0.99
 
 
 def test_killed_run_keeps_its_scores_and_a_changed_teacher_invalidates_them(tmp_path, tiny_teacher, tiny_encoder):

@@ -21,20 +21,12 @@ from helpers import run_lref  # noqa: E402
 
 from lref.data.synthetic import SyntheticCatalogConfig, generate_catalog  # noqa: E402
 from lref.labels import LabelError  # noqa: E402
-from lref.models.cross_encoder import (  # noqa: E402
-    CrossEncoderConfig,
-    CrossEncoderScorer,
-    train_cross_encoder,
-)
+from lref.models.cross_encoder import CrossEncoderScorer  # noqa: E402
+from lref.models.factory import load_student, make_scorer  # noqa: E402
 from lref.models.loading import MANIFEST_NAME  # noqa: E402
-from lref.models.onnx import (  # noqa: E402
-    ONNX_FILES,
-    ExportConfig,
-    OnnxScorer,
-    export_student,
-    load_student,
-)
+from lref.models.onnx import ONNX_FILES, ExportConfig, OnnxScorer, export_student  # noqa: E402
 from lref.models.scorer import ScorerConfig  # noqa: E402
+from lref.training.cross_encoder import CrossEncoderConfig, train_cross_encoder  # noqa: E402
 
 
 def agreement(result, reference) -> tuple[float, float]:
@@ -79,14 +71,14 @@ def test_export_writes_both_graphs_tokenizer_and_manifest(student, exported):
 
 def test_onnx_fp32_and_int8_agree_with_pytorch(student, exported, records):
     reference = CrossEncoderScorer.from_pretrained(student).score(records)
-    fp32 = OnnxScorer.from_pretrained(exported, "fp32").score(records)
-    int8 = OnnxScorer.from_pretrained(exported, "int8").score(records)
+    fp32 = make_scorer(exported, variant="fp32").score(records)
+    int8 = make_scorer(exported, variant="int8").score(records)
     assert fp32.ids == reference.ids and fp32.labels == reference.labels
     same, diff = agreement(fp32, reference)
     assert same == 1.0 and diff <= 1e-5
     same, diff = agreement(int8, reference)
     assert same >= 0.99 and diff <= 0.02
-    predictions = OnnxScorer.from_pretrained(exported, "fp32").predict(records[:3])
+    predictions = make_scorer(exported, variant="fp32").predict(records[:3])
     assert [p.label for p in predictions] == reference.predicted[:3]
 
 
@@ -106,9 +98,9 @@ def test_load_student_backends_and_errors(tmp_path, student, exported, records):
     with pytest.raises(FileNotFoundError, match="does not exist"):
         load_student(tmp_path / "missing")
     with pytest.raises(ValueError, match="variant"):
-        OnnxScorer.from_pretrained(exported, "fp16")
+        make_scorer(exported, variant="fp16")
     with pytest.raises(LabelError, match="esci4"):
-        OnnxScorer.from_pretrained(exported, "fp32", scheme="esci4")
+        make_scorer(exported, variant="fp32", scheme="esci4")
 
 
 def test_export_config_and_bad_folders(tmp_path, student):

@@ -61,9 +61,9 @@ def test_a_pipeline_with_hints_trains_models_that_add_them_when_serving(tmp_path
     from test_pipeline import make_config, run
 
     from lref.models.cross_encoder import CrossEncoderScorer
+    from lref.models.factory import make_scorer
     from lref.models.loading import read_manifest
     from lref.models.scorer import LabelScorer, ScorerConfig
-    from lref.models.vllm_backend import make_scorer
     from lref.pipeline import load_data, parse_config
     from lref.testing import build_tiny_causal_lm, build_tiny_encoder
 
@@ -85,7 +85,7 @@ def test_a_pipeline_with_hints_trains_models_that_add_them_when_serving(tmp_path
 
     # Loading the model adds the hints itself: plain records score as the hinted ones did in the evaluation.
     records = plain.eval[:12]
-    loaded = make_scorer(llm, "graded3", ScorerConfig(batch_size=4), backend="torch")
+    loaded = make_scorer(llm, scheme="graded3", config=ScorerConfig(batch_size=4), backend="torch")
     assert loaded.config.match_hints
     bare = LabelScorer(loaded.model, loaded.tokenizer, SCHEME, ScorerConfig(batch_size=4))  # same model, no hints
     assert np.allclose(_logits(loaded.score(records)), _logits(bare.score(with_match_hints(records))), atol=1e-5)

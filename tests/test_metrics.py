@@ -4,7 +4,7 @@ from sklearn.metrics import f1_score
 
 from lref.data.records import DataError, Record
 from lref.metrics import (
-    _scores_from_confusion,
+    scores_from_confusion,
     evaluate,
     format_report,
     paired_difference,
@@ -150,7 +150,7 @@ def test_confusion_formulas_match_sklearn():
         y_pred = np.where(rng.random(50) < 0.5, y_true, rng.integers(0, 3, size=50))  # label 3 never predicted
         cm = np.zeros((4, 4))
         np.add.at(cm, (y_true, y_pred), 1)
-        scores = _scores_from_confusion(cm)
+        scores = scores_from_confusion(cm)
         present = sorted(set(y_true) | set(y_pred))
         assert scores["accuracy"] == pytest.approx(np.mean(y_true == y_pred))
         assert scores["macro_f1"] == pytest.approx(

@@ -8,8 +8,8 @@ import pytest
 import yaml
 from helpers import run_lref
 
-from lref import pipeline
-from lref.pipeline import ConfigError, load_config, parse_config, run_pipeline
+from lref.pipeline import ConfigError, load_config, parse_config, read_manifest, run_pipeline
+from lref.pipeline.runners import RUNNERS
 from lref.testing import build_tiny_causal_lm, build_tiny_encoder
 
 TRAIN = {"max_steps": 2, "batch_size": 4, "save_steps": 1, "progress": False}
@@ -18,7 +18,8 @@ TRAIN = {"max_steps": 2, "batch_size": 4, "save_steps": 1, "progress": False}
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
     root = tmp_path_factory.mktemp("models")
-    return {"lm": str(build_tiny_causal_lm(root / "lm", embedding_scale=10.0)), "encoder": str(build_tiny_encoder(root / "enc"))}
+    return {"lm": str(build_tiny_causal_lm(root / "lm", embedding_scale=10.0)),
+            "encoder": str(build_tiny_encoder(root / "enc"))}
 
 
 def make_config(models, run_dir, **overrides) -> dict:
@@ -37,7 +38,8 @@ def make_config(models, run_dir, **overrides) -> dict:
             "select": {"backbone": "encoder", "model": models["encoder"], "use_im": False, "use_ms": False,
                        "ci_sample": 60, "max_steps": 1, "batch_size": 8, "max_length": 64, "progress": False},
             "sft": {"pairs": 32, "max_length": 256, **TRAIN},
-            "cot": {"stages": ["ee", "dr"], "ee_samples": 4, "dr_samples": 4, "max_length": 1024, **TRAIN},  # RA prompts outgrow the tiny model
+            # RA prompts outgrow the tiny model
+            "cot": {"stages": ["ee", "dr"], "ee_samples": 4, "dr_samples": 4, "max_length": 1024, **TRAIN},
             "dpo": {"pairs": 40, "min_pairs": 1, "top_k": 3, "max_length": 256, "scorer_batch_size": 8, **TRAIN},
             "distill": {"student": models["encoder"], "pairs": 40, "max_length": 64, "max_steps": 2, "batch_size": 8,
                         "save_steps": 1, "progress": False},
@@ -70,12 +72,23 @@ def status(lines: list[str]) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def full_run(models, tmp_path_factory):
+def finished_run(models, tmp_path_factory):
+    """One full run, made once per module; tests never touch it (they get a copy from `full_run`)."""
     run_dir = tmp_path_factory.mktemp("run") / "demo"
     config = make_config(models, run_dir)
     lines: list[str] = []
     results = run_pipeline(parse_config(config), echo=lines.append)
     return run_dir, config, results, lines
+
+
+@pytest.fixture
+def full_run(finished_run, tmp_path):
+    """A private copy of the finished run (a moved run dir keeps its stages), so tests that re-run or change stages
+    leave nothing behind for the others, in whatever order they run."""
+    run_dir, config, results, lines = finished_run
+    copy = tmp_path / "copy" / run_dir.name
+    shutil.copytree(run_dir, copy)
+    return copy, json.loads(json.dumps({**config, "run_dir": str(copy)})), results, list(lines)
 
 
 # ------------------------------------------------------------------------------------------------------ validation
@@ -84,8 +97,10 @@ def full_run(models, tmp_path_factory):
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        (lambda c: c["stages"]["sft"].update(learnig_rate=1e-4), r"stages\.sft\.learnig_rate: unknown key \(did you mean 'learning_rate'\?\)"),
-        (lambda c: c["stages"]["sft"].update(learning_rate="fast"), r"stages\.sft\.learning_rate: expected a number, got 'fast'"),
+        (lambda c: c["stages"]["sft"].update(learnig_rate=1e-4),
+         r"stages\.sft\.learnig_rate: unknown key \(did you mean 'learning_rate'\?\)"),
+        (lambda c: c["stages"]["sft"].update(learning_rate="fast"),
+         r"stages\.sft\.learning_rate: expected a number, got 'fast'"),
         (lambda c: c["stages"]["sft"].update(lora_r=0), r"stages\.sft\.lora_r: lora_r must be at least 1"),
         (lambda c: c["stages"]["dpo"].update(output_dir="x"), r"stages\.dpo\.output_dir: set by the pipeline"),
         (lambda c: c["stages"]["select"].update(backbone="svm"), r"stages\.select\.backbone: backbone must be one of"),
@@ -95,7 +110,8 @@ def full_run(models, tmp_path_factory):
         (lambda c: c.update(data={"format": "csv", "train": "missing.csv"}), r"data\.train: no such file"),
         (lambda c: c.update(stagse={}), r"stagse: unknown key \(did you mean 'stages'\?\)"),
         (lambda c: c["stages"]["bert"].update(pairs=0), r"stages\.bert\.pairs: must be at least 1"),
-        (lambda c: c["stages"]["sft"].update(start_from="bert"), r"stages\.sft\.start_from: expected one of model, llm-base"),
+        (lambda c: c["stages"]["sft"].update(start_from="bert"),
+         r"stages\.sft\.start_from: expected one of model, llm-base"),
         (lambda c: c["stages"]["dpo"].update(start_from="llm-base"),
          r"stages\.dpo\.start_from: only the first chain stage listed \(sft\) takes it"),
         (lambda c: c["stages"].pop("llm-base") and c["stages"]["sft"].update(start_from="llm-base"),
@@ -155,7 +171,9 @@ def test_manifests_record_hashes_versions_time_and_memory(full_run):
     assert sft["n_train"] == 32 and sft["config"]["learning_rate"] == 2e-4
     assert {"python", "torch", "transformers", "lref"} <= set(sft["versions"])
     assert sft["wall_time_s"] > 0 and sft["peak_rss_mb"] > 0
-    assert sft["metrics"]["sft"]["weighted_f1"] >= 0
+    evaluated = json.loads((run_dir / "stages/sft/metrics_sft.json").read_text())
+    assert sft["metrics"]["sft"]["weighted_f1"] == evaluated["weighted_f1"] and 0 <= evaluated["weighted_f1"] <= 1
+    assert sft["metrics"]["sft"]["n"] == evaluated["n"] == 40
     dpo = json.loads((run_dir / "stages/dpo/manifest.json").read_text())
     assert dpo["inputs"]["cot"] == json.loads((run_dir / "stages/cot/manifest.json").read_text())["fingerprint"]
     assert dpo["upstream"]["model"].endswith("dr")
@@ -194,14 +212,14 @@ def test_a_killed_stage_resumes_from_its_checkpoints(full_run, tmp_path, monkeyp
     run_dir, config, _, _ = full_run
     changed = json.loads(json.dumps(config))
     changed["stages"]["bert"]["max_steps"] = 3
-    real = pipeline.RUNNERS["bert"]
+    real = RUNNERS["bert"]
     seen = []
 
     def killed(ctx):
         real(ctx)  # trains and checkpoints, then the process "dies" before the stage finishes
         raise KeyboardInterrupt
 
-    monkeypatch.setitem(pipeline.RUNNERS, "bert", killed)
+    monkeypatch.setitem(RUNNERS, "bert", killed)
     with pytest.raises(KeyboardInterrupt):
         run(changed, tmp_path, only=["bert"])
     interrupted = json.loads((run_dir / "stages/bert/manifest.json").read_text())
@@ -212,7 +230,7 @@ def test_a_killed_stage_resumes_from_its_checkpoints(full_run, tmp_path, monkeyp
         seen.append(ctx.config.resume)
         return real(ctx)
 
-    monkeypatch.setitem(pipeline.RUNNERS, "bert", record)
+    monkeypatch.setitem(RUNNERS, "bert", record)
     state = status(run(changed, tmp_path, only=["bert"]))
     assert state == {"bert": "resuming"} and seen == [True]
     manifest = json.loads((run_dir / "stages/bert/manifest.json").read_text())
@@ -260,7 +278,7 @@ def test_the_first_chain_stage_can_continue_the_llm_base_adapter(models, tmp_pat
     assert status(run(config, tmp_path)) == {"llm-base": "unchanged,", "sft": "running"}
     manifest = json.loads((tmp_path / "moved/stages/sft/manifest.json").read_text())
     assert manifest["config"]["model"] == str(tmp_path / "moved/stages/llm-base/model")
-    kept = pipeline.read_manifest(tmp_path / "moved/stages/llm-base")  # written before the move, read after it
+    kept = read_manifest(tmp_path / "moved/stages/llm-base")  # written before the move, read after it
     assert str(tmp_path / "warm") not in json.dumps(kept) and str(tmp_path / "moved") in json.dumps(kept)
     assert str(tmp_path / "warm") not in (tmp_path / "moved/results.json").read_text()  # llm-base's metrics too
 

@@ -99,10 +99,10 @@ def _config(**fields):
 
 @pytest.mark.parametrize("native", [False, True])
 def test_precision_auto_on_cpu_follows_native_bf16_and_can_be_forced(monkeypatch, native):
-    import lref.training
+    import lref.device
 
-    monkeypatch.setattr(lref.training, "cpu_has_native_bf16", lambda: native)
-    monkeypatch.setenv(lref.training.CPU_BF16_VARIABLE, "auto")
+    monkeypatch.setattr(lref.device, "cpu_has_native_bf16", lambda: native)
+    monkeypatch.setenv(lref.device.CPU_BF16_VARIABLE, "auto")
     auto_cpu = "bf16" if native else "fp32"
     assert resolve_precision(_config(bf16=None), use_cpu=True) == auto_cpu
     assert resolve_precision(_config(bf16=False), use_cpu=False) == "fp32"
@@ -111,7 +111,7 @@ def test_precision_auto_on_cpu_follows_native_bf16_and_can_be_forced(monkeypatch
     assert resolve_precision(_config(bf16=None), use_cpu=False) == "fp32"  # GPUs: measured faster in fp32
     if not torch.cuda.is_available():
         assert prepare_device(_config(bf16=None)) is True
-    monkeypatch.setenv(lref.training.CPU_BF16_VARIABLE, "0")
+    monkeypatch.setenv(lref.device.CPU_BF16_VARIABLE, "0")
     assert resolve_precision(_config(bf16=None), use_cpu=True) == "fp32"
     if native:
         assert prepare_device(_config(bf16=True, use_cpu=True)) is True
@@ -122,9 +122,36 @@ def test_precision_auto_on_cpu_follows_native_bf16_and_can_be_forced(monkeypatch
 
 def test_training_arguments_follow_the_resolved_precision():
     from lref.stages.sft import SFTStageConfig
-    from lref.training import training_arguments
+    from lref.training.settings import training_arguments
 
     config = SFTStageConfig(output_dir="unused")
     assert config.bf16 is None
     arguments = training_arguments(config, "unused", use_cpu=True)
     assert (arguments["bf16"], arguments["fp16"], arguments["use_cpu"]) == (False, False, True)
+
+
+def test_every_trainer_config_composes_the_shared_training_settings():
+    from dataclasses import fields
+
+    from lref.fingerprint import neutral_names
+    from lref.stages.cot import CoTConfig
+    from lref.stages.distill import DistillConfig
+    from lref.stages.dpo import DPOStageConfig
+    from lref.stages.sft import SFTStageConfig
+    from lref.training.cross_encoder import CrossEncoderConfig
+    from lref.training.settings import LoraSettings, TrainingSettings, training_arguments
+
+    shared = {f.name: f.metadata["help"] for f in fields(TrainingSettings)}
+    for cls in (SFTStageConfig, CoTConfig, DPOStageConfig, CrossEncoderConfig, DistillConfig):
+        assert issubclass(cls, TrainingSettings)
+        assert set(neutral_names(cls)) >= {"resume", "progress", "threads", "logging_steps"}
+        assert set(neutral_names(cls)) <= {"resume", "progress", "threads", "logging_steps"}
+        assert all(f.metadata.get("help") for f in fields(cls))
+    for cls in (SFTStageConfig, CoTConfig, DPOStageConfig):
+        assert issubclass(cls, LoraSettings)
+    # a redeclared default keeps the shared help text unless the config words its own
+    assert {f.name: f.metadata["help"] for f in fields(CrossEncoderConfig)}["weight_decay"] == shared["weight_decay"]
+    student = DistillConfig(teacher="t")
+    assert (CrossEncoderConfig().weight_decay, DPOStageConfig().lora_dropout, student.logging_steps) == (0.01, 0.0, 20)
+    arguments = training_arguments(DistillConfig(teacher="t", grad_accum=2), "unused", use_cpu=True)
+    assert (arguments["gradient_accumulation_steps"], arguments["weight_decay"]) == (2, 0.01)

@@ -7,7 +7,8 @@ import pytest
 
 from lref.data.records import Record
 from lref.labels import LabelScheme, get_scheme
-from lref.models.scorer import LabelScorer, ScorerConfig, ScoreResult
+from lref.models.scorer import LabelScorer, ScorerConfig
+from lref.predictions import ScoreResult
 from lref.prompts import (
     ANSWER_CUE,
     Prompt,
@@ -292,7 +293,8 @@ def test_cli_predict_takes_the_scheme_from_the_manifest_and_refuses_another(
 
     folder = tmp_path / "model"
     shutil.copytree(tiny[0], folder)
-    (folder / "lref_manifest.json").write_text(json.dumps({"scheme": {"name": "esci4", "labels": list(get_scheme("esci4").labels)}}))
+    manifest = {"scheme": {"name": "esci4", "labels": list(get_scheme("esci4").labels)}}
+    (folder / "lref_manifest.json").write_text(json.dumps(manifest))
     out = tmp_path / "pred.jsonl"
     code, captured = run_cli(monkeypatch, capsys, "predict", "-m", str(folder), "-d", str(pairs_file), "-o", str(out))
     assert code == 0, captured.err

@@ -241,7 +241,8 @@ def test_select_writes_selected_pairs_report_and_scores(tmp_path, pool):
     for name in ("ci", "im", "ms"):
         assert len(report["examples"][name]["kept"]) == 2
     assert all(example["label"] == E for example in report["examples"]["im"]["dropped"])
-    assert report["noise_audit"]["noise_rate"] == pytest.approx(np.mean([r.meta["label_noise"] for r in pool]), abs=1e-3)
+    noise_rate = np.mean([r.meta["label_noise"] for r in pool])
+    assert report["noise_audit"]["noise_rate"] == pytest.approx(noise_rate, abs=1e-3)
     rows = [json.loads(line) for line in (out / SCORES_NAME).read_text().splitlines()]
     assert len(rows) == len(pool) and sum(row["kept"] for row in rows) == len(expected)
 
@@ -403,12 +404,9 @@ def separable(n: int) -> list[Record]:
 
 def test_cross_encoder_learns_saves_manifest_and_scores(tmp_path, tiny_encoder):
     from lref.fingerprint import data_hash
-    from lref.models.cross_encoder import (
-        CrossEncoderConfig,
-        CrossEncoderScorer,
-        train_cross_encoder,
-    )
+    from lref.models.cross_encoder import CrossEncoderScorer
     from lref.models.loading import MANIFEST_NAME
+    from lref.training.cross_encoder import CrossEncoderConfig, train_cross_encoder
 
     records = separable(24)
     config = CrossEncoderConfig(model=str(tiny_encoder), output_dir=str(tmp_path / "ce"), learning_rate=5e-3,
@@ -428,11 +426,8 @@ def test_cross_encoder_learns_saves_manifest_and_scores(tmp_path, tiny_encoder):
 
 
 def test_cross_encoder_loss_is_pluggable_and_receives_targets(tmp_path, tiny_encoder):
-    from lref.models.cross_encoder import (
-        CrossEncoderConfig,
-        label_loss,
-        train_cross_encoder,
-    )
+    from lref.training.cross_encoder import CrossEncoderConfig, train_cross_encoder
+    from lref.training.losses import label_loss
 
     seen = []
 

@@ -201,7 +201,8 @@ def test_retries_on_503_then_parses_label_and_rule_ids(tmp_path, monkeypatch):
 
 
 def test_garbage_and_malformed_answers_are_counted_retried_and_dropped(tmp_path):
-    script = [(200, "<html>not json</html>"), (200, completion("no idea, sorry")), (200, completion("Relevance: Exact"))]
+    script = [(200, "<html>not json</html>"), (200, completion("no idea, sorry")),
+              (200, completion("Relevance: Exact"))]
     with ScriptedServer(script) as server:
         config = config_for(server.url, tmp_path, malformed_retries=1)
         with OpenAITeacher(config) as teacher:

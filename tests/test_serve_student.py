@@ -16,11 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from lref.data.records import Record
 from lref.labels import get_scheme
-from lref.models.cross_encoder import (
-    CrossEncoderConfig,
-    CrossEncoderScorer,
-    train_cross_encoder,
-)
+from lref.models.cross_encoder import CrossEncoderScorer
 from lref.models.scorer import ScorerConfig
 from lref.serve.background import free_port, serve_in_background
 from lref.serve.student import (
@@ -31,6 +27,7 @@ from lref.serve.student import (
     relevance_results,
 )
 from lref.testing import build_tiny_encoder
+from lref.training.cross_encoder import CrossEncoderConfig, train_cross_encoder
 
 G3 = get_scheme("graded3")
 LIMITS = dict(max_batch_pairs=16, max_field_chars=50, max_body_bytes=2048, micro_batch_size=8)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,7 +17,8 @@ pytestmark = pytest.mark.filterwarnings("ignore:`is_gradient_checkpointing` is d
 
 from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback  # noqa: E402
 
-import lref.stages.sft as sft_module  # noqa: E402
+import lref.training.examples as examples_module  # noqa: E402
+import lref.training.losses as losses_module  # noqa: E402
 from lref.data.records import DataError, Record  # noqa: E402
 from lref.fingerprint import data_hash
 from lref.labels import (
@@ -31,16 +33,11 @@ from lref.prompts import (  # noqa: E402
     label_completion,
     label_token_ids,
 )
-from lref.stages.sft import (
-    SFTStageConfig,
-    PadCollator,
-    build_example,
-    completion_loss,
-    last_checkpoint,
-    shared_prefix_length,
-    train_sft,
-)
+from lref.stages.sft import SFTStageConfig, train_sft  # noqa: E402
 from lref.testing import build_tiny_causal_lm  # noqa: E402
+from lref.training.examples import PadCollator, build_example  # noqa: E402
+from lref.training.losses import completion_loss, shared_prefix_length  # noqa: E402
+from lref.training.run_guard import last_checkpoint  # noqa: E402
 
 SCHEME = get_scheme("graded3")
 WORDS = ["drill", "hose", "fan", "brass", "steel", "white", "black", "pack"]
@@ -92,7 +89,8 @@ def test_example_masks_the_prompt_and_ends_with_label_and_eos(tokenizer):
     example = build_example(tokenizer, record, SCHEME)
     prefix_ids, pair_ids = encode_prompt(tokenizer, direct_prompt(record, SCHEME))
     prompt = prefix_ids + pair_ids
-    answer = tokenizer(label_completion(SCHEME, "Irrelevant"), add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    answer = tokenizer(label_completion(SCHEME, "Irrelevant"), add_special_tokens=False)["input_ids"]
+    answer += [tokenizer.eos_token_id]
 
     assert example["input_ids"] == prompt + answer  # the very ids the scorer builds, then the answer
     assert example["labels"][: len(prompt)] == [-100] * len(prompt)
@@ -129,15 +127,13 @@ def test_fast_loss_equals_full_logits_loss(tiny_model, tokenizer, softcap):
 
 
 def test_head_loss_in_chunks_matches_one_pass(tiny_model, tokenizer, monkeypatch):
-    from lref.stages import sft
-
     model = _lora_model(tiny_model)
     model.get_base_model().config.final_logit_softcapping = 3.0
     batch = PadCollator(tokenizer.pad_token_id)([build_example(tokenizer, r, SCHEME) for r in make_records(5)])
     batch["weights"] = torch.tensor([1.0, 2.0, 0.5, 1.0, 1.5])
     whole = _loss_and_grads(model, batch)
     assert whole[1] > 3
-    monkeypatch.setattr(sft, "HEAD_CHUNK", 2)  # several chunks, the last one short
+    monkeypatch.setattr(losses_module, "HEAD_CHUNK", 2)  # several chunks, the last one short
     _assert_same(_loss_and_grads(model, batch), whole)
 
 
@@ -147,14 +143,14 @@ def test_head_loss_in_chunks_matches_one_pass(tiny_model, tokenizer, monkeypatch
 def _spy_shared_path(monkeypatch) -> list[bool]:
     """Record every shared-prefix forward (True: it ran on the shared cache)."""
     calls = []
-    original = sft_module._forward_with_shared_prefix
+    original = losses_module.forward_with_shared_prefix
 
     def spy(*args):
         out = original(*args)
         calls.append(out is not None)
         return out
 
-    monkeypatch.setattr(sft_module, "_forward_with_shared_prefix", spy)
+    monkeypatch.setattr(losses_module, "forward_with_shared_prefix", spy)
     return calls
 
 
@@ -380,6 +376,45 @@ def test_resume_continues_from_the_last_checkpoint(tiny_model, tmp_path):
     assert metrics["steps"] == 6 and metrics["resumed_from_step"] == 2 and metrics["steps_this_run"] == 4
 
 
+def test_run_guard_passes_over_unfinished_checkpoints_and_saves_whole(tmp_path):
+    from lref.training.run_guard import RunGuard, run_file, save_atomically
+
+    out = tmp_path / "run"
+    (out / "checkpoints" / "checkpoint-2").mkdir(parents=True)
+    (out / "checkpoints" / "checkpoint-2" / "trainer_state.json").write_text('{"global_step": 2}')
+    (out / "checkpoints" / "checkpoint-4").mkdir()  # a save killed before its trainer state: not resumable
+    assert last_checkpoint(out).name == "checkpoint-2"
+    with pytest.raises(FileExistsError, match="resume"):
+        RunGuard(out, resume=False)
+    guard = RunGuard(out, resume=True)
+    assert guard.resuming and guard.resumed_step == 2 and guard.resume_from.endswith("checkpoint-2")
+    guard.check({"data_hash": "abc"})  # no run file: nothing to compare
+    run_file(out).write_text(json.dumps({"data_hash": "abc", "model": "m"}))
+    guard.check({"data_hash": "abc"})
+    with pytest.raises(DataError, match="other data"):
+        guard.check({"data_hash": "xyz"})
+    with pytest.raises(DataError, match="another pool"):
+        guard.check({"model": "other"}, strict=True, reason="come from another pool")
+
+    class Part:
+        def __init__(self, name, fail=False):
+            self.name, self.fail = name, fail
+
+        def save_pretrained(self, folder):
+            Path(folder).mkdir(parents=True, exist_ok=True)
+            (Path(folder) / self.name).write_text("new")
+            if self.fail:
+                raise OSError("disk full")
+
+    (out / "weights.bin").write_text("old")
+    with pytest.raises(OSError):
+        save_atomically(out, Part("weights.bin"), Part("tokenizer.json", fail=True))
+    assert (out / "weights.bin").read_text() == "old" and not (out / "tokenizer.json").exists()
+    save_atomically(out, Part("weights.bin"), Part("tokenizer.json"))
+    assert (out / "weights.bin").read_text() == "new" and (out / "tokenizer.json").read_text() == "new"
+    assert not (out / ".saving").exists()
+
+
 # -- input validation -------------------------------------------------------------------------------------------------
 
 
@@ -438,9 +473,9 @@ def test_class_balance_weights_scale_each_example_loss(tiny_model, tokenizer, tm
 def _with_targets(tokenizer, records, targets) -> list[dict]:
     from dataclasses import replace
 
-    examples = [replace(sft_module.direct_example(r, SCHEME), target=t) for r, t in zip(records, targets)]
+    examples = [replace(examples_module.direct_example(r, SCHEME), target=t) for r, t in zip(records, targets)]
     first_ids = dict(zip(SCHEME.labels, label_token_ids(tokenizer, SCHEME)))
-    return sft_module.build_example_dataset(tokenizer, examples, None, None, first_ids).examples
+    return examples_module.build_example_dataset(tokenizer, examples, None, None, first_ids).examples
 
 
 @pytest.mark.parametrize("logits_at_labels_only", [True, False])
@@ -467,7 +502,7 @@ def test_a_soft_target_weighs_the_first_token_loss_of_each_of_its_labels(tiny_mo
     exact_id, partial_id, _ = label_token_ids(tokenizer, SCHEME)
     assert mixed == pytest.approx(plain + 0.4 * (log_probs[exact_id] - log_probs[partial_id]).item(), rel=1e-5)
     assert abs(mixed - plain) > 1e-2  # the split moved the loss (by more than the tolerance above)
-    monkeypatch.setattr(sft_module, "HEAD_CHUNK", 2)  # the targets follow their positions into the chunks
+    monkeypatch.setattr(losses_module, "HEAD_CHUNK", 2)  # the targets follow their positions into the chunks
     chunked = loss(collate(_with_targets(tokenizer, records, [{"Exact": 0.6, "Partial": 0.4}, {"Partial": 1.0}, None])))
     assert chunked == pytest.approx(mixed, rel=1e-5)
 
@@ -479,9 +514,9 @@ def test_soft_labels_train_on_raw_scores_and_refuse_a_score_beside_another_label
     records = [replace(r, raw_score=means[r.label]) for r in make_records(6)]
     folder = train_sft(config(tiny_model, tmp_path / "soft", max_steps=1, soft_labels=True), records)
     assert json.loads((folder / MANIFEST_NAME).read_text())["config"]["soft_labels"] is True
-    examples = [sft_module.direct_example(r, SCHEME, soft_label=True) for r in records]
+    examples = [examples_module.direct_example(r, SCHEME, soft_label=True) for r in records]
     assert examples[0].target == pytest.approx({"Exact": 0.67, "Partial": 0.33})
-    assert sft_module.direct_example(records[0], SCHEME).target is None
+    assert examples_module.direct_example(records[0], SCHEME).target is None
 
     bad = records + [Record(id="odd", query="fan", title="fan", label="Irrelevant", raw_score=2.67)]
     with pytest.raises(DataError, match="record 'odd': raw_score 2.67 does not sit beside its label 'Irrelevant'"):

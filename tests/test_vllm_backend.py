@@ -8,13 +8,9 @@ import pytest
 from helpers import run_lref
 
 from lref.models import vllm_backend
+from lref.models.factory import make_scorer
 from lref.models.scorer import LabelScorer
-from lref.models.vllm_backend import (
-    BackendUnavailable,
-    VLLMScorer,
-    make_scorer,
-    resolve_backend,
-)
+from lref.models.vllm_backend import BackendUnavailable, VLLMScorer, resolve_backend
 
 torch = pytest.importorskip("torch")
 
@@ -36,13 +32,13 @@ def test_vllm_refuses_with_a_clear_message(tiny_model):
     with pytest.raises(BackendUnavailable, match=r"pip install 'lref\[vllm\]'|vLLM needs a CUDA GPU"):
         VLLMScorer(tiny_model, "graded3")
     with pytest.raises(BackendUnavailable, match=r"pip install 'lref\[vllm\]'|vLLM needs a CUDA GPU"):
-        make_scorer(tiny_model, "graded3", backend="vllm")
+        make_scorer(tiny_model, scheme="graded3", backend="vllm")
 
 
 @needs_no_vllm
 def test_auto_falls_back_to_the_torch_scorer(tiny_model):
     assert resolve_backend("auto") == "torch"
-    scorer = make_scorer(tiny_model, "graded3", backend="auto")
+    scorer = make_scorer(tiny_model, scheme="graded3", backend="auto")
     assert isinstance(scorer, LabelScorer)
     assert scorer.scheme.name == "graded3"
 

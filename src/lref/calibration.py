@@ -14,8 +14,9 @@ label's value is subtracted at the end: raising one label against all the others
 search with the first label pinned could not find when two other labels sit close together (an untuned model that
 answers Partial, with Irrelevant just below it and Exact further down).
 
-It is stored beside the model as ``calibration.json`` and applied by the scorers built for a model folder
-(``lref predict``, ``lref serve student``, the pipeline's evaluation) unless switched off (``--no-calibration``).
+It is stored beside the model as ``calibration.json`` (`lref.models.calibrate.calibrate` scores a model folder and
+writes it) and applied by the scorers `lref.models.factory.make_scorer` builds for a model folder (``lref predict``,
+``lref serve student``) unless switched off (``--no-calibration``). This module is numpy only: the fit and the file.
 
     lref calibrate runs/homedepot/stages/dpo/model --data held_out.csv --format homedepot
 """
@@ -45,7 +46,8 @@ class CalibrationConfig:
     """How the per-label bias is fitted."""
 
     objective: str = field(
-        default="weighted_f1", metadata={"help": f"What the bias maximises on the calibration pairs: {', '.join(OBJECTIVES)}."}
+        default="weighted_f1",
+        metadata={"help": f"What the bias maximises on the calibration pairs: {', '.join(OBJECTIVES)}."},
     )
     limit: float = field(
         default=3.0, metadata={"help": "Largest absolute bias tried per label (in logits), before the first label's "
@@ -153,31 +155,5 @@ def calibrate_scores(logits: np.ndarray, records: Sequence[Record], scheme: Labe
     }
 
 
-def calibrate(config: CalibrationConfig, model: str | Path, records: Sequence[Record], *,
-              scheme: LabelScheme | str | None = None, batch_size: int = 16, progress: bool = True) -> dict[str, Any]:
-    """Score labelled `records` (pairs no training saw) with a trained model folder, raw, fit its label bias and
-    write `model/calibration.json` (atomically); returns the calibration document.
-
-    `model` is an LLM adapter or model folder, a cross-encoder (bert, student) or a lexical model folder."""
-    from lref.io import write_json
-    from lref.models.loading import read_manifest
-    from lref.pipeline import EvalSettings, make_scorer
-
-    folder = Path(model)
-    if not folder.is_dir():
-        raise FileNotFoundError(f"model folder {folder} does not exist (calibrate a folder you trained: a zoo model is "
-                                "shared, so its calibration would not be yours)")
-    if not records:
-        raise ValueError("no calibration pairs")
-    manifest = read_manifest(folder) or {}
-    kind = {"lexical": "lexical", "cross-encoder": "encoder"}.get(manifest.get("kind"), "llm")
-    scheme_name = get_scheme(scheme).name if scheme is not None else None
-    scorer = make_scorer(kind, str(folder), scheme_name, EvalSettings(batch_size=batch_size, progress=progress))
-    result = scorer.score(records)
-    document = calibrate_scores(result.logits, records, scorer.scheme, config)
-    write_json(calibration_path(folder), {**document, "model_kind": kind})
-    return document
-
-
-__all__ = ["CALIBRATION_FILE", "FIT_VERSION", "CalibrationConfig", "OBJECTIVES", "calibrate", "calibrate_scores",
+__all__ = ["CALIBRATION_FILE", "FIT_VERSION", "CalibrationConfig", "OBJECTIVES", "calibrate_scores",
            "calibration_path", "fit_label_bias", "label_bias_for"]

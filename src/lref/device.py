@@ -80,5 +80,5 @@ def is_main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
-__all__ = ["CPU_BF16_VARIABLE", "cpu_has_native_bf16", "is_main_process", "prepare_device", "release_process_group_at_exit",
-           "resolve_precision", "use_bf16"]
+__all__ = ["CPU_BF16_VARIABLE", "cpu_has_native_bf16", "is_main_process", "prepare_device",
+           "release_process_group_at_exit", "resolve_precision", "use_bf16"]

@@ -21,6 +21,11 @@ NEUTRAL = "output_neutral"
 """Field metadata key: True on config fields that change how a run goes (threads, progress bars, logging, where it
 writes, whether it resumes) but never what it produces; fingerprints leave them out."""
 
+ADDED_FIELDS = "FINGERPRINT_ADDED_FIELDS"
+"""Class attribute of a config dataclass naming fields it gained after run directories were fingerprinted without
+them: such a field enters fingerprints only when set to something other than its default, so existing runs stay
+valid."""
+
 CORE_LIBRARIES = ("lref", "torch", "transformers", "peft", "accelerate")
 
 
@@ -60,12 +65,16 @@ def neutral_names(config_cls: type) -> tuple[str, ...]:
 
 
 def settings_of(config: Any, exclude: Iterable[str] = ()) -> dict[str, Any]:
-    """A config dataclass as a dict without its output-neutral fields and the names in `exclude`."""
+    """A config dataclass as a dict without its output-neutral fields, the names in `exclude`, and the fields it
+    gained later (`ADDED_FIELDS`) while they hold their default."""
     if not is_dataclass(config):
         raise TypeError(f"expected a config dataclass, got {type(config).__name__}")
     skip = {*neutral_names(type(config)), *exclude}
-    return {key: value for key, value in asdict(config).items() if key not in skip}
+    added = set(getattr(type(config), ADDED_FIELDS, ()))
+    defaults = {f.name: f.default for f in fields(config) if f.name in added}
+    return {key: value for key, value in asdict(config).items()
+            if key not in skip and not (key in added and value == defaults.get(key))}
 
 
-__all__ = ["CORE_LIBRARIES", "NEUTRAL", "data_hash", "library_versions", "neutral_field", "neutral_names",
-           "settings_of", "sha256_json"]
+__all__ = ["ADDED_FIELDS", "CORE_LIBRARIES", "NEUTRAL", "data_hash", "library_versions", "neutral_field",
+           "neutral_names", "settings_of", "sha256_json"]

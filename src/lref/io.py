@@ -10,6 +10,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
+MANIFEST_NAME = "lref_manifest.json"
+"""The file in a model folder that says what the model is (kind, scheme, how it was trained)."""
+
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 

@@ -37,7 +37,8 @@ class LabelScheme:
         if len(set(self.labels)) != len(self.labels):
             raise ValueError(f"label scheme {self.name!r} has duplicate labels: {self.labels}")
         if len(self.definitions) != len(self.labels):
-            raise ValueError(f"label scheme {self.name!r}: {len(self.labels)} labels but {len(self.definitions)} definitions")
+            raise ValueError(f"label scheme {self.name!r}: {len(self.labels)} labels but "
+                             f"{len(self.definitions)} definitions")
         if not self.ratings:
             object.__setattr__(self, "ratings", tuple(float(len(self.labels) - i) for i in range(len(self.labels))))
         if len(self.ratings) != len(self.labels):
@@ -55,7 +56,8 @@ class LabelScheme:
         try:
             return self.labels.index(label)
         except ValueError:
-            raise LabelError(f"label {label!r} is not in scheme {self.name!r} (expected one of {', '.join(self.labels)})") from None
+            raise LabelError(f"label {label!r} is not in scheme {self.name!r} "
+                             f"(expected one of {', '.join(self.labels)})") from None
 
     def parse(self, value: object) -> str:
         """Map a raw label value to its canonical name, accepting names case-insensitively."""

@@ -82,7 +82,8 @@ def _join(
             problems.append(
                 f"{len(unmatched)} of {len(predictions)} prediction(s) have no gold record ({_examples(unmatched)})"
             )
-        raise DataError("; ".join(problems) + "; pass allow_missing=True (CLI: --allow-missing) to evaluate on the ids both sides share")
+        raise DataError("; ".join(problems) + "; pass allow_missing=True (CLI: --allow-missing) to evaluate on the ids "
+                        "both sides share")
     pairs = [(r, by_id[r.id]) for r in gold if r.id in by_id]
     if not pairs:
         raise DataError("no prediction id matches a gold record id")
@@ -115,7 +116,7 @@ def _expected_rating(prediction: Prediction, scheme: LabelScheme, label_index: i
     return scheme.ratings[label_index]
 
 
-def _scores_from_confusion(cm: np.ndarray) -> dict[str, np.ndarray]:
+def scores_from_confusion(cm: np.ndarray) -> dict[str, np.ndarray]:
     """Accuracy, macro- and weighted-F1 from confusion matrices of shape (..., K, K), as scikit-learn computes them,
     and the over-estimate share (labels are ordered most relevant first, so over-estimates lie below the diagonal)."""
     tp = np.diagonal(cm, axis1=-2, axis2=-1)
@@ -142,10 +143,10 @@ def _query_draws(query_index: np.ndarray, resamples: int, seed: int) -> np.ndarr
 
 def _resampled_scores(query_index: np.ndarray, gold: np.ndarray, pred: np.ndarray, n_labels: int,
                       draws: np.ndarray) -> dict[str, np.ndarray]:
-    """`_scores_from_confusion` of every resample in `draws` (one confusion matrix per resample)."""
+    """`scores_from_confusion` of every resample in `draws` (one confusion matrix per resample)."""
     cells = np.zeros((draws.shape[1], n_labels * n_labels))
     np.add.at(cells, (query_index, gold * n_labels + pred), 1.0)
-    return _scores_from_confusion((draws @ cells).reshape(len(draws), n_labels, n_labels))
+    return scores_from_confusion((draws @ cells).reshape(len(draws), n_labels, n_labels))
 
 
 def _query_index(records: list[Record]) -> np.ndarray:

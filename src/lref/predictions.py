@@ -1,11 +1,14 @@
-"""Prediction files: one JSON line per pair with `id`, `label`, `probs` (label -> probability) and `topk`."""
+"""Predictions: `ScoreResult` (what every scorer returns: label logits and probabilities of N pairs) and prediction
+files, one JSON line per pair with `id`, `label`, `probs` (label -> probability) and `topk`."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import numpy as np
 
 from lref.data.records import DataError
 from lref.io import write_jsonl
@@ -23,6 +26,68 @@ class Prediction:
 
     def to_dict(self) -> dict:
         return {"id": self.id, "label": self.label, "probs": self.probs, "topk": self.topk}
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Row-wise softmax in float64 (each row sums to 1)."""
+    z = logits.astype(np.float64)
+    z = z - z.max(axis=-1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+@dataclass
+class ScoreResult:
+    """Scores of N pairs over the K labels of a scheme, in input order and scheme order."""
+
+    ids: list[str]
+    labels: tuple[str, ...]
+    logits: np.ndarray
+    """N x K float32: raw logits of the labels' first tokens (after the model's final logit soft-capping)."""
+    top_k: int = 3
+    bias: Sequence[float] | None = None
+    """Added to every row of `logits` on construction (a label-prior calibration); `logits` then hold the sum."""
+    probs: np.ndarray = field(init=False)
+    """N x K float64: softmax over the label logits only (each row sums to 1)."""
+
+    def __post_init__(self) -> None:
+        self.logits = np.asarray(self.logits, dtype=np.float32).reshape(len(self.ids), len(self.labels))
+        if self.bias is not None:
+            if len(self.bias) != len(self.labels):
+                raise ValueError(f"{len(self.bias)} bias values for {len(self.labels)} labels")
+            self.logits = self.logits + np.asarray(self.bias, dtype=np.float32)
+            self.bias = None  # applied once; re-wrapping these logits must not shift them again
+        self.probs = softmax(self.logits)
+        self.top_k = max(1, min(self.top_k, len(self.labels)))
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @property
+    def topk_indices(self) -> np.ndarray:
+        """N x k label indices in decreasing probability (ties: scheme order)."""
+        order = np.argsort(-self.probs, axis=1, kind="stable")
+        return order[:, : self.top_k]
+
+    @property
+    def predicted(self) -> list[str]:
+        """The top-1 label of every pair."""
+        return [self.labels[i] for i in self.probs.argmax(axis=1)]
+
+    def topk_labels(self) -> list[list[str]]:
+        return [[self.labels[j] for j in row] for row in self.topk_indices]
+
+    def predictions(self) -> list[Prediction]:
+        topk = self.topk_indices
+        return [
+            Prediction(
+                id=pid,
+                label=self.labels[int(row[0])],
+                probs={label: float(p) for label, p in zip(self.labels, probs)},
+                topk=[self.labels[int(j)] for j in row],
+            )
+            for pid, probs, row in zip(self.ids, self.probs, topk)
+        ]
 
 
 def write_predictions(path: str | Path, predictions: Iterable[Prediction]) -> int:

@@ -32,16 +32,13 @@ import hashlib
 import json
 import os
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, TypeVar
+from typing import Any, TypeVar
 
 from lref.data.records import DataError, Record
 from lref.io import atomic_write, write_json
-
-if TYPE_CHECKING:
-    from lref.labels import LabelScheme
-    from lref.models.scorer import ScorerConfig, ScoreResult
+from lref.predictions import ScoreResult
 
 T = TypeVar("T")
 
@@ -230,14 +227,13 @@ def score_blocks(scorer, records: Sequence[Record], block_size: int = DEFAULT_BL
     import numpy as np
     from tqdm.auto import tqdm
 
-    from lref.models.scorer import ScoreResult
-
     parts = []
     with tqdm(total=len(records), unit="pair", desc="scoring", file=sys.stderr, disable=not progress) as bar:
         for block in iter_blocks(records, block_size):
             parts.append(scorer.score(block).logits)
             bar.update(len(block))
     logits = np.concatenate(parts) if parts else np.zeros((0, len(scorer.scheme)), dtype=np.float32)
+    # the blocks' logits already hold the scorer's label bias: no bias here
     return ScoreResult([r.id for r in records], scorer.scheme.labels, logits, scorer.config.top_k)
 
 
@@ -249,84 +245,70 @@ def available_cores() -> int:
         return os.cpu_count() or 1
 
 
-_WORKER_SCORER = None
+class ScoringWorker:
+    """The scorer of one pool process, built once by the pool's initializer."""
 
+    scorer = None
 
-def _init_worker(model: str, scheme: str, config: ScorerConfig, threads: int) -> None:
-    import torch
+    @classmethod
+    def start(cls, build_scorer: Callable[[], Any], threads: int | None) -> None:
+        if threads is not None:
+            import torch
 
-    from lref.models.loading import load_causal_lm
-    from lref.models.scorer import LabelScorer
+            torch.set_num_threads(threads)
+        cls.scorer = build_scorer()
 
-    global _WORKER_SCORER
-    torch.set_num_threads(threads)
-    lm, tokenizer, _ = load_causal_lm(model, device="auto")
-    _WORKER_SCORER = LabelScorer(lm, tokenizer, scheme, config)
+    @classmethod
+    def score(cls, block: list[Record]) -> ScoreResult:
+        return cls.scorer.score(block)
 
-
-def _score_block(block: list[Record]):
-    return _WORKER_SCORER.score(block).logits
+    @classmethod
+    def stop(cls) -> None:
+        cls.scorer = None
 
 
 def score_in_parallel(
-    model: str | os.PathLike,
+    build_scorer: Callable[[], Any],
     records: Sequence[Record],
-    scheme: LabelScheme | str,
-    config: ScorerConfig | None = None,
     *,
     workers: int = 1,
     block_size: int = DEFAULT_BLOCK_SIZE,
+    threads: int | None = None,
     progress: bool = False,
 ) -> ScoreResult:
-    """Score `records` with the causal LM `model` (zoo name, folder or adapter) on a pool of `workers` processes.
+    """Score `records` block by block with the scorer `build_scorer()` returns, on a pool of `workers` processes.
 
-    Each worker loads the model once and runs ``cores // workers`` torch threads (unless `config.num_threads`
-    says otherwise); blocks go to whichever worker is free and come back in input order. The result is identical
-    to ``workers=1`` (the same blocks, scored the same way)."""
-    import dataclasses
+    `build_scorer` must pickle (a module-level function, or a `functools.partial` of one such as
+    `lref.models.factory.make_scorer`); each worker calls it once. Each worker runs `threads` torch threads (default
+    ``cores // workers``; with one worker, torch's own); blocks go to whichever worker is free and come back in input
+    order. The result is identical to ``workers=1`` (the same blocks, scored the same way)."""
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
     import numpy as np
     from tqdm.auto import tqdm
 
-    from lref.labels import get_scheme
-    from lref.models.scorer import ScorerConfig, ScoreResult
-
     if workers < 1:
         raise ValueError(f"workers must be at least 1, got {workers}")
-    scheme = get_scheme(scheme)
-    config = dataclasses.replace(config or ScorerConfig(), progress=False)
     blocks = [list(block) for block in iter_blocks(records, block_size)]
     workers = max(1, min(workers, len(blocks)))
     if workers == 1:
-        _init_worker(str(model), scheme.name, config, config.num_threads or _torch_threads())
+        ScoringWorker.start(build_scorer, threads)
         try:
-            return score_blocks(_WORKER_SCORER, records, block_size, progress=progress)
+            return score_blocks(ScoringWorker.scorer, records, block_size, progress=progress)
         finally:
-            _release_worker()
-    threads = config.num_threads or max(1, available_cores() // workers)
+            ScoringWorker.stop()
+    threads = threads or max(1, available_cores() // workers)
     # spawn, not fork: a forked copy of a process that has run torch can deadlock in its thread pools.
     context = multiprocessing.get_context("spawn")
     parts = []
     with (
-        ProcessPoolExecutor(workers, context, _init_worker, (str(model), scheme.name, config, threads)) as pool,
+        ProcessPoolExecutor(workers, context, ScoringWorker.start, (build_scorer, threads)) as pool,
         tqdm(total=len(records), unit="pair", desc=f"scoring ({workers} workers)", file=sys.stderr,
              disable=not progress) as bar,
     ):
-        for block, logits in zip(blocks, pool.map(_score_block, blocks)):
-            parts.append(logits)
+        for block, result in zip(blocks, pool.map(ScoringWorker.score, blocks)):
+            parts.append(result)
             bar.update(len(block))
-    logits = np.concatenate(parts) if parts else np.zeros((0, len(scheme)), dtype=np.float32)
-    return ScoreResult([r.id for r in records], scheme.labels, logits, config.top_k)
-
-
-def _torch_threads() -> int:
-    import torch
-
-    return torch.get_num_threads()
-
-
-def _release_worker() -> None:
-    global _WORKER_SCORER
-    _WORKER_SCORER = None
+    logits = np.concatenate([part.logits for part in parts])
+    return ScoreResult([r.id for r in records], parts[0].labels, logits, parts[0].top_k)

@@ -46,7 +46,7 @@ from lref.data.text import (
     tokenize,
 )
 from lref.labels import get_scheme
-from lref.predictions import Prediction
+from lref.predictions import Prediction, ScoreResult
 
 CLASSIFIERS = ("gbdt", "logistic")
 MODEL_FILE = "lexical.joblib"
@@ -74,7 +74,8 @@ class LexicalConfig:
     query_context: bool = field(
         default=False,
         metadata={"help": "Add features relative to the best-matching pair of the same query among the pairs scored "
-                  "together (coverage and BM25 gaps, rank, pairs per query). Then a pair's score depends on its batch: train and score on whole query result lists."},
+                  "together (coverage and BM25 gaps, rank, pairs per query). Then a pair's score depends on its batch: "
+                  "train and score on whole query result lists."},
     )
     class_balance: str = field(
         default="none",
@@ -373,8 +374,6 @@ class LexicalModel:
 
     def score(self, records: Sequence[Record]):
         """A `ScoreResult`, as `LabelScorer` and `CrossEncoderScorer` return (log-probabilities as logits)."""
-        from lref.models.scorer import ScoreResult
-
         probs = self.predict_proba(records)
         return ScoreResult([r.id for r in records], self.scheme.labels, np.log(np.clip(probs, 1e-9, 1.0)))
 
@@ -386,8 +385,7 @@ class LexicalModel:
         import joblib
 
         from lref.fingerprint import library_versions
-        from lref.io import atomic_write, write_json
-        from lref.models.loading import MANIFEST_NAME
+        from lref.io import MANIFEST_NAME, atomic_write, write_json
 
         if not hasattr(self, "classifier_"):
             raise RuntimeError("LexicalModel.save before fit")

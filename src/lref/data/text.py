@@ -79,5 +79,5 @@ def product_text(record: Record) -> str:
         else record.title
 
 
-__all__ = ["NUMBER_RE", "STOPWORDS", "TOKEN_RE", "UNITS", "canonical_number", "normalise_text", "numbers_and_units", "product_text",
-           "stem", "tokenize"]
+__all__ = ["NUMBER_RE", "STOPWORDS", "TOKEN_RE", "UNITS", "canonical_number", "normalise_text", "numbers_and_units",
+           "product_text", "stem", "tokenize"]

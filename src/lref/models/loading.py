@@ -6,9 +6,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from lref.io import MANIFEST_NAME
 from lref.models.zoo import resolve_model
-
-MANIFEST_NAME = "lref_manifest.json"
 
 
 def read_manifest(folder: str | Path) -> dict[str, Any] | None:

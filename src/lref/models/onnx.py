@@ -9,7 +9,8 @@
   the agreement measured with PyTorch on a probe batch, library versions).
 
 `OnnxScorer` has the interface of `CrossEncoderScorer` (`.scheme`, `.score`, `.predict`) and reads exactly the same
-tokens (both go through `lref.models.cross_encoder.score_pairs`). `load_student` picks a backend by name, for serving.
+tokens (both go through `lref.models.cross_encoder.score_pairs`). Build it with `lref.models.factory.make_scorer`
+(kind ``onnx``) or `lref.models.factory.load_student` (a backend by name, for serving).
 
     >>> ExportConfig(model="runs/student", output_dir="runs/student-onnx").opset
     17
@@ -17,7 +18,6 @@ tokens (both go through `lref.models.cross_encoder.score_pairs`). `load_student`
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 import shutil
@@ -31,17 +31,18 @@ from typing import Any
 
 import numpy as np
 
-from lref.calibration import calibration_path, label_bias_for
+from lref.calibration import calibration_path
 from lref.data.records import Record
 from lref.labels import LabelScheme, get_scheme
 from lref.models.cross_encoder import EncoderCollator, score_pairs
-from lref.models.scorer import ScorerConfig, ScoreResult, for_model, scheme_for_model
+from lref.models.scorer import ScorerConfig, scheme_for_model
+from lref.predictions import ScoreResult
 
 logger = logging.getLogger(__name__)
 
 ONNX_FILES = {"fp32": "model.onnx", "int8": "model.int8.onnx"}
 BACKENDS = ("int8", "onnx", "torch")
-"""Names `load_student` accepts: quantised ONNX, fp32 ONNX, or the PyTorch model."""
+"""Names `lref.models.factory.load_student` accepts: quantised ONNX, fp32 ONNX, or the PyTorch model."""
 DEFAULT_MAX_LENGTH = 128
 
 
@@ -73,7 +74,8 @@ class ExportConfig:
             raise ValueError(f"max_length must be >= 2 or None, not {self.max_length}")
 
 
-def _trained_max_length(manifest: dict | None) -> int:
+def trained_max_length(manifest: dict | None) -> int:
+    """Most tokens per pair a cross-encoder (or its export) was trained and exported with."""
     export = (manifest or {}).get("export") or {}
     trained = ((manifest or {}).get("config") or {}).get("max_length")
     return int(export.get("max_length") or trained or DEFAULT_MAX_LENGTH)
@@ -126,7 +128,7 @@ def export_student(config: ExportConfig) -> Path:
         raise FileNotFoundError(f"{source} is not a trained cross-encoder folder (no config.json)")
     model, tokenizer, manifest = load_cross_encoder(source)
     scheme = scheme_for_model(manifest)  # refuses a model without a manifest naming its scheme
-    max_length = config.max_length or _trained_max_length(manifest)
+    max_length = config.max_length or trained_max_length(manifest)
     output_dir = Path(config.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
 
@@ -217,36 +219,6 @@ class OnnxScorer:
         if isinstance(width, int) and width != len(self.scheme):
             raise ValueError(f"the ONNX model has {width} outputs, scheme {self.scheme.name!r} has {len(self.scheme)}")
 
-    @classmethod
-    def from_pretrained(
-        cls,
-        folder: str | Path,
-        variant: str = "int8",
-        config: ScorerConfig | None = None,
-        scheme: str | None = None,
-    ) -> "OnnxScorer":
-        """Load `folder` as written by `export_student`; `variant` is 'int8' (model.int8.onnx) or 'fp32'."""
-        import onnxruntime as ort
-        from transformers import AutoTokenizer
-
-        from lref.models.loading import read_manifest
-
-        if variant not in ONNX_FILES:
-            raise ValueError(f"variant must be one of {', '.join(ONNX_FILES)}, not {variant!r}")
-        folder = Path(folder)
-        path = folder / ONNX_FILES[variant]
-        if not path.is_file():
-            hint = " (exported with --no-quantize? use the fp32 variant)" if variant == "int8" else ""
-            raise FileNotFoundError(f"{path} does not exist{hint}; export the student with `lref export`")
-        manifest = read_manifest(folder)
-        config = for_model(config or ScorerConfig(max_length=_trained_max_length(manifest)), manifest)
-        options = ort.SessionOptions()
-        if config.num_threads is not None:
-            options.intra_op_num_threads = config.num_threads
-        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        tokenizer = AutoTokenizer.from_pretrained(str(folder))
-        return cls(session, tokenizer, scheme_for_model(manifest, scheme), config)
-
     def score(self, records: Sequence[Record]) -> ScoreResult:
         return score_pairs(records, self.scheme, self.tokenizer, self.config, self._logits)
 
@@ -257,43 +229,22 @@ class OnnxScorer:
         return self.score(records).predictions()
 
 
-def load_student(
-    folder: str | Path,
-    backend: str = "int8",
-    *,
-    threads: int | None = None,
-    batch_size: int | None = None,
-    config: ScorerConfig | None = None,
-    calibrated: bool = True,
-):
-    """A scorer for a student folder: 'int8' or 'onnx' (fp32) from an `export_student` folder, 'torch' from the
-    trained folder (or from an export folder whose source model is still in place).
+def onnx_session(folder: str | Path, variant: str = "int8", threads: int | None = None):
+    """An onnxruntime CPU session over `folder`'s graph `variant` ('int8': model.int8.onnx, or 'fp32') as written
+    by `export_student`; `threads`: its intra-op threads (None: onnxruntime's default)."""
+    import onnxruntime as ort
 
-    `config` wins over `threads`/`batch_size`; by default max_length is the one the student was trained with.
-    `calibrated`: apply the folder's calibration.json (`lref calibrate`) when it has one and `config` sets no bias."""
-    from lref.models.cross_encoder import CrossEncoderScorer
-    from lref.models.loading import read_manifest
-
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, not {backend!r}")
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise FileNotFoundError(f"student folder {folder} does not exist")
-    manifest = read_manifest(folder)
-    if config is None:
-        config = ScorerConfig(
-            batch_size=batch_size or 32, max_length=_trained_max_length(manifest), top_k=3, num_threads=threads
-        )
-    if calibrated and config.label_bias is None:
-        config = dataclasses.replace(config, label_bias=label_bias_for(folder, scheme_for_model(manifest)))
-    if backend != "torch":
-        return OnnxScorer.from_pretrained(folder, "int8" if backend == "int8" else "fp32", config)
-    if not (folder / "config.json").is_file():  # an export folder: score with the PyTorch model it came from
-        source = ((manifest or {}).get("export") or {}).get("source")
-        if not source or not (Path(source) / "config.json").is_file():
-            raise FileNotFoundError(f"{folder} holds no PyTorch model (and names no source folder that does)")
-        folder = Path(source)
-    return CrossEncoderScorer.from_pretrained(folder, config=config)
+    if variant not in ONNX_FILES:
+        raise ValueError(f"variant must be one of {', '.join(ONNX_FILES)}, not {variant!r}")
+    path = Path(folder) / ONNX_FILES[variant]
+    if not path.is_file():
+        hint = " (exported with --no-quantize? use the fp32 variant)" if variant == "int8" else ""
+        raise FileNotFoundError(f"{path} does not exist{hint}; export the student with `lref export`")
+    options = ort.SessionOptions()
+    if threads is not None:
+        options.intra_op_num_threads = threads
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
-__all__ = ["BACKENDS", "ONNX_FILES", "ExportConfig", "OnnxScorer", "export_student", "load_student"]
+__all__ = ["BACKENDS", "DEFAULT_MAX_LENGTH", "ONNX_FILES", "ExportConfig", "OnnxScorer", "export_student",
+           "onnx_session", "trained_max_length"]

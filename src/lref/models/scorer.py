@@ -1,7 +1,8 @@
 """The label scorer: one forward pass per pair gives the distribution over the scheme's labels (the paper's beam).
 
-Every stage that needs label probabilities (selection, DPO mining, evaluation, teacher labelling) scores through
-:class:`LabelScorer`.
+Every stage that needs label probabilities (selection, DPO mining, evaluation, teacher labelling) scores an LLM
+through :class:`LabelScorer`; every kind of scorer follows the :class:`Scorer` protocol, and
+`lref.models.factory.make_scorer` builds the right one for a model folder.
 
 What is computed
     For each pair, the logit of the *first token* of every verbalised label (``" Exact"``, ``" Partial"``, ...) at
@@ -35,19 +36,19 @@ Example::
 
 from __future__ import annotations
 
-import copy
 import dataclasses
-import inspect
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 
 from lref.data.records import Record
 from lref.device import use_bf16
 from lref.labels import LabelError, LabelScheme, get_scheme
-from lref.predictions import Prediction
+from lref.models.kv_cache import cache_keyword, expand_cache, output_cache
+from lref.predictions import Prediction, ScoreResult
 from lref.prompts import (
     Prompt,
     direct_prompt,
@@ -109,6 +110,23 @@ class ScorerConfig:
             raise ValueError(f"num_threads must be >= 1 or None, got {self.num_threads}")
 
 
+@runtime_checkable
+class Scorer(Protocol):
+    """What every scorer offers (LLM, cross-encoder, ONNX, lexical, vLLM); build one with
+    `lref.models.factory.make_scorer`, which fixes its scheme, match hints and label bias from the model folder.
+
+    `score` keeps the input order (`result.ids` are the records' ids), returns an N x K `ScoreResult` in scheme order
+    whose rows sum to 1, adds `config.label_bias` once, adds match hints only to records that carry none, and
+    returns an empty result for no records."""
+
+    scheme: LabelScheme
+    config: ScorerConfig
+
+    def score(self, records: Sequence[Record]) -> ScoreResult: ...
+
+    def predict(self, records: Sequence[Record]) -> list[Prediction]: ...
+
+
 def for_model(config: ScorerConfig, manifest: dict | None) -> ScorerConfig:
     """`config` with what the model fixes: match hints on exactly when its manifest says it trained with them."""
     return dataclasses.replace(config, match_hints=bool((manifest or {}).get("match_hints")))
@@ -128,7 +146,8 @@ def scheme_for_model(manifest: dict | None, requested: LabelScheme | str | None 
         labels = entry.get("labels") if isinstance(entry, dict) else None
         if labels and tuple(labels) != trained.labels:
             raise LabelError(
-                f"the model's manifest lists labels {labels} for scheme {name!r}, but the preset has {list(trained.labels)}"
+                f"the model's manifest lists labels {labels} for scheme {name!r}, but the preset has "
+                f"{list(trained.labels)}"
             )
     if requested is not None:
         wanted = get_scheme(requested)
@@ -143,67 +162,6 @@ def scheme_for_model(manifest: dict | None, requested: LabelScheme | str | None 
     if default is None:
         raise LabelError("no label scheme: the model has no manifest naming one, so pass a scheme")
     return get_scheme(default)
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    z = logits.astype(np.float64)
-    z = z - z.max(axis=-1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=-1, keepdims=True)
-
-
-@dataclass
-class ScoreResult:
-    """Scores of N pairs over the K labels of a scheme, in input order and scheme order."""
-
-    ids: list[str]
-    labels: tuple[str, ...]
-    logits: np.ndarray
-    """N x K float32: raw logits of the labels' first tokens (after the model's final logit soft-capping)."""
-    top_k: int = 3
-    bias: Sequence[float] | None = None
-    """Added to every row of `logits` on construction (a label-prior calibration); `logits` then hold the sum."""
-    probs: np.ndarray = field(init=False)
-    """N x K float64: softmax over the label logits only (each row sums to 1)."""
-
-    def __post_init__(self) -> None:
-        self.logits = np.asarray(self.logits, dtype=np.float32).reshape(len(self.ids), len(self.labels))
-        if self.bias is not None:
-            if len(self.bias) != len(self.labels):
-                raise ValueError(f"{len(self.bias)} bias values for {len(self.labels)} labels")
-            self.logits = self.logits + np.asarray(self.bias, dtype=np.float32)
-            self.bias = None  # applied once; re-wrapping these logits must not shift them again
-        self.probs = softmax(self.logits)
-        self.top_k = max(1, min(self.top_k, len(self.labels)))
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
-    @property
-    def topk_indices(self) -> np.ndarray:
-        """N x k label indices in decreasing probability (ties: scheme order)."""
-        order = np.argsort(-self.probs, axis=1, kind="stable")
-        return order[:, : self.top_k]
-
-    @property
-    def predicted(self) -> list[str]:
-        """The top-1 label of every pair."""
-        return [self.labels[i] for i in self.probs.argmax(axis=1)]
-
-    def topk_labels(self) -> list[list[str]]:
-        return [[self.labels[j] for j in row] for row in self.topk_indices]
-
-    def predictions(self) -> list[Prediction]:
-        topk = self.topk_indices
-        return [
-            Prediction(
-                id=pid,
-                label=self.labels[int(row[0])],
-                probs={label: float(p) for label, p in zip(self.labels, probs)},
-                topk=[self.labels[int(j)] for j in row],
-            )
-            for pid, probs, row in zip(self.ids, self.probs, topk)
-        ]
 
 
 class LabelScorer:
@@ -341,40 +299,18 @@ class LabelScorer:
                 bar.update(len(batch))
 
     def _decoder_call(self):
-        """The decoder body and the name of its cache keyword (`cache` in transformers >= 5.2x, else
-        `past_key_values`)."""
+        """The decoder body and the name of its cache keyword."""
         decoder = self.model.get_decoder() if hasattr(self.model, "get_decoder") else self.model.model
-        params = inspect.signature(decoder.forward).parameters
-        cache_kw = "cache" if "cache" in params else "past_key_values"
-        return decoder, cache_kw
+        return decoder, cache_keyword(decoder)
 
-    def _prefix_cache(self, decoder, cache_kw: str, prefix_ids: tuple[int, ...]):
+    def _prefix_cache(self, decoder, prefix_ids: tuple[int, ...]):
         import torch
 
         # Computed afresh in every `score` call (a few ms), so a model trained between calls never meets a stale cache.
         input_ids = torch.tensor([prefix_ids], device=self.model.device)
-        output = decoder(input_ids=input_ids, use_cache=True)
-        cache = getattr(output, "cache", None)
-        if cache is None:
-            cache = output.past_key_values
+        cache = output_cache(decoder(input_ids=input_ids, use_cache=True))
         self._prefix_caches[prefix_ids] = cache  # kept until the next call, for inspection
         return cache
-
-    @staticmethod
-    def _expand_cache(cache, batch_size: int):
-        """A copy of `cache` whose layers see the prefix keys/values broadcast to `batch_size` rows (views, no
-        copy). The copy's layers get new tensors on update, so the shared prefix cache is never mutated."""
-        batch_cache = copy.copy(cache)
-        layers = []
-        for layer in cache.layers:
-            clone = copy.copy(layer)
-            keys = getattr(layer, "keys", None)
-            if keys is not None and keys.dim() == 4:
-                clone.keys = keys.expand(batch_size, -1, -1, -1)
-                clone.values = layer.values.expand(batch_size, -1, -1, -1)
-            layers.append(clone)
-        batch_cache.layers = layers
-        return batch_cache
 
     def _score_fast(self, encoded, out: np.ndarray) -> None:
         import torch
@@ -391,7 +327,7 @@ class LabelScorer:
             for prefix_ids, members in groups.items():
                 members.sort(key=lambda i: -len(encoded[i][1]))
                 n_prefix = len(prefix_ids)
-                cache = self._prefix_cache(decoder, cache_kw, prefix_ids) if n_prefix else None
+                cache = self._prefix_cache(decoder, prefix_ids) if n_prefix else None
                 for batch in self._batches(members):
                     pairs = [encoded[i][1] for i in batch]
                     lengths = torch.tensor([len(p) for p in pairs])
@@ -408,7 +344,10 @@ class LabelScorer:
                     position_ids = torch.arange(n_prefix, n_prefix + width).unsqueeze(0).expand(rows, -1)
                     kwargs = {}
                     if cache is not None:
-                        kwargs[cache_kw] = self._expand_cache(cache, rows)
+                        kwargs[cache_kw] = expand_cache(cache, rows)
+                        if kwargs[cache_kw] is None:
+                            raise ValueError("this model's KV cache layout is not supported by the fast path; score "
+                                             "with ScorerConfig(fast=False)")
                     hidden = decoder(
                         input_ids=input_ids.to(device),
                         attention_mask=mask.to(device),

@@ -1,8 +1,9 @@
 """Optional vLLM backend for scoring and generation on a GPU, behind the scorer interface (`.scheme`,
 `.score(records) -> ScoreResult`, `.predict(records)`).
 
-Install with ``pip install 'lref[vllm]'`` on a machine with a CUDA GPU. :func:`make_scorer` picks the backend:
-``auto`` uses vLLM when it is installed and a GPU is present, else the torch :class:`LabelScorer`.
+Install with ``pip install 'lref[vllm]'`` on a machine with a CUDA GPU. `lref.models.factory.make_scorer` picks the
+backend (:func:`resolve_backend`): ``auto`` uses vLLM when it is installed and a GPU is present, else the torch
+:class:`LabelScorer`.
 
 How it scores
     The same prompt tokens as :class:`~lref.models.scorer.LabelScorer` (its own encoder: direct prompt, prefix never
@@ -27,14 +28,9 @@ from pathlib import Path
 import numpy as np
 
 from lref.data.records import Record
-from lref.labels import LabelScheme
-from lref.models.scorer import (
-    LabelScorer,
-    ScorerConfig,
-    ScoreResult,
-    for_model,
-    scheme_for_model,
-)
+from lref.labels import LabelScheme, get_scheme
+from lref.models.scorer import LabelScorer, ScorerConfig
+from lref.predictions import ScoreResult
 from lref.prompts import Prompt, direct_prompt, with_match_hints
 
 BACKENDS = ("auto", "torch", "vllm")
@@ -76,12 +72,13 @@ def _export_for_vllm(folder: Path) -> tuple[Path, Path | None]:
 class VLLMScorer:
     """Label probabilities from vLLM; the same interface and numbers (to GPU precision) as LabelScorer.
 
-    Raises BackendUnavailable at construction when vLLM is missing or there is no GPU."""
+    `scheme` and `config` are used as given (`lref.models.factory.make_scorer` reads them from the model's manifest
+    and calibration). Raises BackendUnavailable at construction when vLLM is missing or there is no GPU."""
 
     def __init__(
         self,
         model: str | Path,
-        scheme: LabelScheme | str | None = None,
+        scheme: LabelScheme | str,
         config: ScorerConfig | None = None,
         prompt_fn=direct_prompt,
         *,
@@ -96,13 +93,11 @@ class VLLMScorer:
         from transformers import AutoTokenizer
         from vllm import LLM
 
-        from lref.models.loading import read_manifest
         from lref.models.zoo import resolve_model
 
         folder = resolve_model(model)
-        manifest = read_manifest(folder)
-        self.scheme = scheme_for_model(manifest, scheme)
-        self.config = for_model(config or ScorerConfig(), manifest)
+        self.scheme = get_scheme(scheme)
+        self.config = config or ScorerConfig()
         self.prompt_fn = prompt_fn
         self._model_folder, self._tmp = _export_for_vllm(Path(folder))
         tokenizer = AutoTokenizer.from_pretrained(str(self._model_folder))
@@ -177,21 +172,3 @@ def resolve_backend(backend: str) -> str:
         if reason:
             raise BackendUnavailable(reason)
     return backend
-
-
-def make_scorer(
-    model: str | Path,
-    scheme: LabelScheme | str | None = None,
-    config: ScorerConfig | None = None,
-    backend: str = "auto",
-    prompt_fn=direct_prompt,
-):
-    """A scorer for `model` (zoo name, folder or adapter): VLLMScorer or LabelScorer, as `backend` says.
-    The scheme defaults to the model's manifest."""
-    if resolve_backend(backend) == "vllm":
-        return VLLMScorer(model, scheme, config, prompt_fn)
-    from lref.models.loading import load_causal_lm
-
-    lm, tokenizer, manifest = load_causal_lm(model)
-    return LabelScorer(lm, tokenizer, scheme_for_model(manifest, scheme), for_model(config or ScorerConfig(), manifest),
-                       prompt_fn)

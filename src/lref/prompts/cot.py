@@ -7,6 +7,7 @@ trained on both.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from lref.data.records import Record
@@ -62,5 +63,33 @@ def cot_completion(explanation: Any, scheme: LabelScheme) -> str:
     return " " + explanation.text(scheme)
 
 
-__all__ = ["ANALYSIS_CUE", "COT_PROMPT_VERSION", "REFLECTION_CUE", "TASKS", "TASK_MARKERS", "cot_completion",
-           "cot_instruction", "cot_prompt"]
+ANSWER_PATTERN = re.compile(r"(?:relevance|grade|label|answer)\s*[:=]\s*\**\s*([\w'-]+)", re.IGNORECASE)
+"""An answer line: "Relevance: X" (or grade, label, answer)."""
+
+
+def parse_label(text: str | None, scheme: LabelScheme) -> str | None:
+    """The grade an answer ends in: the last 'Relevance: X' (or grade/label/answer), else a last line that is only a
+    grade word. Accepts words and label names, case-insensitively. None when there is none."""
+    if not text:
+        return None
+    lookup = {word.lower(): label for label, word in zip(scheme.labels, scheme.words)}
+    lookup.update({label.lower(): label for label in scheme.labels})
+    for match in reversed(list(ANSWER_PATTERN.finditer(text))):
+        label = lookup.get(match.group(1).strip("*'\".").lower())
+        if label is not None:
+            return label
+    lines = [line.strip(" *.\"'`") for line in text.strip().splitlines() if line.strip()]
+    return lookup.get(lines[-1].lower()) if lines else None
+
+
+def strip_answer(text: str) -> str:
+    """The reasoning without its trailing answer line(s)."""
+    lines = text.strip().splitlines()
+    while lines and (ANSWER_PATTERN.search(lines[-1]) or not lines[-1].strip()):
+        lines.pop()
+    return "\n".join(lines).strip()
+
+
+
+__all__ = ["ANALYSIS_CUE", "ANSWER_PATTERN", "COT_PROMPT_VERSION", "REFLECTION_CUE", "TASKS", "TASK_MARKERS",
+           "cot_completion", "cot_instruction", "cot_prompt", "parse_label", "strip_answer"]

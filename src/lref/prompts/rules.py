@@ -166,7 +166,8 @@ def parse_rules(text: str, path: str | None = None, scheme: LabelScheme | str | 
         except LabelError as error:
             raise RuleFileError(str(error), path=path, line=_line(name_node)) from None
         if scheme is not None and get_scheme(scheme).name != file_scheme.name:
-            raise RuleFileError(f"the rules are written for scheme {file_scheme.name!r}, not {get_scheme(scheme).name!r}",
+            raise RuleFileError(f"the rules are written for scheme {file_scheme.name!r}, "
+                                f"not {get_scheme(scheme).name!r}",
                                 path=path, line=_line(name_node))
     elif scheme is not None:
         file_scheme = get_scheme(scheme)
@@ -192,7 +193,8 @@ def parse_rules(text: str, path: str | None = None, scheme: LabelScheme | str | 
             raise RuleFileError(f"rule {values['id']!r}: level {values['level']!r} is not one of {', '.join(LEVELS)}",
                                 path=path, line=_line(fields_["level"]))
         if "check" in values and values["check"] not in CHECKS:
-            raise RuleFileError(f"rule {values['id']!r}: unknown check {values['check']!r} (known: {', '.join(CHECKS)})",
+            raise RuleFileError(f"rule {values['id']!r}: unknown check {values['check']!r} "
+                                f"(known: {', '.join(CHECKS)})",
                                 path=path, line=_line(fields_["check"]))
         rules.append(Rule(line=_line(rule_node), **values))
     return RuleSet(
@@ -225,3 +227,16 @@ def load_rules(name_or_path: str | Path, scheme: LabelScheme | str | None = None
 def default_rules(scheme: LabelScheme | str) -> RuleSet:
     """The shipped default rule set of a preset scheme."""
     return load_rules(get_scheme(scheme).name)
+
+
+def load_rule_set(rules: str | Path | RuleSet | None, scheme: LabelScheme | str) -> RuleSet:
+    """The RA rules: a RuleSet as given, a rule file or shipped set name (`load_rules`), or the scheme's default set
+    (None)."""
+    if isinstance(rules, RuleSet):
+        return rules
+    return default_rules(scheme) if rules is None else load_rules(rules, scheme)
+
+
+def rules_reference(rules: RuleSet | None) -> str | None:
+    """How a manifest names a rule set: its source file, else its name (None without rules)."""
+    return None if rules is None else (rules.source or rules.name)

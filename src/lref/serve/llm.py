@@ -115,7 +115,8 @@ def create_app(chat_model: ChatModel, served_name: str, default_max_tokens: int 
     @app.exception_handler(RequestValidationError)
     async def invalid_body(request: Request, error: RequestValidationError) -> JSONResponse:
         problems = "; ".join(
-            f"{'.'.join(str(p) for p in item.get('loc', ())[1:]) or 'body'}: {item.get('msg')}" for item in error.errors()
+            f"{'.'.join(str(p) for p in item.get('loc', ())[1:]) or 'body'}: {item.get('msg')}"
+            for item in error.errors()
         )
         return _error(422, f"invalid request: {problems}")
 

@@ -36,7 +36,9 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from lref.data.records import Record
 from lref.labels import LabelScheme
+from lref.models.factory import load_student
 from lref.models.onnx import BACKENDS
+from lref.predictions import softmax
 
 logger = logging.getLogger(__name__)
 
@@ -94,8 +96,6 @@ def _label_bias(scorer, scheme: LabelScheme) -> dict[str, float] | None:
 
 def load_scorer(config: ServeStudentConfig):
     """The student scorer for `config.backend`: anything with `.scheme` and `.score(records) -> ScoreResult`."""
-    from lref.models.onnx import load_student
-
     return load_student(config.model, backend=config.backend, threads=config.threads,
                         batch_size=config.micro_batch_size, calibrated=config.calibrated)
 
@@ -374,8 +374,6 @@ class RequestMetrics:
 
 def relevance_results(logits: np.ndarray, scheme: LabelScheme) -> list[dict[str, Any]]:
     """Label, per-grade probabilities (scheme order) and expected grade of every row of N x K logits."""
-    from lref.models.scorer import softmax
-
     probs = softmax(np.asarray(logits, dtype=np.float32).reshape(-1, len(scheme)))
     expected = probs @ np.asarray(scheme.ratings, dtype=np.float64)
     return [

@@ -7,26 +7,27 @@ Three tasks (`TASKS`), each with its own prompt (`cot_prompt`):
 * **RA**, Rule Adherence: (business rules, query, product) -> an analysis that applies the rules and cites their ids
   -> the label (the rules sit in the prompt prefix, so they are shared by every pair);
 * **DR**, Decision Reflection: (a wrong decision, query, product) -> why it is wrong -> the correct label. Wrong
-  decisions are sampled per pair (`sample_wrong_label`), a share `over_estimate_share` of them more relevant than
-  gold (LLM judges over-estimate); DR's pairs are drawn with the gold-label mix that makes this share reachable
-  (`wrong_decision_plan`).
+  decisions are sampled per pair (`lref.teachers.decisions.sample_wrong_label`), a share `over_estimate_share` of
+  them more relevant than gold (LLM judges over-estimate); DR's pairs are drawn with the gold-label mix that makes
+  this share reachable (`lref.teachers.decisions.wrong_decision_plan`).
 
 Every CoT prompt starts with its own task marker, never with the direct prompt's instruction, and every CoT
 completion ends with the direct format's answer cue and label (`" ... \\nRelevance: Exact"` + EOS). Each stage also
-trains on plain direct examples (prompt -> label, exactly as `lref.stages.sft` does), a share `direct_share` of its
+trains on plain direct examples (prompt -> label, exactly as the SFT stage does), a share `direct_share` of its
 examples, so the fast direct scorer keeps working after the CoT stages.
 
 Teacher texts come from a :class:`lref.teachers.base.Teacher` and are cached in ``output_dir/teacher_<task>.jsonl``
-(`teach`), so a re-run never asks again. For EE and RA an explanation whose label differs from the human label is
-not used (its reasoning argues for another grade); the stage keeps asking for further pairs until it has
-`<task>_samples` usable ones, or fails with a DataError saying how many it found.
+(`lref.teachers.cache.teach`), so a re-run never asks again. For EE and RA an explanation whose label differs from
+the human label is not used (its reasoning argues for another grade); the stage keeps asking for further pairs until
+it has `<task>_samples` usable ones, or fails with a DataError saying how many it found.
 
-The stages run in order, each a LoRA on top of the previous one's merged adapter (`train_sft_examples`), into
-``output_dir/ee``, ``ra``, ``dr``. A stage whose folder holds a finished adapter with the same inputs (the previous
-stage, the examples, the training settings) is skipped; an unfinished one continues from its last checkpoint.
+The stages run in order, each a LoRA on top of the previous one's merged adapter
+(`lref.training.lora.train_sft_examples`), into ``output_dir/ee``, ``ra``, ``dr``. A stage whose folder holds a
+finished adapter with the same inputs (the previous stage, the examples, the training settings) is skipped; an
+unfinished one continues from its last checkpoint.
 
 Inference: ``direct`` is the label scorer (`lref predict`); ``cot`` generates the analysis and parses the label
-(`generate_predictions`), falling back to the direct scorer's label when the text has none.
+(`lref.models.generation.generate_predictions`), falling back to the direct scorer's label when the text has none.
 
     >>> from lref.stages.cot import CoTConfig
     >>> config = CoTConfig(model="runs/sft/adapter", output_dir="runs/cot")
@@ -36,37 +37,52 @@ Inference: ``direct`` is the label scorer (`lref predict`); ``cot`` generates th
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import random
 import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from lref.data.records import DataError, Record
-from lref.device import use_bf16
+from lref.data.validation import validate_records
+from lref.fingerprint import settings_of, sha256_json
+from lref.io import write_json
 from lref.labels import CLASS_BALANCE, LabelScheme, get_scheme
-from lref.predictions import Prediction
-from lref.prompts import PAIR_TAIL_TOKENS, match_hint_manifest, records_for_model
+from lref.models.loading import read_manifest
+from lref.models.scorer import scheme_for_model
+from lref.models.zoo import resolve_model, stored_model_reference
+from lref.prompts import match_hint_manifest, records_for_model
 from lref.prompts.cot import COT_PROMPT_VERSION, TASKS, cot_completion, cot_prompt
-from lref.prompts.rules import RuleSet, default_rules, load_rules
-from lref.stages.sft import SFTStageConfig, TextExample, direct_example, examples_hash
-from lref.teachers.base import TEACHER_PROMPT_VERSION, Explanation, Teacher, parse_label
-from lref.training import BF16_HELP, check_training_fields
+from lref.prompts.rules import RuleSet, load_rule_set, rules_reference
+from lref.teachers.base import Teacher
+from lref.teachers.cache import TEACHER_FILE, teach
+from lref.teachers.decisions import sample_wrong_label, wrong_decision_plan
+from lref.teachers.registry import DEFAULT_TEACHER_URL, check_teacher, make_teacher
+from lref.training.examples import TextExample, direct_example, examples_hash
+from lref.training.lora import LoraTrainingConfig, train_sft_examples
+from lref.training.run_guard import last_checkpoint
+from lref.training.settings import (
+    LoraSettings,
+    TrainingSettings,
+    check_training_fields,
+    settings_values,
+    with_default,
+)
 
 logger = logging.getLogger(__name__)
 
-TEACHERS = ("rules", "openai", "local")
 REPORT_NAME = "cot_report.json"
-TEACHER_FILE = "teacher_{task}.jsonl"
+
 
 @dataclass
-class CoTConfig:
+class CoTConfig(LoraSettings, TrainingSettings):
     """Settings of the Multi-CoT stage. Every field's help text also feeds the command line (`lref cot`)."""
+
+    FINGERPRINT_ADDED_FIELDS: ClassVar[tuple[str, ...]] = ("epochs", "weight_decay")
+    """Training settings this config gained with the shared `TrainingSettings` (`lref.fingerprint.ADDED_FIELDS`)."""
 
     model: str = field(
         default="runs/sft/adapter",
@@ -93,7 +109,7 @@ class CoTConfig:
                   "(local, default gemma-3-270m)."},
     )
     teacher_url: str = field(
-        default="http://127.0.0.1:8000/v1", metadata={"help": "Base URL of the openai teacher's API, with /v1."}
+        default=DEFAULT_TEACHER_URL, metadata={"help": "Base URL of the openai teacher's API, with /v1."}
     )
     rules: str | None = field(
         default=None,
@@ -133,24 +149,6 @@ class CoTConfig:
                   "rest are less relevant). DR draws its pairs with the gold-label mix that makes this share "
                   "reachable, since a top-grade pair can only be under-estimated."},
     )
-    lora_r: int = field(default=16, metadata={"help": "LoRA rank of every stage."})
-    lora_alpha: int = field(default=32, metadata={"help": "LoRA scaling alpha."})
-    lora_dropout: float = field(default=0.05, metadata={"help": "Dropout on the LoRA branch."})
-    target_modules: str | list[str] = field(
-        default="all-linear", metadata={"help": "Modules that get LoRA: 'all-linear' or a list of module names."}
-    )
-    learning_rate: float = field(default=1e-4, metadata={"help": "Peak learning rate of every stage (linear decay)."})
-    max_steps: int = field(
-        default=-1, metadata={"help": "Stop every stage after this many optimizer steps (-1: run its epochs)."}
-    )
-    batch_size: int = field(default=8, metadata={"help": "Examples per forward pass."})
-    grad_accum: int = field(default=1, metadata={"help": "Forward passes accumulated per optimizer step."})
-    max_length: int = field(
-        default=1024,
-        metadata={"help": "Longest example in tokens (RA prompts carry the rules); longer pairs lose the middle of "
-                  "their product text."},
-    )
-    warmup_ratio: float = field(default=0.05, metadata={"help": "Fraction of the steps spent warming up the rate."})
     class_balance: str = field(
         default="none",
         metadata={"help": "Per-example loss weights by gold label frequency, as in SFT: 'none', 'sqrt' or 'inverse'. "
@@ -162,24 +160,25 @@ class CoTConfig:
         metadata={"help": "Batch examples that share an instruction (direct, EE, RA, DR) together, so batches take "
                   "the shared-prefix fast path; off: shuffle them all together."},
     )
-    save_steps: int = field(default=100, metadata={"help": "Write a resumable checkpoint every this many steps."})
-    save_total_limit: int = field(default=2, metadata={"help": "Checkpoints kept on disk per stage."})
-    seed: int = field(default=0, metadata={"help": "Seed for sampling pairs and wrong decisions, LoRA and shuffling."})
-    resume: bool = field(
-        default=True,
-        metadata={"help": "Skip stages already finished with the same inputs and continue an unfinished stage from "
-                  "its last checkpoint; off: refuse an output folder that holds a run."},
+    # training settings whose default or meaning differs here
+    lora_r: int = with_default("lora_r", 16, help="LoRA rank of every stage.")
+    learning_rate: float = with_default("learning_rate", 1e-4, help="Peak learning rate of every stage (linear decay).")
+    epochs: float | None = with_default(
+        "epochs", None, help="Not used: each stage has its own epochs (ee_epochs, ra_epochs, dr_epochs); leave unset."
     )
-    threads: int | None = field(default=None, metadata={"help": "CPU threads for torch (default: torch's choice)."})
-    use_cpu: bool | None = field(
-        default=None, metadata={"help": "Train on the CPU (default: CPU unless a CUDA device is available)."}
+    max_steps: int = with_default(
+        "max_steps", -1, help="Stop every stage after this many optimizer steps (-1: run its epochs)."
     )
-    bf16: bool | None = field(
-        default=None,
-        metadata={"help": BF16_HELP},
+    max_length: int = with_default(
+        "max_length", 1024, help="Longest example in tokens (RA prompts carry the rules); longer pairs lose the middle "
+        "of their product text."
     )
-    logging_steps: int = field(default=10, metadata={"help": "Log the training loss every this many steps."})
-    progress: bool = field(default=True, metadata={"help": "Show progress bars."})
+    save_total_limit: int = with_default("save_total_limit", 2, help="Checkpoints kept on disk per stage.")
+    seed: int = with_default("seed", 0, help="Seed for sampling pairs and wrong decisions, LoRA and shuffling.")
+    resume: bool = with_default(
+        "resume", True, help="Skip stages already finished with the same inputs and continue an unfinished stage from "
+        "its last checkpoint; off: refuse an output folder that holds a run."
+    )
 
     def __post_init__(self) -> None:
         if isinstance(self.stages, str):
@@ -190,10 +189,9 @@ class CoTConfig:
             raise ValueError(f"stages must be a non-empty subset of {', '.join(TASKS)}, not {self.stages}")
         if self.stages != [task for task in TASKS if task in self.stages]:
             raise ValueError(f"stages run in the order ee, ra, dr without repeats, not {', '.join(self.stages)}")
-        if self.teacher not in TEACHERS:
-            raise ValueError(f"unknown teacher {self.teacher!r}: choose one of {', '.join(TEACHERS)}")
-        if self.teacher == "openai" and not self.teacher_model:
-            raise ValueError("the openai teacher needs teacher_model: the model name its endpoint serves")
+        check_teacher(self.teacher, self.teacher_model)
+        if self.epochs is not None:
+            raise ValueError("CoT stages have their own epochs: set ee_epochs, ra_epochs or dr_epochs, not epochs")
         if not 0 <= self.direct_share < 1:
             raise ValueError(f"direct_share must lie in [0, 1), not {self.direct_share}")
         if not 0 <= self.over_estimate_share <= 1:
@@ -206,172 +204,16 @@ class CoTConfig:
             if getattr(self, f"{task}_epochs") <= 0:
                 raise ValueError(f"{task}_epochs must be positive, not {getattr(self, f'{task}_epochs')}")
         check_training_fields(self, ("lora_r", "batch_size", "grad_accum", "save_steps", "logging_steps", "max_length"))
-        if isinstance(self.target_modules, tuple):
-            self.target_modules = list(self.target_modules)
 
-    def sft_config(self, task: str, model: str) -> SFTStageConfig:
-        """The SFT settings of one stage: the shared training fields, its epochs, model and folder."""
-        shared = {f.name: getattr(self, f.name) for f in fields(SFTStageConfig) if hasattr(self, f.name)}
-        shared.update(model=model, output_dir=str(Path(self.output_dir) / task), epochs=getattr(self, f"{task}_epochs"))
-        return SFTStageConfig(**shared)
-
-
-def sample_wrong_label(record: Record, scheme: LabelScheme, over_probability: float, seed: int = 0) -> str:
-    """A wrong decision for DR, fixed per (seed, pair id): with probability `over_probability` a grade more relevant
-    than gold (an over-estimate), else a less relevant one; when only one side exists, that side."""
-    gold = scheme.parse(record.label)
-    index = scheme.index(gold)
-    more, less = list(scheme.labels[:index]), list(scheme.labels[index + 1 :])
-    rng = random.Random(f"{seed}:{record.id}")
-    side = more if more and (not less or rng.random() < over_probability) else less
-    return rng.choice(side)
-
-
-def wrong_decision_plan(
-    labels: Sequence[str], scheme: LabelScheme, over_estimate_share: float
-) -> tuple[dict[str, float], dict[str, float]]:
-    """How DR reaches `over_estimate_share`: the gold-label mix of its pairs and, per gold grade, the probability that
-    its wrong decision over-estimates (for `sample_wrong_label`). A top-grade pair can only be under-estimated and a
-    bottom-grade one only over-estimated, so keeping the pool's label mix would cap the share (at 53 % on Home Depot,
-    where 47 % of pairs are Exact). Instead the over-estimates are spread over the grades that allow one in
-    proportion to the pool, and the under-estimates likewise."""
-    mix = Counter(labels)
-    pool = {label: n / len(labels) for label, n in mix.items()}
-    can_over = {label: p for label, p in pool.items() if scheme.index(label) > 0}
-    can_under = {label: p for label, p in pool.items() if scheme.index(label) < len(scheme.labels) - 1}
-    share = 0.0 if not can_over else 1.0 if not can_under else over_estimate_share
-    over = {label: share * p / sum(can_over.values()) for label, p in can_over.items()}
-    under = {label: (1 - share) * p / sum(can_under.values()) for label, p in can_under.items()}
-    weights = {label: over.get(label, 0.0) + under.get(label, 0.0) for label in pool}
-    probability = {label: over.get(label, 0.0) / w if w else 0.0 for label, w in weights.items()}
-    return weights, probability
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-# Teachers and their cached texts
-
-
-def make_teacher(
-    name: str,
-    *,
-    model: str | None = None,
-    base_url: str = "http://127.0.0.1:8000/v1",
-    cache_path: str | Path | None = None,
-    records: Sequence[Record] = (),
-    progress: bool = True,
-) -> Teacher:
-    """A teacher by name. `rules` learns brands from `records`; `openai` keeps its SQLite cache at `cache_path`."""
-    if name == "rules":
-        from lref.teachers.rules import RulesTeacher
-
-        return RulesTeacher().fit(records)
-    if name == "openai":
-        from lref.teachers.openai import OpenAITeacher, OpenAITeacherConfig
-
-        return OpenAITeacher(OpenAITeacherConfig(
-            base_url=base_url, model=model or "", cache_path=str(cache_path) if cache_path else None, progress=progress,
-        ))
-    if name == "local":
-        from lref.teachers.local import LocalTeacher, LocalTeacherConfig
-
-        return LocalTeacher(LocalTeacherConfig(model=model or "gemma-3-270m", progress=progress))
-    raise ValueError(f"unknown teacher {name!r}: choose one of {', '.join(TEACHERS)}")
-
-
-def _rules_reference(rules: RuleSet | None) -> str | None:
-    return None if rules is None else (rules.source or rules.name)
-
-
-def teacher_key(task: str, teacher: str, record: Record, wrong_label: str | None, rules: RuleSet | None) -> str:
-    """Cache key of one teacher answer: the task, the teacher and its text version, the pair, its label, the wrong
-    decision, the rules."""
-    rules_text = rules.describe() if (rules is not None and task == "ra") else None
-    payload = [task, teacher, TEACHER_PROMPT_VERSION, record.id, record.query, record.title, record.brand,
-               record.description, record.label, wrong_label, rules_text]
-    return hashlib.sha256(json.dumps(payload, ensure_ascii=False, default=str).encode()).hexdigest()
-
-
-def read_teacher_file(path: str | Path) -> dict[str, Explanation]:
-    """The cached answers of a teacher file (JSONL of Explanation fields plus `key`), by key."""
-    path = Path(path)
-    cached: dict[str, Explanation] = {}
-    if not path.is_file():
-        return cached
-    for row, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            item = json.loads(line)
-            cached[item["key"]] = Explanation.from_dict(item)
-        except (json.JSONDecodeError, KeyError, TypeError) as error:
-            raise DataError(f"unreadable teacher cache line ({error}); delete the file to regenerate",
-                            path=str(path), row=row) from None
-    return cached
-
-
-def teach(
-    teacher: Teacher,
-    task: str,
-    records: Sequence[Record],
-    scheme: LabelScheme,
-    *,
-    rules: RuleSet | None = None,
-    wrong_labels: Sequence[str] | None = None,
-    cache_path: str | Path | None = None,
-    chunk_size: int = 32,
-    progress: bool = True,
-) -> tuple[list[Explanation], dict[str, Any]]:
-    """One teacher explanation per record, in input order, reading and extending the JSONL cache at `cache_path`.
-
-    New answers are asked for in chunks of `chunk_size`; the cache file is rewritten (atomically) after each, so an
-    interrupted run loses at most one chunk. Returns the explanations and counts: requested, cache_hits, generated,
-    failed (no parsable label), seconds, pairs_per_s (generated pairs per second of teacher time), hit_rate.
-    """
-    from tqdm.auto import tqdm
-
-    from lref.io import write_jsonl
-
-    if task not in TASKS:
-        raise ValueError(f"unknown task {task!r}: choose one of {', '.join(TASKS)}")
-    if task == "ra" and rules is None:
-        raise ValueError("RA needs a rule set")
-    if task == "dr" and (wrong_labels is None or len(wrong_labels) != len(records)):
-        raise ValueError("DR needs one wrong decision per record")
-    wrong = list(wrong_labels) if task == "dr" else [None] * len(records)
-    keys = [teacher_key(task, teacher.name, r, w, rules) for r, w in zip(records, wrong)]
-    cached = read_teacher_file(cache_path) if cache_path else {}
-    missing = [i for i, key in enumerate(keys) if key not in cached]
-    hits = len(records) - len(missing)
-    seconds = 0.0
-    with tqdm(total=len(missing), desc=f"teacher {teacher.name} {task}", unit="pair",
-              disable=not progress or not missing) as bar:
-        for start in range(0, len(missing), chunk_size):
-            chunk = missing[start : start + chunk_size]
-            batch = [records[i] for i in chunk]
-            started = time.perf_counter()
-            if task == "ee":
-                answers = teacher.explain(batch, scheme)
-            elif task == "ra":
-                answers = teacher.apply_rules(batch, rules)
-            else:
-                answers = teacher.reflect(batch, [wrong[i] for i in chunk], scheme)
-            seconds += time.perf_counter() - started
-            for i, answer in zip(chunk, answers):
-                cached[keys[i]] = answer
-            if cache_path:
-                write_jsonl(cache_path, ({"key": key, **value.to_dict()} for key, value in cached.items()))
-            bar.update(len(chunk))
-    out = [cached[key] for key in keys]
-    stats = {
-        "requested": len(records),
-        "cache_hits": hits,
-        "generated": len(missing),
-        "failed": sum(not explanation.ok for explanation in out),
-        "seconds": round(seconds, 3),
-        "pairs_per_s": round(len(missing) / seconds, 2) if seconds > 0 else None,
-        "hit_rate": round(hits / len(records), 4) if records else None,
-    }
-    return out, stats
+    def stage_config(self, task: str, model: str) -> LoraTrainingConfig:
+        """The LoRA training of one stage: this config's training and LoRA settings, the stage's epochs, its model
+        (the previous stage's) and folder; direct examples follow `soft_labels`."""
+        return LoraTrainingConfig(**{
+            **settings_values(self, TrainingSettings, LoraSettings),
+            "epochs": getattr(self, f"{task}_epochs"), "model": model, "scheme": self.scheme,
+            "output_dir": str(Path(self.output_dir) / task), "class_balance": self.class_balance,
+            "soft_labels": self.soft_labels,
+        })
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -495,30 +337,22 @@ def direct_count(cot_count: int, direct_share: float) -> int:
 # Entry point
 
 
-def _model_identity(model: str) -> dict[str, Any]:
+def model_identity(model: str) -> dict[str, Any]:
     """What identifies the starting model for the skip check: its reference and, for an lref folder, its manifest."""
-    from lref.models.loading import read_manifest
-    from lref.models.zoo import stored_model_reference
-
     reference = stored_model_reference(model)
     manifest = read_manifest(reference) if Path(reference).is_dir() else None
     keys = ("data_hash", "created", "cot")
     return {"model": reference, **({k: manifest.get(k) for k in keys} if manifest else {})}
 
 
-def _inputs_hash(previous: dict[str, Any], examples: Sequence[TextExample], sft: SFTStageConfig) -> str:
-    settings = {k: v for k, v in asdict(sft).items()
-                if k not in ("model", "output_dir", "resume", "threads", "progress", "use_cpu", "logging_steps",
-                             "save_steps", "save_total_limit")}
-    payload = json.dumps([previous, examples_hash(examples), settings, COT_PROMPT_VERSION], sort_keys=True, default=str)
-    return hashlib.sha256(payload.encode()).hexdigest()
+RUN_ONLY = ("model", "output_dir", "use_cpu", "save_steps", "save_total_limit")
+"""Stage settings left out of a stage's inputs hash besides the output-neutral ones: the model and folder (the
+previous stage's identity stands for them) and where and how often it checkpoints."""
 
 
-def load_rule_set(rules: str | RuleSet | None, scheme: LabelScheme) -> RuleSet:
-    """The RA rules: a RuleSet, a rule file or shipped set name, or the scheme's default set (None)."""
-    if isinstance(rules, RuleSet):
-        return rules
-    return default_rules(scheme) if rules is None else load_rules(rules, scheme)
+def inputs_hash(previous: dict[str, Any], examples: Sequence[TextExample], stage: LoraTrainingConfig) -> str:
+    """What a finished stage is matched on: the previous stage, the examples, the training settings, the prompts."""
+    return sha256_json([previous, examples_hash(examples), settings_of(stage, RUN_ONLY), COT_PROMPT_VERSION])
 
 
 def train_cot(
@@ -529,13 +363,6 @@ def train_cot(
     return {task: adapter folder}. `direct_pool`: the training pairs before selection, which the direct examples are
     drawn from when `config.direct_from_pool` is on. `teacher` overrides the one named in the config (e.g. an
     already built one)."""
-    from lref.data.validation import validate_records
-    from lref.io import write_json
-    from lref.models.loading import read_manifest
-    from lref.models.scorer import scheme_for_model
-    from lref.models.zoo import resolve_model
-    from lref.stages.sft import last_checkpoint, train_sft_examples
-
     started = time.perf_counter()
     scheme = get_scheme(config.scheme)
     rules = load_rule_set(config.rules, scheme) if "ra" in config.stages else None
@@ -555,12 +382,12 @@ def train_cot(
                                cache_path=output_dir / "teacher_cache.sqlite", records=records,
                                progress=config.progress)
 
-    report: dict[str, Any] = {"teacher": teacher.name, "rules": _rules_reference(rules), "n_records": len(records),
+    report: dict[str, Any] = {"teacher": teacher.name, "rules": rules_reference(rules), "n_records": len(records),
                               "n_direct_pool": len(direct_source) if direct_source is not records else None,
                               "config": asdict(config), "stages": {}}
     adapters: dict[str, Path] = {}
     model = config.model
-    previous = _model_identity(config.model)
+    previous = model_identity(config.model)
     for task in config.stages:
         stage_started = time.perf_counter()
         count = getattr(config, f"{task}_samples")
@@ -571,11 +398,11 @@ def train_cot(
         direct = direct_examples(direct_source, scheme, direct_count(len(cot), config.direct_share),
                                  config.seed + 1 + TASKS.index(task), config.soft_labels)
         examples = cot + direct
-        sft = config.sft_config(task, model)
-        inputs_hash = _inputs_hash(previous, examples, sft)
-        stage_dir = Path(sft.output_dir)
+        stage = config.stage_config(task, model)
+        stage_hash = inputs_hash(previous, examples, stage)
+        stage_dir = Path(stage.output_dir)
         manifest = read_manifest(stage_dir)
-        finished = manifest is not None and (manifest.get("cot") or {}).get("inputs_hash") == inputs_hash
+        finished = manifest is not None and (manifest.get("cot") or {}).get("inputs_hash") == stage_hash
         if manifest is not None and not finished:
             raise FileExistsError(
                 f"{stage_dir} holds a finished {task} adapter trained on other inputs (model, teacher texts or "
@@ -585,16 +412,16 @@ def train_cot(
             logger.info("%s: finished adapter with the same inputs in %s, skipped", task, stage_dir)
         else:
             # an unfinished stage continues from its checkpoints (same inputs hash, else DataError)
-            sft.resume = last_checkpoint(stage_dir) is not None
+            stage.resume = last_checkpoint(stage_dir) is not None
             cot_info = {
-                "task": task, "inputs_hash": inputs_hash, "prompt_version": COT_PROMPT_VERSION,
-                "teacher": teacher.name, "rules": _rules_reference(rules) if task == "ra" else None,
+                "task": task, "inputs_hash": stage_hash, "prompt_version": COT_PROMPT_VERSION,
+                "teacher": teacher.name, "rules": rules_reference(rules) if task == "ra" else None,
                 "n_cot": len(cot), "n_direct": len(direct), "direct_share": config.direct_share,
                 "direct_from_pool": direct_source is not records,
                 "over_estimate_share": config.over_estimate_share if task == "dr" else None,
                 "previous": model,
             }
-            train_sft_examples(sft, examples, callbacks=callbacks, train_hash=inputs_hash, stage=f"cot-{task}",
+            train_sft_examples(stage, examples, callbacks=callbacks, train_hash=stage_hash, stage=f"cot-{task}",
                                manifest_extra={"cot": cot_info, **match_hint_manifest(records)},
                                group_by_prefix=config.group_by_prefix)
         report["stages"][task] = {
@@ -605,7 +432,7 @@ def train_cot(
         }
         adapters[task] = stage_dir
         model = str(stage_dir.resolve())
-        previous = {"stage": task, "inputs_hash": inputs_hash}
+        previous = {"stage": task, "inputs_hash": stage_hash}
     if hasattr(teacher, "stats"):
         report["teacher_stats"] = teacher.stats()
     if owned_teacher and hasattr(teacher, "close"):
@@ -615,139 +442,17 @@ def train_cot(
     return adapters
 
 
-# ---------------------------------------------------------------------------------------------------------------------
-# Inference
-
-
-def generate_predictions(
-    model_dir: str | Path,
-    records: Sequence[Record],
-    scheme: LabelScheme | str | None = None,
-    *,
-    task: str = "ee",
-    rules: str | RuleSet | None = None,
-    max_new_tokens: int = 160,
-    batch_size: int = 8,
-    max_length: int = 1024,
-    progress: bool = True,
-    model=None,
-    tokenizer=None,
-    bf16: bool | None = None,
-) -> tuple[list[Prediction], dict[str, Any]]:
-    """CoT inference: greedy generation after the `task` prompt (ee or ra), the label parsed from the text.
-
-    Pairs run in length-sorted, left-padded batches. A text without a parsable label gets the direct scorer's label
-    (`LabelScorer` on the same model), counted as a fallback. Pass `model` and `tokenizer` to reuse a loaded model.
-    `bf16`: bfloat16 autocast, None = auto (`lref.training.use_bf16`: on a CPU with native bf16).
-    Returns the predictions in input order and stats: pairs, fallbacks, fallback_share, generated_tokens,
-    hit_max_new_tokens, seconds, pairs_per_s and texts (the generations, in input order).
-    """
-    import torch
-    from tqdm.auto import tqdm
-
-    from lref.models.loading import load_causal_lm
-    from lref.models.scorer import LabelScorer, ScorerConfig, scheme_for_model
-    from lref.prompts import encode_prompt, truncate_pair
-
-    if task not in ("ee", "ra"):
-        raise ValueError(f"CoT inference runs the ee or ra prompt, not {task!r}")
-    if batch_size < 1 or max_new_tokens < 1:
-        raise ValueError("batch_size and max_new_tokens must be at least 1")
-    manifest = None
-    if model is None or tokenizer is None:
-        model, tokenizer, manifest = load_causal_lm(model_dir, device="auto")
-    else:
-        from lref.models.loading import read_manifest
-
-        manifest = read_manifest(model_dir) if model_dir and Path(model_dir).is_dir() else None
-    scheme = scheme_for_model(manifest, scheme) if (manifest or scheme is None) else get_scheme(scheme)
-    records = records_for_model(records, manifest)
-    if task == "ra" and rules is None:
-        rules = ((manifest or {}).get("cot") or {}).get("rules")
-    rule_set = load_rule_set(rules, scheme) if task == "ra" else None
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-
-    started = time.perf_counter()
-    encoded = []
-    for record in records:
-        prefix_ids, pair_ids = encode_prompt(tokenizer, cot_prompt(task, record, scheme, rule_set))
-        budget = max_length - max_new_tokens - len(prefix_ids)
-        if budget < 2 * PAIR_TAIL_TOKENS:
-            raise DataError(f"record {record.id!r}: max_length {max_length} leaves no room for the pair after the "
-                            f"{len(prefix_ids)}-token instruction and {max_new_tokens} new tokens; raise max_length")
-        encoded.append(prefix_ids + truncate_pair(pair_ids, budget, PAIR_TAIL_TOKENS))
-    order = sorted(range(len(records)), key=lambda i: len(encoded[i]))
-    texts: list[str] = [""] * len(records)
-    generated_tokens = hit_limit = 0
-    was_training = model.training
-    model.eval()
-    device = model.device.type
-    try:
-        with torch.inference_mode(), torch.autocast(device, torch.bfloat16, enabled=use_bf16(bf16, device == "cpu")), \
-                tqdm(total=len(records), desc=f"cot {task}", unit="pair", disable=not progress) as bar:
-            for start in range(0, len(order), batch_size):
-                rows = order[start : start + batch_size]
-                width = max(len(encoded[i]) for i in rows)
-                input_ids = torch.full((len(rows), width), pad, dtype=torch.long)
-                attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
-                for row, i in enumerate(rows):  # left padding: every prompt ends at the last column
-                    input_ids[row, width - len(encoded[i]) :] = torch.tensor(encoded[i])
-                    attention_mask[row, width - len(encoded[i]) :] = 1
-                output = model.generate(input_ids=input_ids.to(model.device),
-                                        attention_mask=attention_mask.to(model.device), do_sample=False,
-                                        max_new_tokens=max_new_tokens, pad_token_id=pad,
-                                        eos_token_id=tokenizer.eos_token_id, top_p=None, top_k=None)
-                for row, i in enumerate(rows):
-                    new = output[row, width:].tolist()
-                    if tokenizer.eos_token_id in new:
-                        new = new[: new.index(tokenizer.eos_token_id)]
-                    else:
-                        hit_limit += 1
-                    while new and new[-1] == pad:
-                        new.pop()
-                    generated_tokens += len(new)
-                    texts[i] = tokenizer.decode(new, skip_special_tokens=True)
-                bar.update(len(rows))
-    finally:
-        if was_training:
-            model.train()
-
-    labels = [parse_label(text, scheme) for text in texts]
-    failed = [i for i, label in enumerate(labels) if label is None]
-    fallback: dict[int, Prediction] = {}
-    if failed:
-        config = ScorerConfig(batch_size=batch_size, max_length=max_length, bf16=bf16)
-        scorer = LabelScorer(model, tokenizer, scheme, config)
-        for i, prediction in zip(failed, scorer.predict([records[i] for i in failed])):
-            fallback[i] = prediction
-    predictions = [fallback.get(i) or Prediction(id=r.id, label=labels[i], topk=[labels[i]])
-                   for i, r in enumerate(records)]
-    seconds = time.perf_counter() - started
-    stats = {
-        "pairs": len(records),
-        "fallbacks": len(failed),
-        "fallback_share": round(len(failed) / len(records), 4) if records else None,
-        "generated_tokens": generated_tokens,
-        "hit_max_new_tokens": hit_limit,
-        "seconds": round(seconds, 3),
-        "pairs_per_s": round(len(records) / seconds, 3) if seconds > 0 else None,
-        "texts": texts,
-    }
-    return predictions, stats
 
 
 __all__ = [
+    "REPORT_NAME",
     "CoTConfig",
-    "TASKS",
     "cot_examples",
     "direct_count",
     "direct_examples",
-    "generate_predictions",
-    "make_teacher",
-    "read_teacher_file",
-    "sample_wrong_label",
-    "teach",
-    "teacher_key",
+    "inputs_hash",
+    "label_quotas",
+    "model_identity",
+    "quotas_from_weights",
     "train_cot",
-    "wrong_decision_plan",
 ]

@@ -5,13 +5,14 @@
    (the paper's teacher labels a large unlabelled pool; these stand in for one when none is given).
 2. **Teacher soft labels.** `LabelScorer` gives the teacher's probabilities over the scheme's labels for every pair;
    with `teacher_calibration`, the label bias stored in the teacher's folder (`lref calibrate`, or the pipeline's
-   calibration) is added to their logs, so the student learns the teacher's calibrated judgement, not its raw prior.
-   They are cached in ``teacher_scores.jsonl`` in the output folder, one row per pair, keyed by record id, a hash of
-   the pair's text and the teacher's identity (model reference, a fingerprint of its files, scheme, prompt, length).
-   Rows are appended and flushed as they are scored, so a killed run keeps what it scored; a re-run or `resume`
-   never re-scores a pair, and a changed teacher invalidates the rows of the old one.
-3. **Student.** `train_cross_encoder` with `soft_label_loss`: T² · KL(teacher_T ‖ student_T) + λ · CE on the pairs
-   that have a human label.
+   calibration) is added to their logs, once, after the cache (which holds raw scores), so the student learns the
+   teacher's calibrated judgement, not its raw prior. They are cached in ``teacher_scores.jsonl`` in the output
+   folder, one row per pair, keyed by record id, a hash of the pair's text and the teacher's identity (model
+   reference, a fingerprint of its files, scheme, prompt, length). Rows are appended and flushed as they are scored,
+   so a killed run keeps what it scored; a re-run or `resume` never re-scores a pair, and a changed teacher
+   invalidates the rows of the old one.
+3. **Student.** `lref.training.cross_encoder.train_cross_encoder` with `lref.training.losses.soft_label_loss`:
+   T² · KL(teacher_T ‖ student_T) + λ · CE on the pairs that have a human label.
 
 The output folder is the student (model, tokenizer, ``lref_manifest.json`` with a ``distill`` section), loadable with
 `lref.models.cross_encoder.CrossEncoderScorer.from_pretrained`, and exportable with `lref.models.onnx.export_student`.
@@ -33,13 +34,27 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
+from tqdm.auto import tqdm
 
+from lref.calibration import label_bias_for
 from lref.data.records import DataError, Record, stable_id
+from lref.data.validation import validate_records
+from lref.device import prepare_device
+from lref.io import MANIFEST_NAME, write_json, write_jsonl
 from lref.labels import LabelScheme, get_scheme
-from lref.training import check_training_fields
+from lref.models.cross_encoder import has_label, pair_texts
+from lref.models.loading import load_causal_lm, read_manifest
+from lref.models.scorer import LabelScorer, ScorerConfig, scheme_for_model
+from lref.models.zoo import resolve_model, stored_model_reference
+from lref.predictions import softmax
+from lref.prompts import product_fields, records_for_model
+from lref.training.cross_encoder import CrossEncoderConfig, train_cross_encoder
+from lref.training.losses import soft_label_loss
+from lref.training.run_guard import RunGuard
+from lref.training.settings import TrainingSettings, check_training_fields, settings_values, with_default
 
 logger = logging.getLogger(__name__)
 
@@ -50,8 +65,11 @@ _HASHED_FILE_LIMIT = 256 * 2**20  # larger teacher files enter the fingerprint b
 
 
 @dataclass
-class DistillConfig:
+class DistillConfig(TrainingSettings):
     """Settings of distillation. Every field's help text feeds `lref distill` (`lref.config.field_help`)."""
+
+    FINGERPRINT_ADDED_FIELDS: ClassVar[tuple[str, ...]] = ("grad_accum", "weight_decay", "save_total_limit", "bf16")
+    """Training settings this config gained with the shared `TrainingSettings` (`lref.fingerprint.ADDED_FIELDS`)."""
 
     teacher: str = field(
         default="",
@@ -83,27 +101,28 @@ class DistillConfig:
         metadata={"help": "Extra unlabelled pairs per query: the query with this many random other products of the "
                   "pool."},
     )
-    epochs: float = field(default=1.0, metadata={"help": "Student training epochs; ignored when max_steps > 0."})
-    max_steps: int = field(default=-1, metadata={"help": "Stop after this many optimizer steps (-1: run the epochs)."})
-    learning_rate: float = field(default=5e-5, metadata={"help": "Student peak learning rate (linear decay)."})
-    batch_size: int = field(default=16, metadata={"help": "Student pairs per optimizer step."})
-    max_length: int = field(default=128, metadata={"help": "Most student tokens per (query, product) pair."})
-    warmup_ratio: float = field(default=0.1, metadata={"help": "Fraction of the student's steps spent warming up."})
     teacher_batch_size: int = field(default=16, metadata={"help": "Pairs per teacher forward pass."})
     teacher_max_length: int = field(default=512, metadata={"help": "Most teacher prompt tokens; only the pair is cut."})
-    save_steps: int = field(
-        default=200, metadata={"help": "Write a resumable student checkpoint every this many steps."}
+    # the student's training settings, with the cross-encoder's defaults
+    learning_rate: float = with_default("learning_rate", 5e-5, help="Student peak learning rate (linear decay).")
+    batch_size: int = with_default("batch_size", 16, help="Student pairs per optimizer step.")
+    max_length: int = with_default("max_length", 128, help="Most student tokens per (query, product) pair.")
+    warmup_ratio: float = with_default("warmup_ratio", 0.1, help="Fraction of the student's steps spent warming up.")
+    epochs: float = with_default("epochs", 1.0, help="Student training epochs; ignored when max_steps > 0.")
+    weight_decay: float = with_default("weight_decay", 0.01)
+    save_steps: int = with_default(
+        "save_steps", 200, help="Write a resumable student checkpoint every this many steps."
     )
-    seed: int = field(default=0, metadata={"help": "Seed for the candidate pairs, the student head and shuffling."})
-    progress: bool = field(default=True, metadata={"help": "Show progress bars."})
-    threads: int | None = field(default=None, metadata={"help": "CPU threads for torch (default: torch's choice)."})
-    use_cpu: bool | None = field(
-        default=None, metadata={"help": "Run on the CPU (default: CPU unless a CUDA device is available)."}
+    save_total_limit: int = with_default("save_total_limit", 1)
+    seed: int = with_default("seed", 0, help="Seed for the candidate pairs, the student head and shuffling.")
+    use_cpu: bool | None = with_default(
+        "use_cpu", None, help="Run on the CPU (default: CPU unless a CUDA device is available)."
     )
-    resume: bool = field(
-        default=False,
-        metadata={"help": "Continue the student from its last checkpoint (cached teacher scores are always reused)."},
+    resume: bool = with_default(
+        "resume", False,
+        help="Continue the student from its last checkpoint (cached teacher scores are always reused).",
     )
+    logging_steps: int = with_default("logging_steps", 20)
 
     def __post_init__(self) -> None:
         if not str(self.teacher).strip():
@@ -124,7 +143,8 @@ class DistillConfig:
         if self.threads is not None and self.threads < 1:
             raise ValueError(f"threads must be >= 1 or None, not {self.threads}")
         check_training_fields(
-            self, ("batch_size", "max_length", "teacher_batch_size", "teacher_max_length", "save_steps")
+            self, ("batch_size", "grad_accum", "max_length", "teacher_batch_size", "teacher_max_length", "save_steps",
+                   "logging_steps")
         )
 
 
@@ -133,8 +153,6 @@ class DistillConfig:
 
 
 def _product_key(record: Record) -> str:
-    from lref.prompts import product_fields
-
     return str(record.meta.get("product_id") or record.meta.get("product_uid") or product_fields(record))
 
 
@@ -176,9 +194,6 @@ def build_pool(
 ) -> tuple[list[Record], dict[str, int]]:
     """Labelled records (labels checked against `scheme`), unlabelled ones (labels dropped) and candidate pairs;
     returns the pool and its counts. Raises DataError on an empty pool or a repeated id."""
-    from lref.data.validation import validate_records
-    from lref.models.cross_encoder import has_label
-
     records = list(records or [])
     labelled = [r for r in records if has_label(r)]
     labelled = validate_records(labelled, scheme, "training") if labelled else []
@@ -206,15 +221,11 @@ def build_pool(
 
 def pair_hash(record: Record) -> str:
     """A hash of what the teacher reads of a pair (query and product text)."""
-    from lref.models.cross_encoder import pair_texts
-
     return hashlib.sha256(json.dumps(pair_texts(record), ensure_ascii=False).encode()).hexdigest()[:16]
 
 
 def teacher_identity(config: DistillConfig) -> dict[str, Any]:
     """What makes the teacher's scores what they are; its `key` changes when the teacher folder's files change."""
-    from lref.models.zoo import resolve_model, stored_model_reference
-
     folder = resolve_model(config.teacher)
     digest = hashlib.sha256()
     for path in sorted(p for p in folder.iterdir() if p.is_file()):
@@ -236,8 +247,6 @@ def teacher_identity(config: DistillConfig) -> dict[str, Any]:
 def read_teacher_cache(path: Path, teacher_key: str, n_labels: int) -> tuple[dict[tuple[str, str], list[float]], int]:
     """The cached probabilities of `teacher_key` by (id, pair hash), and how many rows were dropped (another
     teacher's, or a line cut off by a killed run). Dropped rows are removed from the file (atomically)."""
-    from lref.io import write_jsonl
-
     if not path.is_file():
         return {}, 0
     kept: list[dict[str, Any]] = []
@@ -261,24 +270,20 @@ def read_teacher_cache(path: Path, teacher_key: str, n_labels: int) -> tuple[dic
 def teacher_targets(
     config: DistillConfig, pool: Sequence[Record], scheme: LabelScheme, identity: dict[str, Any], use_cpu: bool
 ) -> tuple[np.ndarray, dict[str, Any]]:
-    """N x K teacher probabilities for `pool`, from the cache where present, else scored (and appended to it)."""
-    from tqdm.auto import tqdm
-
+    """N x K raw teacher probabilities for `pool` (no label bias: `distill` applies the teacher's calibration once,
+    on top), from the cache where present, else scored (and appended to it)."""
     path = Path(config.output_dir) / SCORES_NAME
     cache, dropped = read_teacher_cache(path, identity["key"], len(scheme))
     keys = [(r.id, pair_hash(r)) for r in pool]
     missing = [i for i, key in enumerate(keys) if key not in cache]
     stats = {"hits": len(pool) - len(missing), "scored": len(missing), "dropped": dropped, "wall_time_s": 0.0}
     if missing:
-        from lref.models.loading import load_causal_lm
-        from lref.models.scorer import LabelScorer, ScorerConfig
-
         started = time.perf_counter()
         model, tokenizer, _ = load_causal_lm(config.teacher, device="cpu" if use_cpu else "cuda")
         scorer = LabelScorer(
             model, tokenizer, scheme,
             ScorerConfig(batch_size=config.teacher_batch_size, max_length=config.teacher_max_length,
-                         num_threads=config.threads),
+                         num_threads=config.threads, label_bias=None),  # the cache holds raw scores
         )
         chunk = config.teacher_batch_size * 8
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -302,8 +307,6 @@ def teacher_targets(
 
 def calibrated_probs(probs: np.ndarray, bias: Sequence[float]) -> np.ndarray:
     """softmax(log probs + bias), row by row: probabilities with a per-label logit bias applied."""
-    from lref.models.scorer import softmax
-
     return softmax(np.log(np.clip(probs, 1e-12, None)) + np.asarray(bias, dtype=np.float64)).astype(np.float32)
 
 
@@ -313,24 +316,10 @@ def calibrated_probs(probs: np.ndarray, bias: Sequence[float]) -> np.ndarray:
 
 def distill(config: DistillConfig, records: Sequence[Record], unlabeled: Sequence[Record] | None = None) -> Path:
     """Distil `config.teacher` into `config.student` on `records` (+ `unlabeled`); return the student folder."""
-    from lref.calibration import label_bias_for
-    from lref.device import prepare_device
-    from lref.io import write_json
-    from lref.models.cross_encoder import CrossEncoderConfig, train_cross_encoder
-    from lref.models.distill_loss import soft_label_loss
-    from lref.models.loading import MANIFEST_NAME, read_manifest
-    from lref.models.scorer import scheme_for_model
-    from lref.models.zoo import resolve_model
-    from lref.prompts import records_for_model
-    from lref.stages.sft import last_checkpoint
-
     scheme = get_scheme(config.scheme)
     output_dir = Path(config.output_dir)
-    checkpoint = last_checkpoint(output_dir)
-    if checkpoint is not None and not config.resume:  # before any scoring: the cache stays for a resumed run
-        raise FileExistsError(
-            f"{output_dir} already holds checkpoints of a run ({checkpoint.name}); resume it or choose another folder"
-        )
+    if not config.resume:  # refuse a folder holding a run before any scoring (its teacher cache stays)
+        RunGuard(output_dir, resume=False)
     teacher_manifest = read_manifest(resolve_model(config.teacher))
     scheme_for_model(teacher_manifest, scheme)  # LabelError if the teacher learnt another
     pool, counts = build_pool(records, unlabeled, scheme, config.candidates_per_query, config.seed)
@@ -340,15 +329,14 @@ def distill(config: DistillConfig, records: Sequence[Record], unlabeled: Sequenc
     use_cpu = prepare_device(config)
     identity = teacher_identity(config)
     targets, cache_stats = teacher_targets(config, pool, scheme, identity, use_cpu)
+    # The one place the teacher's label bias is applied: the cached scores are raw.
     bias = label_bias_for(resolve_model(config.teacher), scheme) if config.teacher_calibration else None
     if bias is not None:
         targets = calibrated_probs(targets, bias)
 
     student_config = CrossEncoderConfig(
-        model=config.student, scheme=scheme.name, output_dir=str(output_dir), learning_rate=config.learning_rate,
-        epochs=config.epochs, max_steps=config.max_steps, batch_size=config.batch_size, max_length=config.max_length,
-        warmup_ratio=config.warmup_ratio, save_steps=config.save_steps, resume=config.resume, seed=config.seed,
-        threads=config.threads, use_cpu=config.use_cpu, progress=config.progress,
+        **settings_values(config, TrainingSettings), model=config.student, scheme=scheme.name,
+        output_dir=str(output_dir),
     )
     loss_fn = functools.partial(soft_label_loss, temperature=config.temperature, ce_weight=config.ce_weight)
     folder = train_cross_encoder(student_config, pool, targets=targets, loss_fn=loss_fn)

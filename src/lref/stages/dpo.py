@@ -9,8 +9,8 @@ LLM judges are optimistic: most of their errors grade a product as more relevant
 2. **Training** (`train_dpo`). TRL's `DPOTrainer` with a fresh LoRA on the (merged) input model: loss = DPO sigmoid
    (β) + α · SFT on chosen, via `loss_type=["sigmoid", "sft"]`, `loss_weights=[1, α]` (TRL 1.x has no `rpo_alpha`).
    The reference model is the policy with its adapter disabled (TRL does this for a PEFT model with
-   `ref_model=None`). The prompt is tokenized by `lref.stages.sft.build_example`, i.e. `encode_prompt`'s prefix and
-   pair ids, exactly what the scorer and the SFT stage see; TRL receives the token ids, not text, so its own
+   `ref_model=None`). The prompt is tokenized by `lref.training.examples.build_example`, i.e. `encode_prompt`'s
+   prefix and pair ids, exactly what the scorer and the SFT stage see; TRL receives the token ids, not text, so its own
    tokenization (which would tokenize prefix + pair in one piece) never applies.
 3. **Collapse guard** (`ChosenCollapseGuard`). A known DPO failure lowers the chosen answer's log-prob too, only less
    than the rejected one's. TRL logs `rewards/chosen` = β · (log p_policy(chosen) - log p_ref(chosen)), batch-matched;
@@ -18,10 +18,11 @@ LLM judges are optimistic: most of their errors grade a product as more relevant
    moved from its start. Training stops once it falls below `-collapse_tolerance`.
 
 **CoT pairs** (`mode="cot"`, for models tuned by the Multi-CoT stage): the model writes its own analysis of every
-pool pair after the CoT prompt (`lref.stages.cot.generate_predictions`); a pair whose analysis ends in a wrong label
-(`cot_mistakes`) is explained by the teacher (`lref.stages.cot.teach`, cached), and when that explanation ends in the
-gold label it gives a pair (`cot_pairs`): chosen = the teacher's analysis + "Relevance: <gold>", rejected = the
-model's own analysis + "Relevance: <wrong>", both after the CoT prompt. The recall guard still scores in direct mode.
+pool pair after the CoT prompt (`lref.models.generation.generate_predictions`); a pair whose analysis ends in a
+wrong label (`cot_mistakes`) is explained by the teacher (`lref.teachers.cache.teach`, cached), and when that
+explanation ends in the gold label it gives a pair (`cot_pairs`): chosen = the teacher's analysis + "Relevance:
+<gold>", rejected = the model's own analysis + "Relevance: <wrong>", both after the CoT prompt. The recall guard
+still scores in direct mode.
 
 Too few pairs (fewer than `min_pairs`, e.g. when the model is already right) skip training: the stage writes the
 pairs and a manifest of kind ``"skipped"`` into `output_dir` and returns the input model reference unchanged.
@@ -38,50 +39,69 @@ import contextlib
 import functools
 import json
 import logging
-import os
 import random
-import shutil
 import time
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
 from lref.calibration import CALIBRATION_FILE, label_bias_for
 from lref.data.records import DataError, Record
+from lref.data.validation import validate_records
 from lref.device import is_main_process, prepare_device
+from lref.fingerprint import data_hash, library_versions
+from lref.io import MANIFEST_NAME, write_json, write_jsonl
 from lref.labels import LabelScheme, get_scheme
+from lref.metrics import evaluate
+from lref.models.generation import generate_predictions
+from lref.models.loading import load_causal_lm
+from lref.models.scorer import LabelScorer, ScorerConfig
+from lref.models.zoo import stored_model_reference
 from lref.prompts import (
     ANSWER_CUE,
+    PAIR_TAIL_TOKENS,
     PROMPT_VERSION,
     encode_prompt,
     label_completion,
+    label_token_ids,
     match_hint_manifest,
     records_for_model,
+    truncate_pair,
 )
-from lref.prompts.cot import cot_completion, cot_prompt
-from lref.prompts.rules import RuleSet
-from lref.stages.cot import TEACHER_FILE, TEACHERS, load_rule_set
-from lref.teachers.base import Explanation, parse_label, strip_answer
-from lref.training import BF16_HELP, check_training_fields, training_arguments
+from lref.prompts.cot import cot_completion, cot_prompt, parse_label, strip_answer
+from lref.prompts.rules import RuleSet, load_rule_set
+from lref.teachers.base import Explanation
+from lref.teachers.cache import TEACHER_FILE, teach
+from lref.teachers.registry import DEFAULT_TEACHER_URL, check_teacher, make_teacher
+from lref.training.examples import build_example, completion_ids, text_completion_ids
+from lref.training.run_guard import RunGuard
+from lref.training.settings import (
+    LoraSettings,
+    TrainingSettings,
+    check_training_fields,
+    training_arguments,
+    with_default,
+)
 
 logger = logging.getLogger(__name__)
 
 PAIRS_FILE = "dpo_pairs.jsonl"
-CHECKPOINT_DIR = "checkpoints"
-RUN_FILE = "lref_run.json"
 GUARD_OBJECTIVES = ("over_estimate", "weighted_f1")
 MODES = ("direct", "cot")
 COT_TASKS = ("ee", "ra")
 
 
 @dataclass
-class DPOStageConfig:
+class DPOStageConfig(LoraSettings, TrainingSettings):
     """Settings of the DPO de-biasing stage. Every field's help text also feeds the command line (`lref train dpo`)."""
+
+    FINGERPRINT_ADDED_FIELDS: ClassVar[tuple[str, ...]] = ("weight_decay", "lora_dropout")
+    """Training settings this config gained with the shared `TrainingSettings` (`lref.fingerprint.ADDED_FIELDS`)."""
 
     model: str = field(
         default="gemma-3-270m",
@@ -133,7 +153,7 @@ class DPOStageConfig:
                   "name/folder (local)."},
     )
     teacher_url: str = field(
-        default="http://127.0.0.1:8000/v1",
+        default=DEFAULT_TEACHER_URL,
         metadata={"help": "cot mode: base URL of the openai teacher's API, with /v1."},
     )
     rules: str | None = field(
@@ -153,27 +173,6 @@ class DPOStageConfig:
         default=0.65,
         metadata={"help": "α: weight of the SFT (negative log-likelihood) loss on chosen; 0.65 in the paper."},
     )
-    lora_r: int = field(default=16, metadata={"help": "LoRA rank."})
-    lora_alpha: int = field(default=32, metadata={"help": "LoRA scaling alpha."})
-    target_modules: str | list[str] = field(
-        default="all-linear",
-        metadata={"help": "Modules that get LoRA: 'all-linear' or a list of module names, e.g. ['q_proj', 'v_proj']."},
-    )
-    learning_rate: float = field(default=5e-5, metadata={"help": "Peak learning rate (linear decay)."})
-    epochs: float = field(
-        default=2.0, metadata={"help": "Training epochs over the mined pairs; ignored when max_steps > 0."}
-    )
-    max_steps: int = field(default=-1, metadata={"help": "Stop after this many optimizer steps (-1: run the epochs)."})
-    batch_size: int = field(default=8, metadata={"help": "Preference pairs per forward pass (each pair is 2 rows)."})
-    grad_accum: int = field(default=1, metadata={"help": "Forward passes accumulated per optimizer step."})
-    max_length: int = field(
-        default=512,
-        metadata={
-            "help": "Longest prompt + answer in tokens; longer pairs lose the middle of their product text (the "
-            "instruction, the answer cue and the label are kept)."
-        },
-    )
-    warmup_ratio: float = field(default=0.1, metadata={"help": "Fraction of the steps spent warming up the rate."})
     logits_at_labels_only: bool = field(
         default=True,
         metadata={
@@ -211,42 +210,36 @@ class DPOStageConfig:
         },
     )
     scorer_batch_size: int = field(default=16, metadata={"help": "Pairs per forward pass when mining."})
-    save_steps: int = field(default=100, metadata={"help": "Write a resumable checkpoint every this many steps."})
-    save_total_limit: int = field(default=2, metadata={"help": "Checkpoints kept on disk (the newest ones)."})
-    resume: bool = field(
-        default=False,
-        metadata={
-            "help": "Continue from the last checkpoint in output_dir, reusing its mined pairs instead of re-scoring."
-        },
+    # training settings whose default or meaning differs here
+    lora_dropout: float = with_default("lora_dropout", 0.0)
+    learning_rate: float = with_default("learning_rate", 5e-5)
+    epochs: float = with_default(
+        "epochs", 2.0, help="Training epochs over the mined pairs; ignored when max_steps > 0."
     )
-    seed: int = field(default=0, metadata={"help": "Seed for LoRA initialisation and shuffling."})
-    threads: int | None = field(default=None, metadata={"help": "CPU threads for torch (default: torch's choice)."})
-    use_cpu: bool | None = field(
-        default=None, metadata={"help": "Train on the CPU (default: CPU unless a CUDA device is available)."}
+    batch_size: int = with_default("batch_size", 8, help="Preference pairs per forward pass (each pair is 2 rows).")
+    max_length: int = with_default(
+        "max_length", 512, help="Longest prompt + answer in tokens; longer pairs lose the middle of their product text "
+        "(the instruction, the answer cue and the label are kept)."
     )
-    bf16: bool | None = field(
-        default=None,
-        metadata={"help": BF16_HELP},
+    warmup_ratio: float = with_default("warmup_ratio", 0.1)
+    resume: bool = with_default(
+        "resume", False,
+        help="Continue from the last checkpoint in output_dir, reusing its mined pairs instead of re-scoring.",
     )
-    logging_steps: int = field(
-        default=10,
-        metadata={
-            "help": "Log losses, chosen/rejected log-probs and margins (and check for collapse) every this many steps."
-        },
+    seed: int = with_default("seed", 0, help="Seed for LoRA initialisation and shuffling.")
+    logging_steps: int = with_default(
+        "logging_steps", 10,
+        help="Log losses, chosen/rejected log-probs and margins (and check for collapse) every this many steps.",
     )
-    progress: bool = field(default=True, metadata={"help": "Show progress bars."})
 
     def __post_init__(self) -> None:
-        check_training_fields(self, ("top_k", "lora_r", "guard_steps", "batch_size", "grad_accum", "save_steps", "logging_steps",
-                                     "max_length", "scorer_batch_size", "min_pairs", "max_new_tokens"))
+        check_training_fields(self, ("top_k", "lora_r", "guard_steps", "batch_size", "grad_accum", "save_steps",
+                                     "logging_steps", "max_length", "scorer_batch_size", "min_pairs", "max_new_tokens"))
         if self.mode not in MODES:
             raise ValueError(f"mode must be one of {', '.join(MODES)}, not {self.mode!r}")
         if self.cot_task not in COT_TASKS:
             raise ValueError(f"cot_task must be one of {', '.join(COT_TASKS)}, not {self.cot_task!r}")
-        if self.teacher not in TEACHERS:
-            raise ValueError(f"unknown teacher {self.teacher!r}: choose one of {', '.join(TEACHERS)}")
-        if self.mode == "cot" and self.teacher == "openai" and not self.teacher_model:
-            raise ValueError("the openai teacher needs teacher_model: the model name its endpoint serves")
+        check_teacher(self.teacher, self.teacher_model, needs_model=self.mode == "cot")
         if self.mine_calibrated and self.mode == "cot":
             raise ValueError("mine_calibrated needs mode='direct': CoT pairs are mined from generations, not label "
                              "scores")
@@ -257,13 +250,13 @@ class DPOStageConfig:
         if not 0 <= self.guard_fraction < 1:
             raise ValueError(f"guard_fraction must be in [0, 1), not {self.guard_fraction}")
         if self.guard_objective not in GUARD_OBJECTIVES:
-            raise ValueError(f"guard_objective must be one of {', '.join(GUARD_OBJECTIVES)}, not {self.guard_objective!r}")
+            raise ValueError(
+                f"guard_objective must be one of {', '.join(GUARD_OBJECTIVES)}, not {self.guard_objective!r}"
+            )
         if self.guard_tolerance < 0:
             raise ValueError(f"guard_tolerance must be >= 0, not {self.guard_tolerance}")
         if self.collapse_tolerance is not None and self.collapse_tolerance < 0:
             raise ValueError(f"collapse_tolerance must be >= 0 or None, not {self.collapse_tolerance}")
-        if isinstance(self.target_modules, tuple):
-            self.target_modules = list(self.target_modules)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -562,9 +555,6 @@ def _make_recall_guard_class():
             self.best_state: dict[str, Any] | None = None  # None: the start (adapter off) is the winner
 
         def _check(self, model, step: int) -> dict[str, Any]:
-            from lref.metrics import evaluate
-            from lref.models.scorer import LabelScorer, ScorerConfig
-
             scorer = LabelScorer(model, self.tokenizer, self.scheme, ScorerConfig(
                 batch_size=self.batch_size, max_length=self.max_length, label_bias=self.label_bias, progress=False))
             metrics = evaluate(self.records, scorer.predict(self.records), self.scheme, bootstrap=0)
@@ -654,8 +644,6 @@ def preference_example(
     (`build_example`: `encode_prompt`'s prefix + pair, BOS included, the pair cut in its middle to fit), `chosen_ids`
     and `rejected_ids` the verbalised labels plus EOS (`completion_ids`). A CoT pair gets the `cot_task` prompt
     (`cot_prompt`; `rules` for ra) and its two texts instead (`cot_preference_example`)."""
-    from lref.stages.sft import build_example, completion_ids
-
     if pair.is_cot:
         return cot_preference_example(tokenizer, pair, scheme, max_length, cot_task=cot_task, rules=rules)
     chosen = completion_ids(tokenizer, scheme, pair.chosen)
@@ -681,9 +669,6 @@ def cot_preference_example(
     then each text plus EOS. Too long, the pair loses its middle first (as on the direct path, its last tokens, the
     analysis cue, kept); when even that is not enough, the texts lose the middle of their analysis, their final
     "Relevance: <label>" and EOS kept."""
-    from lref.prompts import PAIR_TAIL_TOKENS, truncate_pair
-    from lref.stages.sft import text_completion_ids
-
     if not pair.is_cot:
         raise ValueError(f"pair {pair.record.id!r} has no CoT texts")
     prefix_ids, pair_ids = encode_prompt(tokenizer, cot_prompt(cot_task, pair.record, scheme, rules))
@@ -771,9 +756,6 @@ def _read_pairs(path: Path) -> list[PreferencePair]:
 
 def _base_manifest(config: DPOStageConfig, scheme: LabelScheme, pool_hash: str, records: Sequence[Record],
                    report: dict[str, Any]) -> dict[str, Any]:
-    from lref.fingerprint import library_versions
-    from lref.models.zoo import stored_model_reference
-
     return {
         "stage": "dpo",
         "base_model": stored_model_reference(config.model),
@@ -799,18 +781,6 @@ def _trl_version() -> dict[str, str]:
         return {}
 
 
-def _save_atomically(output_dir: Path, model, tokenizer) -> None:
-    """Write adapter and tokenizer into a scratch folder, then move each file into place, so a crash never leaves a
-    half-written adapter beside the manifest (which is written last)."""
-    scratch = output_dir / ".saving"
-    shutil.rmtree(scratch, ignore_errors=True)
-    model.save_pretrained(str(scratch))
-    tokenizer.save_pretrained(str(scratch))
-    for item in scratch.iterdir():
-        os.replace(item, output_dir / item.name)
-    scratch.rmdir()
-
-
 def _pair_source(config: DPOStageConfig) -> dict[str, str | None]:
     """What the mined pairs depend on besides pool and model (a resumed run must match it)."""
     return {"mode": config.mode, "cot_task": config.cot_task if config.mode == "cot" else None}
@@ -820,8 +790,6 @@ def _mine_cot_pairs(config: DPOStageConfig, model, tokenizer, scheme: LabelSchem
                     rules: RuleSet | None, output_dir: Path) -> tuple[list[PreferencePair], dict[str, Any]]:
     """cot mode: the model writes its analyses (greedy), the teacher explains its mistakes (cached in
     output_dir/teacher_<task>.jsonl), `cot_pairs` pairs them."""
-    from lref.stages.cot import generate_predictions, make_teacher, teach
-
     _, generation = generate_predictions(
         config.model, records, scheme, task=config.cot_task, rules=rules, max_new_tokens=config.max_new_tokens,
         batch_size=config.scorer_batch_size, max_length=config.max_length, progress=config.progress, model=model,
@@ -874,31 +842,15 @@ def train_dpo(config: DPOStageConfig, records: Sequence[Record], *, callbacks: l
     from transformers import set_seed
     from trl import DPOConfig
 
-    from lref.data.validation import validate_records
-    from lref.fingerprint import data_hash
-    from lref.io import write_json, write_jsonl
-    from lref.models.loading import MANIFEST_NAME, load_causal_lm
-    from lref.models.scorer import LabelScorer, ScorerConfig
-    from lref.prompts import label_token_ids
-    from lref.stages.sft import last_checkpoint, trainer_state_step
-
     scheme = get_scheme(config.scheme)
     if not records:
         raise DataError("no records to mine: DPO needs a labelled pool of pairs")
     records = validate_records(records, scheme, "DPO pool")
     output_dir = Path(config.output_dir)
-    checkpoint = last_checkpoint(output_dir)
-    if checkpoint is not None and not config.resume:
-        raise FileExistsError(
-            f"{output_dir} already holds checkpoints of a run ({checkpoint.name}); resume it (--resume) or choose "
-            "another output folder"
-        )
+    run = RunGuard(output_dir, config.resume)
     pool_hash = data_hash(records)
-    run_file = output_dir / CHECKPOINT_DIR / RUN_FILE
     pairs_path = output_dir / PAIRS_FILE
-    resuming = config.resume and checkpoint is not None
-    if config.resume and checkpoint is None:
-        logger.warning("resume asked for, but %s holds no checkpoint: starting from scratch", output_dir)
+    resuming = run.resuming
 
     use_cpu = prepare_device(config)
 
@@ -915,12 +867,9 @@ def train_dpo(config: DPOStageConfig, records: Sequence[Record], *, callbacks: l
         rules = load_rule_set(config.rules or ((input_manifest or {}).get("cot") or {}).get("rules"), scheme)
 
     if resuming:
-        previous = json.loads(run_file.read_text()) if run_file.is_file() else {}
-        if previous.get("data_hash") != pool_hash or previous.get("model") != config.model:
-            raise DataError(
-                f"cannot resume {output_dir}: its checkpoints come from another pool or model; use another output "
-                "folder"
-            )
+        run.check({"data_hash": pool_hash, "model": config.model}, strict=True,
+                    reason="come from another pool or model")
+        previous = run.previous_run()
         if previous.get("pairs", {"mode": "direct", "cot_task": None}) != _pair_source(config):
             raise DataError(f"cannot resume {output_dir}: its pairs are of another kind ({previous.get('pairs')})")
         pairs, report = _read_pairs(pairs_path), previous["mining"]
@@ -957,9 +906,7 @@ def train_dpo(config: DPOStageConfig, records: Sequence[Record], *, callbacks: l
                                                     "model": config.model})
         return config.model
 
-    if not resuming and is_main_process():
-        write_json(run_file, {"data_hash": pool_hash, "model": config.model, "pairs": _pair_source(config),
-                              "mining": report})
+    run.start({"data_hash": pool_hash, "model": config.model}, pairs=_pair_source(config), mining=report)
     dataset = Dataset.from_list([
         preference_example(tokenizer, pair, scheme, config.max_length, cot_task=config.cot_task, rules=rules)
         for pair in pairs
@@ -968,7 +915,7 @@ def train_dpo(config: DPOStageConfig, records: Sequence[Record], *, callbacks: l
     args = DPOConfig(
         **training_arguments(
             config,
-            output_dir / CHECKPOINT_DIR,
+            run.checkpoint_dir,
             use_cpu,
             loss_type=["sigmoid", "sft"],
             loss_weights=[1.0, config.sft_weight],
@@ -990,16 +937,17 @@ def train_dpo(config: DPOStageConfig, records: Sequence[Record], *, callbacks: l
         train_dataset=dataset,
         processing_class=tokenizer,
         peft_config=LoraConfig(
-            r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=0.0, target_modules=config.target_modules,
+            r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
+            target_modules=config.target_modules,
             task_type="CAUSAL_LM",
         ),
         callbacks=[guard, *([recall_guard] if recall_guard else []), *(callbacks or [])],
         logits_at_labels_only=config.logits_at_labels_only,
     )
     started = time.perf_counter()
-    result = trainer.train(resume_from_checkpoint=str(checkpoint) if resuming else None)
+    result = trainer.train(resume_from_checkpoint=run.resume_from)
     wall = time.perf_counter() - started
-    resumed_from = trainer_state_step(checkpoint) if resuming else 0
+    resumed_from = run.resumed_step
     steps_run = result.global_step - resumed_from
     logged = [entry for entry in trainer.state.log_history if "rewards/margins" in entry]
     metrics: dict[str, Any] = {
@@ -1022,7 +970,7 @@ def train_dpo(config: DPOStageConfig, records: Sequence[Record], *, callbacks: l
     if not trainer.is_world_process_zero():  # the first process writes the adapter; the others wait for it
         trainer.accelerator.wait_for_everyone()
         return output_dir
-    _save_atomically(output_dir, trainer.model, tokenizer)
+    run.save(trainer.model, tokenizer)
     write_json(output_dir / MANIFEST_NAME, {
         **manifest,
         "kind": "lora-adapter",

@@ -15,8 +15,8 @@ Samples
     (`query_bands`: by `exposure` when every record has one, else by the query's pair count in the pool; a query is
     head while the traffic of the busier queries before it is below `head_share` of the total, torso below
     `head_share + torso_share`, tail after: the synthetic catalog's rule). Head bands are often small in pairs (a
-    few queries carry the traffic); `ci_oversample` then repeats a short band's pairs to keep the parts equal. MS: `ms_sample` random pairs relabelled
-    with their confusable label, from `confusion_source`:
+    few queries carry the traffic); `ci_oversample` then repeats a short band's pairs to keep the parts equal.
+    MS: `ms_sample` random pairs relabelled with their confusable label, from `confusion_source`:
       * `im_confusion` (default): IM's confusion matrix on a held-out slice (`confusion_slice` random pairs outside
         IM's sample); each gold class maps to its most frequent wrong prediction, or to its ordinal neighbour when
         IM made no error on that class;
@@ -50,23 +50,30 @@ the last pairs.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import math
 import random
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from lref.data.readers import write_records
 from lref.data.records import DataError, Record
 from lref.data.splits import describe_records, normalise_query
+from lref.data.validation import validate_records
+from lref.fingerprint import data_hash, neutral_field, sha256_json
+from lref.io import write_json, write_jsonl
 from lref.labels import LabelScheme, get_scheme
+from lref.models.scorer import ScorerConfig
+from lref.models.zoo import DEFAULT_ENCODER, DEFAULT_LLM
+from lref.training.backbones import EncoderBackbone, LLMBackbone
+from lref.training.cross_encoder import CrossEncoderConfig
+from lref.training.lora import LoraTrainingConfig
 
 logger = logging.getLogger(__name__)
 
@@ -125,8 +132,8 @@ class SelectConfig:
     confusion_source: str = field(
         default="im_confusion",
         metadata={"help": "Where MS's confusable labels come from: 'im_confusion' (IM's most frequent error per "
-                  "gold class on a held-out slice), 'neighbour' (ordinal neighbour) or 'teacher' (a teacher's confusable "
-                  "labels; the command line uses the offline rules teacher)."},
+                  "gold class on a held-out slice), 'neighbour' (ordinal neighbour) or 'teacher' (a teacher's "
+                  "confusable labels; the command line uses the offline rules teacher)."},
     )
     confusion_slice: int = field(
         default=1000, metadata={"help": "Held-out pairs (outside IM's sample) for IM's confusion matrix."}
@@ -181,8 +188,8 @@ class SelectConfig:
     score_batch_size: int = field(default=16, metadata={"help": "Pairs per forward pass when scoring the pool."})
     examples: int = field(default=3, metadata={"help": "Kept and dropped example pairs per condition in the report."})
     seed: int = field(default=0, metadata={"help": "Seed for the samples, folds and selector training."})
-    threads: int | None = field(default=None, metadata={"help": "CPU threads for torch (default: torch's choice)."})
-    progress: bool = field(default=True, metadata={"help": "Show progress bars."})
+    threads: int | None = neutral_field(None, "CPU threads for torch (default: torch's choice).")
+    progress: bool = neutral_field(True, "Show progress bars.")
 
     def __post_init__(self) -> None:
         for name, allowed in (("backbone", BACKBONES), ("confusion_source", CONFUSION_SOURCES), ("ms_rule", MS_RULES)):
@@ -205,8 +212,6 @@ class SelectConfig:
 
     @property
     def model_name(self) -> str:
-        from lref.models.zoo import DEFAULT_ENCODER, DEFAULT_LLM
-
         return self.model or (DEFAULT_LLM if self.backbone == "llm" else DEFAULT_ENCODER)
 
 
@@ -415,35 +420,24 @@ def make_folds(indices: Sequence[int], k: int, rng: random.Random) -> list[list[
 
 def make_backbone(config: SelectConfig):
     """The backbone the config asks for, with its training and scoring settings."""
-    from lref.models.backbones import EncoderBackbone, LLMBackbone
-    from lref.models.scorer import ScorerConfig
-
     common = dict(
         model=config.model_name, scheme=config.scheme, epochs=config.epochs, max_steps=config.max_steps,
         batch_size=config.batch_size, threads=config.threads, progress=config.progress, seed=config.seed,
     )
     if config.backbone == "llm":
-        from lref.stages.sft import SFTStageConfig
-
         max_length = config.max_length or 512
-        sft = SFTStageConfig(
+        sft = LoraTrainingConfig(
             **common, learning_rate=config.learning_rate or 2e-4, max_length=max_length, lora_r=config.lora_r,
             lora_alpha=2 * config.lora_r,
         )
         scorer = ScorerConfig(batch_size=config.score_batch_size, max_length=max_length, progress=config.progress,
                               num_threads=config.threads)
         return LLMBackbone(sft, scorer)
-    from lref.models.cross_encoder import CrossEncoderConfig
-
     max_length = config.max_length or 128
     encoder = CrossEncoderConfig(**common, learning_rate=config.learning_rate or 5e-5, max_length=max_length)
     scorer = ScorerConfig(batch_size=config.score_batch_size, max_length=max_length, progress=config.progress,
                           num_threads=config.threads)
     return EncoderBackbone(encoder, scorer)
-
-
-def _key(*parts: Any) -> str:
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def run_selector(
@@ -460,17 +454,13 @@ def run_selector(
 ) -> tuple[np.ndarray, dict[str, Any]]:
     """Train one selector (K fold models) on `pool[sample]` relabelled with `train_labels`, score the whole pool
     out of fold, and return (probabilities N x K in pool order, timing info). Cached in `folder/scores.npz`."""
-    from dataclasses import replace
-
-    from lref.fingerprint import data_hash
-
     # `sample` may repeat pairs (an oversampled CI band): folds are cut over distinct pairs, so every copy of a pair
     # sits on the same side.
     train = [replace(pool[i], label=label) for i, label in zip(sample, train_labels, strict=True)]
     distinct = sorted(set(sample))
     cut = make_folds(distinct, folds, _rng(seed, role, "folds")) if folds > 1 else [[]]
     pool_hash = data_hash(pool)
-    key = _key(role, backbone.settings(), data_hash(train), pool_hash, folds, ensemble_rest, seed)
+    key = sha256_json([role, backbone.settings(), data_hash(train), pool_hash, folds, ensemble_rest, seed])
     cache = folder / "scores.npz"
     if cache.is_file():
         stored = np.load(cache, allow_pickle=False)
@@ -517,8 +507,6 @@ def run_selector(
 
 
 def _check_pool(pool: Sequence[Record], scheme: LabelScheme) -> list[Record]:
-    from lref.data.validation import validate_records
-
     if not pool:
         raise SelectionError("the pool is empty: selection needs labelled pairs")
     pool = validate_records(pool, scheme, "pool")
@@ -562,8 +550,6 @@ def select(
     """Run stage 1 on a labelled pool: train IM, CI and MS, score the pool out of fold, keep the pairs that pass
     the enabled conditions, and write `selected.jsonl`, `selection_report.json` and `selector_scores.jsonl` to
     `config.output_dir`. `backbone` overrides the one `config.backbone` names (any `SelectorBackbone`)."""
-    from lref.data.readers import write_records
-    from lref.io import write_json, write_jsonl
 
     scheme = get_scheme(config.scheme)
     if config.use_ms and config.confusion_source == "teacher" and teacher is None:

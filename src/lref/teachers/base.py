@@ -23,6 +23,7 @@ from typing import Any, Protocol, runtime_checkable
 from lref.data.records import DataError, Record
 from lref.labels import LabelScheme
 from lref.prompts import ANSWER_CUE, label_completion, product_fields
+from lref.prompts.cot import parse_label, strip_answer
 from lref.prompts.rules import RuleSet
 
 KINDS = ("ee", "ra", "dr")
@@ -85,7 +86,8 @@ class Teacher(Protocol):
 def check_wrong_labels(records: Sequence[Record], wrong_labels: Sequence[str], scheme: LabelScheme) -> list[str]:
     """Canonical wrong labels, one per record, each differing from the record's human label."""
     if len(wrong_labels) != len(records):
-        raise ValueError(f"reflect needs one wrong label per record: {len(records)} records, {len(wrong_labels)} labels")
+        raise ValueError(f"reflect needs one wrong label per record: {len(records)} records, "
+                         f"{len(wrong_labels)} labels")
     out = []
     for row, (record, wrong) in enumerate(zip(records, wrong_labels)):
         gold = human_label(record, scheme, row)
@@ -114,7 +116,6 @@ def adjacent_label(label: str, scheme: LabelScheme) -> str:
 # Part of every cached teacher text's key: bump it when a teacher's prompts or the rules teacher's texts change.
 TEACHER_PROMPT_VERSION = "teacher-v1"
 
-_ANSWER_RE = re.compile(r"(?:relevance|grade|label|answer)\s*[:=]\s*\**\s*([\w'-]+)", re.IGNORECASE)
 
 
 def system_message(scheme: LabelScheme) -> str:
@@ -157,8 +158,8 @@ def reflect_messages(record: Record, wrong_label: str, scheme: LabelScheme) -> l
     gold = scheme.parse(record.label)
     direction = "more" if scheme.index(wrong_label) < scheme.index(gold) else "less"
     user = (
-        f"{_pair(record)}\n\nA model graded this pair {scheme.word(wrong_label)}, which is wrong: it judged the product "
-        f"{direction} relevant than it is. The correct grade is {scheme.word(gold)}. Explain briefly why "
+        f"{_pair(record)}\n\nA model graded this pair {scheme.word(wrong_label)}, which is wrong: it judged the "
+        f"product {direction} relevant than it is. The correct grade is {scheme.word(gold)}. Explain briefly why "
         f"{scheme.word(wrong_label)} is wrong and why {scheme.word(gold)} is right."
     )
     return [{"role": "system", "content": system_message(scheme)}, {"role": "user", "content": user}]
@@ -172,29 +173,6 @@ def confusable_messages(record: Record, scheme: LabelScheme) -> list[dict[str, s
         f"would a careful rater most easily confuse it with? Answer with that grade only."
     )
     return [{"role": "system", "content": system_message(scheme)}, {"role": "user", "content": user}]
-
-
-def parse_label(text: str | None, scheme: LabelScheme) -> str | None:
-    """The grade an answer ends in: the last 'Relevance: X' (or grade/label/answer), else a last line that is only a
-    grade word. Accepts words and label names, case-insensitively. None when there is none."""
-    if not text:
-        return None
-    lookup = {word.lower(): label for label, word in zip(scheme.labels, scheme.words)}
-    lookup.update({label.lower(): label for label in scheme.labels})
-    for match in reversed(list(_ANSWER_RE.finditer(text))):
-        label = lookup.get(match.group(1).strip("*'\".").lower())
-        if label is not None:
-            return label
-    lines = [line.strip(" *.\"'`") for line in text.strip().splitlines() if line.strip()]
-    return lookup.get(lines[-1].lower()) if lines else None
-
-
-def strip_answer(text: str) -> str:
-    """The reasoning without its trailing answer line(s)."""
-    lines = text.strip().splitlines()
-    while lines and (_ANSWER_RE.search(lines[-1]) or not lines[-1].strip()):
-        lines.pop()
-    return "\n".join(lines).strip()
 
 
 def cited_rule_ids(text: str, rules: RuleSet) -> list[str]:
@@ -234,7 +212,8 @@ class ChatTeacher:
     def stats(self) -> dict[str, Any]:
         return {**self.backend.stats(), "malformed_answers": self.malformed, "dropped": self.dropped}
 
-    def _ask(self, conversations: list[list[dict[str, str]]], scheme: LabelScheme) -> list[tuple[str | None, str | None]]:
+    def _ask(self, conversations: list[list[dict[str, str]]],
+             scheme: LabelScheme) -> list[tuple[str | None, str | None]]:
         """(answer text, parsed label) per conversation, retrying the unparsable ones."""
         answers: list[str | None] = [None] * len(conversations)
         labels: list[str | None] = [None] * len(conversations)

@@ -98,7 +98,8 @@ class ResponseCache:
 
     def put(self, key: str, model: str, response: str) -> None:
         with self._lock:
-            self._db.execute("INSERT OR REPLACE INTO responses VALUES (?, ?, ?, ?)", (key, model, response, time.time()))
+            self._db.execute("INSERT OR REPLACE INTO responses VALUES (?, ?, ?, ?)",
+                             (key, model, response, time.time()))
             self._db.commit()
 
     def __len__(self) -> int:

@@ -159,7 +159,8 @@ class Measure:
     text: str
 
     def same(self, other: "Measure", tolerance: float = 0.02) -> bool:
-        return self.unit == other.unit and abs(self.value - other.value) <= tolerance * max(abs(self.value), 1e-9) + 1e-9
+        limit = tolerance * max(abs(self.value), 1e-9) + 1e-9
+        return self.unit == other.unit and abs(self.value - other.value) <= limit
 
 
 def extract_measures(text: str) -> list[Measure]:
@@ -388,7 +389,8 @@ def compare(record: Record, brands: Iterable[str] = ()) -> Comparison:
         p_brand_words = {w.lower() for w in _WORD_RE.findall(product_brand or "")} | set(p.brands)
         title_words = {w.lower() for w in _WORD_RE.findall(title)}
         if set(q.brands) & (p_brand_words | title_words):
-            perspectives["brand"] = f"the query names {q.brands[0]}, and the product is by {product_brand or q.brands[0]}."
+            perspectives["brand"] = (f"the query names {q.brands[0]}, and the product is by "
+                                     f"{product_brand or q.brands[0]}.")
         else:
             other = product_brand or "another brand"
             modifiers["brand_mismatch"] = f"the query names {q.brands[0]}, the product is by {other}"
@@ -497,7 +499,8 @@ class RulesTeacher:
     def judge(self, record: Record, rules: RuleSet) -> tuple[Comparison, list[Rule], str]:
         """The comparison, the rules it fires (product level first) and the implied grade."""
         comparison = compare(record, self.brands)
-        checks = [comparison.product_finding] if comparison.product_finding != "exact" or not comparison.modifiers else []
+        exact_with_modifiers = comparison.product_finding == "exact" and comparison.modifiers
+        checks = [] if exact_with_modifiers else [comparison.product_finding]
         checks += list(comparison.modifiers)
         fired = [rule for check in checks for rule in rules.by_check(check)]
         fired.sort(key=lambda rule: LEVELS.index(rule.level))

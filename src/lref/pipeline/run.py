@@ -1,0 +1,335 @@
+"""The run: `Pipeline` runs a config's stages in order into one resumable run directory, with a manifest per stage
+(status, fingerprints, versions, metrics, wall time, peak memory), and gathers `results.json`."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import resource
+import shutil
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from lref.calibration import FIT_VERSION
+from lref.data import load_records
+from lref.data.records import Record
+from lref.fingerprint import data_hash, library_versions, settings_of, sha256_json
+from lref.io import write_json
+from lref.pipeline.config import CHAIN, STAGES, UNSET, ConfigError, PipelineConfig, load_config
+from lref.pipeline.data import RunData, load_data, sample
+from lref.pipeline.evaluation import evaluate_system
+from lref.pipeline.runners import RUNNERS, SYSTEM_TITLES, StageContext, with_fields
+
+logger = logging.getLogger("lref.pipeline")
+
+RESULTS_NAME = "results.json"
+MANIFEST = "manifest.json"
+LOG_NAME = "run.log"
+NOT_HASHED = ("resume", "progress", "threads", "logging_steps")
+"""Fields that change how a stage runs, not what it produces: changing them does not re-run the stage."""
+
+
+def _peak_memory_mb() -> dict[str, float]:
+    peak = {"peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available():
+        peak["peak_cuda_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+    return peak
+
+
+def read_manifest(stage_dir: Path) -> dict[str, Any] | None:
+    """A stage's manifest, its recorded paths read under the run dir it is in now (`_relocated`)."""
+    path = stage_dir / MANIFEST
+    if not path.is_file():
+        return None
+    manifest = json.loads(path.read_text())
+    return _relocated(stage_dir, manifest, manifest)
+
+
+def _relocated(stage_dir: Path, recorded: Any, manifest: dict[str, Any] | None = None) -> Any:
+    """`recorded` (a stage's manifest or metrics) with the paths under the run dir the stage ran in rewritten to the
+    run dir it is in now: a run dir that was moved or copied keeps working (fingerprints hold no paths). `manifest`
+    is the stage's manifest as written (read from `stage_dir` when not given)."""
+    if manifest is None:
+        manifest = json.loads((stage_dir / MANIFEST).read_text())
+    output_dir = (manifest.get("config") or {}).get("output_dir")  # the pipeline fills in <run dir>/stages/<name>/model
+    if not output_dir:
+        return recorded
+    old, new = str(Path(output_dir).parents[2]), str(stage_dir.absolute().parents[1])
+    if old == new:
+        return recorded
+
+    def moved(value: Any) -> Any:
+        if isinstance(value, str) and (value == old or value.startswith(old + os.sep)):
+            return new + value[len(old):]
+        if isinstance(value, dict):
+            return {key: moved(item) for key, item in value.items()}
+        if isinstance(value, list):
+            return [moved(item) for item in value]
+        return value
+
+    return moved(recorded)
+
+
+def _stage_settings(config: Any) -> dict[str, Any]:
+    return {k: v for k, v in settings_of(config, NOT_HASHED).items() if v != UNSET}
+
+
+class Pipeline:
+    """Runs a PipelineConfig's stages in order into `run_dir`; see the module docs."""
+
+    def __init__(self, config: PipelineConfig, run_dir: str | Path | None = None, echo: Callable[[str], None] = print):
+        self.config = config
+        self.run_dir = Path(run_dir or config.run_dir)
+        self.echo = echo
+
+    def stage_dir(self, name: str) -> Path:
+        return self.run_dir / "stages" / name
+
+    def run(self, from_stage: str | None = None, only: Sequence[str] | None = None) -> dict[str, Any]:
+        """Run the enabled stages; returns the results (also in `run_dir/results.json`)."""
+        names = list(self.config.stages)
+        for option, given in (("--from", [from_stage] if from_stage else []), ("--only", list(only or []))):
+            for name in given:
+                if name not in names:
+                    raise ConfigError(f"{option} {name}: not a stage of this config (stages: {', '.join(names)})")
+        forced = set(names[names.index(from_stage):]) if from_stage else set()
+        selected = [n for n in names if not only or n in only]
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        handler = logging.FileHandler(self.run_dir / LOG_NAME, encoding="utf-8")
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        root = logging.getLogger()
+        previous_level = root.level
+        root.addHandler(handler)
+        root.setLevel(min(previous_level, logging.INFO) if previous_level else logging.INFO)
+        try:
+            if self.config.source:
+                import yaml
+
+                with_paths = {"source": self.config.source, "data": asdict(self.config.data)}
+                (self.run_dir / "config.yaml").write_text(
+                    Path(self.config.source).read_text(encoding="utf-8") + "\n# resolved:\n"
+                    + "\n".join("# " + line for line in yaml.safe_dump(with_paths).splitlines()) + "\n")
+            data = load_data(self.config)
+            logger.info("data: %d training pairs, %d held-out pairs, scheme %s", len(data.train), len(data.eval),
+                        data.scheme)
+            self.echo(f"data: {len(data.train)} training pairs, {len(data.eval)} held-out pairs"
+                      + (f", {len(data.calibration)} calibration pairs" if data.calibration else "")
+                      + f" ({data.scheme})")
+            done: dict[str, dict[str, Any]] = {}
+            for index, name in enumerate(names, start=1):
+                prefix = f"[{index}/{len(names)}] {name}"
+                if name not in selected:
+                    manifest = read_manifest(self.stage_dir(name))
+                    if manifest and manifest.get("status") in ("done", "skipped"):
+                        done[name] = manifest
+                    continue
+                done[name] = self._run_stage(name, data, done, force=name in forced, prefix=prefix)
+                write_json(self.run_dir / RESULTS_NAME, self.results(data))
+            return self.results(data)
+        finally:
+            root.removeHandler(handler)
+            root.setLevel(previous_level)
+            handler.close()
+
+    # ---------------------------------------------------------------- one stage
+
+    def _inputs(self, name: str, data: RunData, done: dict[str, dict[str, Any]]) -> tuple[list[Record], dict, dict]:
+        """The stage's training records, the upstream outputs it starts from, and the hashes of its inputs."""
+        upstream: dict[str, Any] = {}
+        inputs: dict[str, Any] = {"train": data.train_hash}
+        records = data.train
+        if name in CHAIN:
+            before = [n for n in CHAIN[: CHAIN.index(name)] if n in self.config.stages]
+            if before:
+                previous = before[-1]
+                if previous not in done or done[previous].get("status") != "done":
+                    raise ConfigError(f"stage {name} needs {previous}, which has not finished: run it first")
+                upstream["model"] = done[previous]["outputs"]["model"]
+                inputs[previous] = done[previous]["fingerprint"]
+            elif self.config.chain_start == "llm-base":
+                if "llm-base" not in done or done["llm-base"].get("status") != "done":
+                    raise ConfigError(f"stage {name} starts from llm-base (start_from), which has not finished: run "
+                                      "it first")
+                upstream["model"] = done["llm-base"]["outputs"]["model"]
+                inputs["llm-base"] = done["llm-base"]["fingerprint"]
+            else:
+                upstream["model"] = self.config.model
+            if name in ("sft", "cot") and "select" in self.config.stages:
+                if "select" not in done or done["select"].get("status") != "done":
+                    raise ConfigError(f"stage {name} needs select, which has not finished: run it first")
+                records = load_records(done["select"]["outputs"]["records"], "jsonl", scheme=data.scheme)
+                inputs["select"] = done["select"]["fingerprint"]
+        records = sample(records, self.config.pairs.get(name), self.config.seed, name)
+        return records, upstream, inputs
+
+    def _run_stage(self, name: str, data: RunData, done: dict[str, dict[str, Any]], force: bool,
+                   prefix: str) -> dict[str, Any]:
+        stage_dir = self.stage_dir(name)
+        records, upstream, inputs = self._inputs(name, data, done)
+        inputs["records"] = data_hash(records)
+        model_field = "teacher" if name == "distill" else "model"
+        config = self.config.stages[name]
+        filled = {"output_dir": str(stage_dir / "model")}
+        if name in CHAIN:
+            filled[model_field] = upstream["model"]
+        config = with_fields(config, **filled)
+        # The upstream model is hashed through the upstream fingerprint, not its path, so a moved run dir keeps.
+        unset = {"output_dir": UNSET, **({model_field: UNSET} if name in CHAIN else {})}
+        settings = _stage_settings(with_fields(config, **unset))
+        fingerprint = sha256_json({"stage": name, "config": settings, "pairs": self.config.pairs.get(name),
+                                   "inputs": inputs})
+        calibration = ({"calibration": asdict(self.config.calibration), "fit": FIT_VERSION,
+                        "calibration_data": data.calibration_hash} if self.config.calibration else {})
+        eval_fingerprint = sha256_json({"eval": asdict(self.config.eval), "data": data.eval_hash,
+                                        "seed": self.config.seed, **calibration})
+        previous = read_manifest(stage_dir)
+        if previous and not force and previous.get("fingerprint") == fingerprint:
+            if previous.get("status") == "skipped":
+                self.echo(f"{prefix}: skipped ({previous['reason']})")
+                return previous
+            if previous.get("status") == "done":
+                if previous.get("eval_fingerprint") == eval_fingerprint:
+                    self.echo(f"{prefix}: unchanged, kept ({_headline(previous)})")
+                    return previous
+                self.echo(f"{prefix}: evaluation settings changed, re-evaluating")
+                started = time.perf_counter()
+                previous.update(metrics=self._evaluate(previous["systems"], data, stage_dir),
+                                eval_fingerprint=eval_fingerprint)
+                # wall_time_s stays the training run's; this says what scoring the new evaluation cost.
+                previous["reevaluated"] = {
+                    "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                    "wall_time_s": round(time.perf_counter() - started, 2)}
+                write_json(stage_dir / MANIFEST, previous)
+                return previous
+        resume = bool(previous and not force and previous.get("fingerprint") == fingerprint
+                      and previous.get("status") == "running")
+        if not resume and stage_dir.exists():
+            shutil.rmtree(stage_dir)
+        stage_dir.mkdir(parents=True, exist_ok=True)
+        config = with_fields(config, resume=resume)
+        manifest: dict[str, Any] = {
+            "stage": name, "status": "running", "fingerprint": fingerprint, "eval_fingerprint": eval_fingerprint,
+            "config": asdict(config), "pairs": self.config.pairs.get(name), "n_train": len(records),
+            "inputs": inputs, "upstream": upstream, "versions": library_versions(("trl", "scikit-learn")),
+            "started": datetime.now(timezone.utc).isoformat(timespec="seconds"), "resumed": resume,
+        }
+        # A resumed stage keeps its first start and counts its interrupted attempts' time, so it reports what it cost.
+        earlier_s = float(previous.get("interrupted_s") or 0.0) if resume else 0.0
+        if resume:
+            manifest.update(started=previous.get("started", manifest["started"]), resumed_at=manifest["started"],
+                            interrupted_s=earlier_s)
+        write_json(stage_dir / MANIFEST, manifest)
+        self.echo(f"{prefix}: {'resuming' if resume else 'running'} on {len(records)} pairs")
+        logger.info("stage %s: %s (fingerprint %s)", name, "resuming" if resume else "starting", fingerprint[:12])
+        torch = sys.modules.get("torch")
+        if torch is not None and torch.cuda.is_available():
+            torch.cuda.reset_peak_memory_stats()
+        started = time.perf_counter()
+        context = StageContext(name, config, data, stage_dir, records, upstream, resume)
+        try:
+            result = RUNNERS[name](context)
+        except BaseException:
+            manifest["interrupted_s"] = round(earlier_s + time.perf_counter() - started, 2)
+            write_json(stage_dir / MANIFEST, manifest)
+            logger.exception("stage %s failed", name)
+            self.echo(f"{prefix}: FAILED after {time.perf_counter() - started:.1f} s (see {self.run_dir / LOG_NAME})")
+            raise
+        train_seconds = earlier_s + time.perf_counter() - started
+        if "skipped" in result:
+            manifest.update(status="skipped", reason=result["skipped"])
+            write_json(stage_dir / MANIFEST, manifest)
+            self.echo(f"{prefix}: skipped ({result['skipped']})")
+            logger.warning("stage %s skipped: %s", name, result["skipped"])
+            return manifest
+        manifest.update(outputs=result["outputs"], systems=result["systems"], train_seconds=round(train_seconds, 2))
+        manifest["metrics"] = self._evaluate(result["systems"], data, stage_dir)
+        manifest.update(status="done", wall_time_s=round(earlier_s + time.perf_counter() - started, 2),
+                        **_peak_memory_mb(),
+                        finished=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+        write_json(stage_dir / MANIFEST, manifest)
+        self.echo(f"{prefix}: done in {manifest['wall_time_s']:.1f} s ({_headline(manifest)})")
+        return manifest
+
+    def _evaluate(self, systems: dict[str, dict[str, str]], data: RunData, stage_dir: Path) -> dict[str, Any]:
+        metrics = {}
+        for system, spec in systems.items():
+            result = evaluate_system(system, spec["kind"], spec["ref"], data, self.config.eval, stage_dir,
+                                     self.config.seed, self.config.calibration)
+            metrics[system] = {k: result[k] for k in SUMMARY_KEYS if k in result}
+            logger.info("%s: %s", system, _summary_line(result))
+        return metrics
+
+    # ---------------------------------------------------------------- results
+
+    def results(self, data: RunData | None = None) -> dict[str, Any]:
+        """All evaluated systems in stage order, with their full metrics, plus the selection funnel."""
+        systems = []
+        selection = None
+        for name in STAGES:
+            manifest = read_manifest(self.stage_dir(name))
+            if not manifest:
+                continue
+            if name == "select" and manifest.get("status") == "done":
+                report = Path(manifest["outputs"]["report"])
+                if report.is_file():
+                    selection = json.loads(report.read_text())
+            if manifest.get("status") == "skipped":
+                systems.append({"name": name, "title": SYSTEM_TITLES.get(name, name), "stage": name,
+                                "skipped": manifest.get("reason")})
+                continue
+            if manifest.get("status") != "done":
+                continue
+            for system in manifest.get("systems", {}):
+                path = self.stage_dir(name) / f"metrics_{system}.json"
+                if path.is_file():
+                    systems.append({"name": system, "title": SYSTEM_TITLES.get(system, system), "stage": name,
+                                    "n_train": manifest.get("n_train"), "train_seconds": manifest.get("train_seconds"),
+                                    "metrics": _relocated(self.stage_dir(name), json.loads(path.read_text()))})
+        out: dict[str, Any] = {"run_dir": str(self.run_dir), "systems": systems}
+        if data is not None:
+            out["eval"] = {"pairs": len(data.eval), "hash": data.eval_hash, "train_pairs": len(data.train),
+                           "calibration_pairs": len(data.calibration), "scheme": data.scheme}
+        if selection is not None:
+            out["selection"] = {k: selection.get(k) for k in ("pool_size", "selected", "selected_fraction", "rule",
+                                                              "funnel", "conditions", "label_distribution")}
+        return out
+
+
+SUMMARY_KEYS = ("n", "accuracy", "macro_f1", "weighted_f1", "rmse", "over_estimate_share", "under_estimate_share",
+                 "ci95", "pairs_per_s", "calibration")
+
+
+def _summary_line(metrics: dict[str, Any]) -> str:
+    line = (f"acc {metrics['accuracy']:.3f}, macro-F1 {metrics['macro_f1']:.3f}, wF1 {metrics['weighted_f1']:.3f}, "
+            f"over {metrics['over_estimate_share']:.3f}")
+    if metrics.get("rmse") is not None:
+        line += f", RMSE {metrics['rmse']:.3f}"
+    return line
+
+
+def _headline(manifest: dict[str, Any]) -> str:
+    metrics = manifest.get("metrics") or {}
+    if not metrics:
+        outputs = manifest.get("outputs") or {}
+        return f"{outputs['selected']} pairs selected" if "selected" in outputs else "no evaluation"
+    return "; ".join(f"{system}: {_summary_line(m)}" for system, m in metrics.items())
+
+
+def run_pipeline(config: PipelineConfig | str | Path, *, run_dir: str | Path | None = None,
+                 from_stage: str | None = None, only: Sequence[str] | None = None,
+                 echo: Callable[[str], None] = print) -> dict[str, Any]:
+    """Load (if a path) and run a pipeline config; returns the results written to `run_dir/results.json`."""
+    if not isinstance(config, PipelineConfig):
+        config = load_config(config)
+    return Pipeline(config, run_dir, echo).run(from_stage=from_stage, only=only)
+
+
+__all__ = ["LOG_NAME", "MANIFEST", "NOT_HASHED", "Pipeline", "RESULTS_NAME", "SUMMARY_KEYS", "read_manifest",
+           "run_pipeline"]

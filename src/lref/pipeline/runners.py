@@ -1,0 +1,121 @@
+"""Stage runners: each trains one stage on its `StageContext` and returns
+``{"outputs": {...}, "systems": {system: {"kind": ..., "ref": ...}}}`` (or ``{"skipped": reason}``); `RUNNERS` maps
+a stage name to its runner. A system's kind is a `lref.models.factory.KINDS` entry, its ref the model to score."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from lref.data.readers import write_records
+from lref.data.records import Record
+from lref.models import zoo
+from lref.pipeline.config import field_names
+from lref.pipeline.data import RunData
+
+
+@dataclass
+class StageContext:
+    """What a stage runner gets."""
+
+    name: str
+    config: Any
+    """The stage's config object, pipeline-owned fields filled in."""
+    data: RunData
+    stage_dir: Path
+    records: list[Record]
+    """The stage's training input."""
+    upstream: dict[str, Any]
+    """Outputs of the chain stage before this one (model, records) and of `select`."""
+    resume: bool
+
+
+def with_fields(config: Any, **values: Any):
+    """A copy of stage config `config` with those of `values` that are its fields."""
+    names = field_names(type(config))
+    return dataclasses.replace(config, **{k: v for k, v in values.items() if k in names})
+
+
+def _run_lexical(ctx: StageContext) -> dict[str, Any]:
+    from lref.baselines.lexical import LexicalModel
+
+    folder = ctx.stage_dir / "model"
+    LexicalModel(ctx.config).fit(ctx.records).save(folder)
+    return {"outputs": {"model": str(folder)}, "systems": {"lexical": {"kind": "lexical", "ref": str(folder)}}}
+
+
+def _run_zero_shot(ctx: StageContext) -> dict[str, Any]:
+    name = ctx.config.model
+    if name in zoo.MODELS and not zoo.is_installed(name):
+        return {"skipped": f"{name} is not installed ({zoo.install_command(name)}; or `make models`)"}
+    return {"outputs": {"model": name}, "systems": {"zero-shot": {"kind": "llm", "ref": name}}}
+
+
+def _run_bert(ctx: StageContext) -> dict[str, Any]:
+    from lref.training.cross_encoder import train_cross_encoder
+
+    folder = train_cross_encoder(ctx.config, ctx.records)
+    return {"outputs": {"model": str(folder)}, "systems": {"bert": {"kind": "encoder", "ref": str(folder)}}}
+
+
+def _run_sft(ctx: StageContext) -> dict[str, Any]:
+    from lref.stages.sft import train_sft
+
+    folder = train_sft(ctx.config, ctx.records)
+    return {"outputs": {"model": str(folder)}, "systems": {ctx.name: {"kind": "llm", "ref": str(folder)}}}
+
+
+def _run_select(ctx: StageContext) -> dict[str, Any]:
+    from lref.stages.select import REPORT_NAME, select
+
+    teacher = None
+    if ctx.config.use_ms and ctx.config.confusion_source == "teacher":
+        from lref.teachers.rules import RulesTeacher
+
+        teacher = RulesTeacher().fit(ctx.records).confusable
+    result = select(ctx.config, ctx.records, teacher=teacher)
+    selected = ctx.stage_dir / "selected.jsonl"
+    write_records(selected, result.selected)
+    return {"outputs": {"records": str(selected), "report": str(Path(ctx.config.output_dir) / REPORT_NAME),
+                        "selected": len(result.selected)}, "systems": {}}
+
+
+def _run_cot(ctx: StageContext) -> dict[str, Any]:
+    from lref.stages.cot import train_cot
+
+    # the direct examples come from the training pairs before selection, which carry the traffic's label mix
+    adapters = train_cot(ctx.config, ctx.records, direct_pool=ctx.data.train)
+    systems = {f"cot-{task}": {"kind": "llm", "ref": str(folder)} for task, folder in adapters.items()}
+    last = list(adapters.values())[-1] if adapters else ctx.config.model
+    return {"outputs": {"model": str(last), "adapters": {k: str(v) for k, v in adapters.items()}}, "systems": systems}
+
+
+def _run_dpo(ctx: StageContext) -> dict[str, Any]:
+    from lref.stages.dpo import train_dpo
+
+    folder = train_dpo(ctx.config, ctx.records)
+    return {"outputs": {"model": str(folder)}, "systems": {"dpo": {"kind": "llm", "ref": str(folder)}}}
+
+
+def _run_distill(ctx: StageContext) -> dict[str, Any]:
+    from lref.stages.distill import distill
+
+    folder = distill(ctx.config, ctx.records)
+    return {"outputs": {"model": str(folder)}, "systems": {"distill": {"kind": "encoder", "ref": str(folder)}}}
+
+
+RUNNERS: dict[str, Callable[[StageContext], dict[str, Any]]] = {
+    "lexical": _run_lexical, "zero-shot": _run_zero_shot, "bert": _run_bert, "llm-base": _run_sft,
+    "select": _run_select, "sft": _run_sft, "cot": _run_cot, "dpo": _run_dpo, "distill": _run_distill,
+}
+SYSTEM_TITLES = {
+    "lexical": "lexical (features + GBDT)", "zero-shot": "zero-shot LLM", "bert": "BERT cross-encoder",
+    "llm-base": "LLM SFT, all data", "sft": "+ selection (SFT)", "cot-ee": "+ EE", "cot-ra": "+ RA", "cot-dr": "+ DR",
+    "dpo": "+ DPO", "distill": "distilled student",
+}
+
+
+__all__ = ["RUNNERS", "SYSTEM_TITLES", "StageContext", "with_fields"]
