@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from lref.data.records import DataError, Record
+from lref.data.text import word_stem
 from lref.labels import PRESETS, get_scheme
 from lref.prompts.rules import CHECKS, shipped_rulesets
 from lref.teachers import (
@@ -20,7 +21,6 @@ from lref.teachers import (
     parse_rules,
 )
 from lref.teachers.base import cited_rule_ids, strip_answer
-from lref.teachers.rules import stem
 
 G3 = get_scheme("graded3")
 BRANDS = ["dewalt", "ryobi", "behr", "flexzilla", "kohler", "delta", "lg"]
@@ -114,7 +114,7 @@ def test_head_noun(text, head):
 
 
 def test_stem():
-    assert [stem(w) for w in ["boxes", "batteries", "glass", "tiles", "brushes", "pavers", "bus"]] == [
+    assert [word_stem(w) for w in ["boxes", "batteries", "glass", "tiles", "brushes", "pavers", "bus"]] == [
         "box", "battery", "glass", "tile", "brush", "paver", "bus"]
 
 

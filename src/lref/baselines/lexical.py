@@ -36,6 +36,7 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from lref.data.records import DataError, Record
+from lref.data.splits import normalise_query
 from lref.data.text import (
     NUMBER_RE,
     STOPWORDS,
@@ -45,7 +46,10 @@ from lref.data.text import (
     stem,
     tokenize,
 )
-from lref.labels import get_scheme
+from lref.data.validation import validate_records
+from lref.fingerprint import data_hash, library_versions
+from lref.io import MANIFEST_NAME, atomic_write, write_json
+from lref.labels import CLASS_BALANCE, class_weights, get_scheme
 from lref.predictions import Prediction, ScoreResult
 
 CLASSIFIERS = ("gbdt", "logistic")
@@ -97,7 +101,6 @@ class LexicalConfig:
     )
 
     def __post_init__(self) -> None:
-        from lref.labels import CLASS_BALANCE
 
         get_scheme(self.scheme)
         if self.classifier not in CLASSIFIERS:
@@ -286,7 +289,6 @@ def _query_context(records: Sequence[Record], columns: dict[str, np.ndarray]) ->
     """Each pair's gap to the best pair of its query (same normalised query among `records`) and its rank."""
     import pandas as pd
 
-    from lref.data.splits import normalise_query
 
     frame = pd.DataFrame({
         "query": [normalise_query(r.query) for r in records],
@@ -334,9 +336,6 @@ class LexicalModel:
         )
 
     def fit(self, records: Sequence[Record]) -> "LexicalModel":
-        from lref.data.validation import validate_records
-        from lref.fingerprint import data_hash
-        from lref.labels import class_weights
 
         scheme = self.scheme
         records = validate_records(records, scheme, "training")
@@ -384,8 +383,6 @@ class LexicalModel:
         """Write `lexical.joblib` and `lref_manifest.json` into `folder` (atomically, file by file)."""
         import joblib
 
-        from lref.fingerprint import library_versions
-        from lref.io import MANIFEST_NAME, atomic_write, write_json
 
         if not hasattr(self, "classifier_"):
             raise RuntimeError("LexicalModel.save before fit")

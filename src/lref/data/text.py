@@ -79,5 +79,30 @@ def product_text(record: Record) -> str:
         else record.title
 
 
-__all__ = ["NUMBER_RE", "STOPWORDS", "TOKEN_RE", "UNITS", "canonical_number", "normalise_text", "numbers_and_units",
-           "product_text", "stem", "tokenize"]
+SPELLING = {"grey": "gray", "aluminium": "aluminum", "colour": "color", "fibreglass": "fiberglass"}
+"""British spellings the rules teacher reads as their American form."""
+
+
+def normalise_quotes(text: str) -> str:
+    """Typographic quotes and primes as ASCII, runs of white space as one space (case and digits kept, unlike
+    `normalise_text`): the form the rules teacher reads measures and attributes from."""
+    text = text.replace("’", "'").replace("”", '"').replace("″", '"').replace("′", "'")
+    return re.sub(r"\s+", " ", text).strip()
+
+
+def word_stem(word: str) -> str:
+    """Light plural stemming of a whole word, British spellings made American: microwaves -> microwave, boxes -> box,
+    batteries -> battery; glass stays glass. The rules teacher compares product types and attributes with it; `stem`
+    is the faster, cruder one of the lexical features and match hints, kept apart so their outputs stay as trained."""
+    word = SPELLING.get(word.lower(), word.lower())
+    if len(word) > 4 and word.endswith("ies"):
+        return word[:-3] + "y"
+    if len(word) > 4 and word.endswith("es") and word[:-2].endswith(("ch", "sh", "x", "ss", "z")):
+        return word[:-2]
+    if len(word) > 3 and word.endswith("s") and not word.endswith(("ss", "us", "is")):
+        return word[:-1]
+    return word
+
+
+__all__ = ["NUMBER_RE", "SPELLING", "STOPWORDS", "TOKEN_RE", "UNITS", "canonical_number", "normalise_quotes",
+           "normalise_text", "numbers_and_units", "product_text", "stem", "tokenize", "word_stem"]

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from difflib import SequenceMatcher
 
 from lref.data.records import Record
+from lref.data.text import SPELLING, normalise_quotes, word_stem
 from lref.labels import LabelScheme
 from lref.prompts.rules import LEVELS, Rule, RuleSet, default_rules
 from lref.teachers.base import (
@@ -95,7 +96,6 @@ MATERIALS = (
     "pine", "resin", "composite", "granite", "marble", "polypropylene", "nylon", "cotton", "bamboo", "mdf",
     "plywood", "cpvc", "pex", "abs", "poly", "polyester", "stone", "slate", "travertine", "wicker", "leather",
 )
-_SPELLING = {"grey": "gray", "aluminium": "aluminum", "colour": "color", "fibreglass": "fiberglass"}
 STOPWORDS = frozenset(
     "a an and the of for with in on to by or at from per into & + - x w/ is it its this that as no not only "
     "set up new".split()
@@ -112,23 +112,6 @@ _ACCESSORY_PHRASES = re.compile(r"\b(replacement|cover for|case for|parts? for|a
                                 r"compatible with|fits)\b", re.IGNORECASE)
 _CUT_RE = re.compile(r"\s(?:in|with|for|w/|featuring|includes?|including)\s|,|\s[-–|]\s|\(|\[", re.IGNORECASE)
 _WORD_RE = re.compile(r"[a-z][a-z'-]*[a-z]|[a-z]", re.IGNORECASE)
-
-
-def normalise_text(text: str) -> str:
-    text = text.replace("’", "'").replace("”", '"').replace("″", '"').replace("′", "'")
-    return re.sub(r"\s+", " ", text).strip()
-
-
-def stem(word: str) -> str:
-    """Light plural stemming: microwaves -> microwave, boxes -> box, batteries -> battery; glass stays glass."""
-    word = _SPELLING.get(word.lower(), word.lower())
-    if len(word) > 4 and word.endswith("ies"):
-        return word[:-3] + "y"
-    if len(word) > 4 and word.endswith("es") and word[:-2].endswith(("ch", "sh", "x", "ss", "z")):
-        return word[:-2]
-    if len(word) > 3 and word.endswith("s") and not word.endswith(("ss", "us", "is")):
-        return word[:-1]
-    return word
 
 
 def parse_number(text: str) -> float:
@@ -165,7 +148,7 @@ class Measure:
 
 def extract_measures(text: str) -> list[Measure]:
     measures = []
-    for match in _MEASURE_RE.finditer(normalise_text(text)):
+    for match in _MEASURE_RE.finditer(normalise_quotes(text)):
         unit, factor = canonical_unit(match.group("unit"))
         measures.append(Measure(round(parse_number(match.group("num")) * factor, 6), unit, match.group(0).strip()))
     return measures
@@ -173,7 +156,7 @@ def extract_measures(text: str) -> list[Measure]:
 
 def _find_phrases(text: str, vocabulary: Iterable[str]) -> list[str]:
     lowered = " " + re.sub(r"[^a-z0-9]+", " ", text.lower()) + " "
-    for spelling, canonical in _SPELLING.items():
+    for spelling, canonical in SPELLING.items():
         lowered = lowered.replace(f" {spelling} ", f" {canonical} ")
     found = []
     for phrase in vocabulary:  # longest phrases come first in the vocabularies, and they swallow their parts
@@ -213,14 +196,14 @@ def _content_words(text: str, drop: frozenset[str] = frozenset()) -> list[str]:
     for word in _WORD_RE.findall(text):
         lowered = word.lower().strip("'-")
         if lowered and lowered not in STOPWORDS and lowered not in drop and len(lowered) > 1:
-            words.append(stem(lowered))
+            words.append(word_stem(lowered))
     return words
 
 
 def extract_facts(text: str, brands: Iterable[str] = (), record_brand: str | None = None,
                   is_title: bool = False) -> Facts:
     """Extract the comparable facts of a query (``is_title=False``) or a product title."""
-    text = normalise_text(text)
+    text = normalise_quotes(text)
     known_brands = {b.lower() for b in brands}
     lowered = text.lower()
     measures = extract_measures(text)
@@ -273,7 +256,7 @@ def extract_facts(text: str, brands: Iterable[str] = (), record_brand: str | Non
     for phrase in materials:  # 'stainless steel' is a material, not the finish 'stainless'
         colour_text = colour_text.replace(phrase, " ")
     colours = _find_phrases(colour_text, COLOURS)
-    attribute_words = {stem(w) for phrase in colours + materials for w in phrase.split()}
+    attribute_words = {word_stem(w) for phrase in colours + materials for w in phrase.split()}
     head_candidates = [w for w in main_words if w not in attribute_words] or main_words
     head = head_candidates[-1] if head_candidates else None
     for_match = re.search(r"\b(?:for|compatible with|fits)\s+(.*)$", content_text, re.IGNORECASE)
