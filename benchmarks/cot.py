@@ -28,22 +28,12 @@ import random
 import shutil
 import sys
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
+from common import HOMEDEPOT, RESULTS, ROOT, sft_training_ids, utc_now
 
-from dpo import sft_training_ids  # noqa: E402  (benchmarks/dpo.py, beside this script)
+from lref.io import write_json
 
-from lref.data import load_records  # noqa: E402
-from lref.io import write_json  # noqa: E402
-from lref.metrics import evaluate  # noqa: E402
-from lref.models.loading import load_causal_lm  # noqa: E402
-from lref.models.scorer import LabelScorer, ScorerConfig  # noqa: E402
-from lref.stages.cot import REPORT_NAME, CoTConfig, generate_predictions, train_cot  # noqa: E402
-
-ROOT = Path(__file__).resolve().parent.parent
-DATA = ROOT.parent / "shared" / "datasets" / "homedepot"
 SCHEME = "graded3"
 KEYS = ("accuracy", "macro_f1", "weighted_f1", "over_estimate_share")
 
@@ -56,6 +46,11 @@ def summary(metrics: dict, pairs: int, seconds: float) -> dict:
 
 
 def evaluate_model(model_ref, dev, cot_dev, args) -> tuple[dict, list[str]]:
+    from lref.metrics import evaluate
+    from lref.models.generation import generate_predictions
+    from lref.models.loading import load_causal_lm
+    from lref.models.scorer import LabelScorer, ScorerConfig
+
     model, tokenizer, _ = load_causal_lm(model_ref)
     scorer = LabelScorer(model, tokenizer, SCHEME, ScorerConfig(batch_size=16, progress=True))
     started = time.perf_counter()
@@ -76,7 +71,7 @@ def evaluate_model(model_ref, dev, cot_dev, args) -> tuple[dict, list[str]]:
     return result, texts
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=str(ROOT / "runs" / "sft_quality" / "adapter"),
                         help="the Stage-1 model to start from (an SFT adapter folder, or a zoo name)")
@@ -101,13 +96,19 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--run-dir", default=str(ROOT / "runs" / "cot"))
     parser.add_argument("--fresh", action="store_true", help="delete --run-dir first instead of resuming it")
-    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "cot.json"))
-    args = parser.parse_args()
-    if not DATA.is_dir():
-        sys.exit(f"this benchmark needs the Home Depot data in {DATA}")
+    parser.add_argument("--out", default=str(RESULTS / "cot.json"))
+    return parser.parse_args()
 
-    train_all = load_records(DATA / "train.csv", format="homedepot")
-    dev_all = load_records(DATA / "dev.csv", format="homedepot")
+
+def main() -> None:
+    args = parse_args()
+    if not HOMEDEPOT.is_dir():
+        sys.exit(f"this benchmark needs the Home Depot data in {HOMEDEPOT}")
+    from lref.data import load_records
+    from lref.stages.cot import REPORT_NAME, CoTConfig, train_cot
+
+    train_all = load_records(HOMEDEPOT / "train.csv", format="homedepot")
+    dev_all = load_records(HOMEDEPOT / "dev.csv", format="homedepot")
     excluded = sft_training_ids(args.model, train_all)
     candidates = [record for record in train_all if record.id not in excluded]
     pool = random.Random(args.seed + 2).sample(candidates, min(args.train_pairs, len(candidates)))
@@ -159,10 +160,11 @@ def main() -> None:
                      for task, stage in report["stages"].items()},
         "wall_times_s": {"train_cot": round(train_seconds, 1), **wall},
         "settings": {"epochs": args.epochs, "dr_epochs": args.dr_epochs, "max_steps": args.steps, "lr": args.lr,
-                     "batch_size": args.batch_size, "lora_r": args.lora_r, "over_estimate_share": args.over_estimate_share,
-                     "class_balance": args.class_balance, "seed": args.seed},
+                     "batch_size": args.batch_size, "lora_r": args.lora_r,
+                     "over_estimate_share": args.over_estimate_share, "class_balance": args.class_balance,
+                     "seed": args.seed},
         "machine": f"{platform.machine()}, {os.cpu_count()} cores",
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "date": utc_now(),
         "command": "python " + " ".join(sys.argv),
     }
     write_json(args.out, result)

@@ -14,38 +14,28 @@ the cached teacher scores and resumes both trainings; use a fresh --run-dir for 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import random
 import sys
 import time
 from dataclasses import asdict
-from datetime import datetime, timezone
 from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
+from common import HOMEDEPOT, RESULTS, ROOT, utc_now
 
-from lref.data import load_records
 from lref.io import write_json
 from lref.labels import get_scheme
-from lref.metrics import evaluate
-from lref.models.cross_encoder import (
-    CrossEncoderConfig,
-    CrossEncoderScorer,
-    train_cross_encoder,
-)
-from lref.models.scorer import ScorerConfig
-from lref.predictions import read_predictions, write_predictions
-from lref.stages.distill import DistillConfig, distill
 
-ROOT = Path(__file__).resolve().parent.parent
-DATA = ROOT.parent / "shared" / "datasets" / "homedepot"
 SCHEME = get_scheme("graded3")
 METRICS = ("accuracy", "macro_f1", "weighted_f1", "rmse", "over_estimate_share", "majority_floor")
 
 
 def teacher_predictions(args, dev, run_dir: Path):
     """The teacher's dev predictions: from the given file when it covers every dev pair, else scored now."""
+    from lref.predictions import read_predictions, write_predictions
+
     path = Path(args.teacher_dev_predictions) if args.teacher_dev_predictions else None
     if path and path.is_file():
         by_id = {p.id: p for p in read_predictions(path, SCHEME)}
@@ -53,7 +43,7 @@ def teacher_predictions(args, dev, run_dir: Path):
             return [by_id[r.id] for r in dev], f"read from {path}", 0.0
         print(f"{path} does not cover every dev pair; scoring the teacher", file=sys.stderr)
     from lref.models.loading import load_causal_lm
-    from lref.models.scorer import LabelScorer
+    from lref.models.scorer import LabelScorer, ScorerConfig
 
     model, tokenizer, _ = load_causal_lm(args.teacher)
     started = time.perf_counter()
@@ -67,7 +57,7 @@ def summary(metrics: dict) -> dict:
     return {key: metrics.get(key) for key in METRICS} | {"per_class": metrics.get("per_class")}
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--teacher", default=str(ROOT / "runs" / "sft_quality" / "adapter"))
     parser.add_argument(
@@ -75,7 +65,7 @@ def main() -> None:
     )
     parser.add_argument("--student", default="minilm-l6", help="minilm-l6, mpnet-base or an HF encoder folder")
     parser.add_argument("--pool", type=int, default=6000, help="first N pairs of a seeded shuffle of train.csv")
-    parser.add_argument("--dev-limit", type=int, default=0, help="first N dev pairs; 0 = all 7,523")
+    parser.add_argument("--dev-limit", type=int, default=0, help="first N dev pairs; 0 = all")
     parser.add_argument("--candidates-per-query", type=int, default=0)
     parser.add_argument("--temperature", type=float, default=2.0)
     parser.add_argument("--ce-weight", type=float, default=0.5)
@@ -86,16 +76,27 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--run-dir", default=str(ROOT / "runs" / "distill"))
-    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "distill.json"))
-    args = parser.parse_args()
-    if not DATA.is_dir():
-        sys.exit(f"this benchmark needs the Home Depot data in {DATA}")
-    run_dir = Path(args.run_dir)
+    parser.add_argument("--out", default=str(RESULTS / "distill.json"))
+    return parser.parse_args()
 
-    train_all = load_records(DATA / "train.csv", format="homedepot", scheme=SCHEME)
+
+def main() -> None:
+    args = parse_args()
+    if not HOMEDEPOT.is_dir():
+        sys.exit(f"this benchmark needs the Home Depot data in {HOMEDEPOT}")
+    from lref.data import load_records
+    from lref.metrics import evaluate
+    from lref.models.cross_encoder import CrossEncoderScorer
+    from lref.models.scorer import ScorerConfig
+    from lref.predictions import write_predictions
+    from lref.stages.distill import DistillConfig, distill
+    from lref.training.cross_encoder import CrossEncoderConfig, train_cross_encoder
+
+    run_dir = Path(args.run_dir)
+    train_all = load_records(HOMEDEPOT / "train.csv", format="homedepot", scheme=SCHEME)
     random.Random(args.seed).shuffle(train_all)
     pool = train_all[: args.pool]
-    dev = load_records(DATA / "dev.csv", format="homedepot", scheme=SCHEME)
+    dev = load_records(HOMEDEPOT / "dev.csv", format="homedepot", scheme=SCHEME)
     dev = dev[: args.dev_limit] if args.dev_limit > 0 else dev
     timings: dict[str, float] = {}
 
@@ -134,8 +135,6 @@ def main() -> None:
         rmse = metrics.get("rmse")
         print(f"{name:<8} {metrics['accuracy']:6.3f} {metrics['macro_f1']:8.3f} {metrics['weighted_f1']:6.3f} "
               f"{rmse if rmse is None else f'{rmse:6.3f}':>6}")
-    import json
-
     distill_info = json.loads((student_dir / "lref_manifest.json").read_text())["distill"]
     write_json(args.out, {
         **{name: summary(metrics) for name, metrics in results.items()},
@@ -145,7 +144,7 @@ def main() -> None:
         "teacher_cache": distill_info["teacher_cache"],
         "wall_times_s": timings,
         "machine": f"{platform.machine()}, {os.cpu_count()} cores",
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "date": utc_now(),
         "command": "python " + " ".join(sys.argv),
     })
     print(f"wrote {args.out}")

@@ -22,38 +22,13 @@ import random
 import shutil
 import sys
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
+from common import HOMEDEPOT, RESULTS, ROOT, sft_training_ids, utc_now
 
-from lref.data import load_records
-from lref.fingerprint import data_hash
 from lref.io import write_json
-from lref.metrics import evaluate
-from lref.models.loading import load_causal_lm, read_manifest
-from lref.models.scorer import LabelScorer, ScorerConfig
-from lref.models.zoo import resolve_model
-from lref.predictions import read_predictions, write_predictions
-from lref.stages.dpo import DPOStageConfig, train_dpo
 
-ROOT = Path(__file__).resolve().parent.parent
-DATA = ROOT.parent / "shared" / "datasets" / "homedepot"
 SCHEME = "graded3"
-
-
-def sft_training_ids(model: str, train_all) -> set[str]:
-    """Ids of the train sample an sft_quality.py adapter was trained on, rebuilt from its manifest (seeded sample of
-    n_train pairs) and confirmed by the data hash; empty when it cannot be confirmed."""
-    manifest = read_manifest(resolve_model(model)) or {}
-    n_train, seed = manifest.get("n_train"), (manifest.get("config") or {}).get("seed")
-    if not n_train or seed is None:
-        return set()
-    sample = random.Random(seed).sample(train_all, min(n_train, len(train_all)))
-    if data_hash(sample) != manifest.get("data_hash"):
-        print("note: could not rebuild the SFT training sample; the pool may overlap it", file=sys.stderr)
-        return set()
-    return {record.id for record in sample}
 
 
 def summary(metrics: dict) -> dict:
@@ -70,6 +45,11 @@ def summary(metrics: dict) -> dict:
 def score_dev(model_ref: str | Path, dev, batch_size: int, cache: Path | None = None) -> tuple[dict, float]:
     """Metrics of `model_ref` on dev and the scoring seconds; with `cache`, predictions (and their seconds) are
     reused when the same model scored the same dev pairs before."""
+    from lref.metrics import evaluate
+    from lref.models.loading import load_causal_lm
+    from lref.models.scorer import LabelScorer, ScorerConfig
+    from lref.predictions import read_predictions, write_predictions
+
     if cache is not None and cache.is_file():
         stored = json.loads(cache.read_text())
         return summary(evaluate(dev, read_predictions(stored["predictions"]), SCHEME, bootstrap=0)), stored["seconds"]
@@ -84,7 +64,7 @@ def score_dev(model_ref: str | Path, dev, batch_size: int, cache: Path | None = 
     return summary(evaluate(dev, predictions, SCHEME, bootstrap=0)), seconds
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=str(ROOT / "runs" / "sft_quality" / "adapter"),
                         help="model to de-bias (an SFT/CoT adapter folder, or a zoo name)")
@@ -107,13 +87,22 @@ def main() -> None:
     parser.add_argument("--guard-tolerance", type=float, default=0.01)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--run-dir", default=str(ROOT / "runs" / "dpo"))
-    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "dpo.json"))
-    args = parser.parse_args()
-    if not DATA.is_dir():
-        sys.exit(f"this benchmark needs the Home Depot data in {DATA}")
+    parser.add_argument("--out", default=str(RESULTS / "dpo.json"))
+    return parser.parse_args()
 
-    train_all = load_records(DATA / "train.csv", format="homedepot")
-    dev_all = load_records(DATA / "dev.csv", format="homedepot")
+
+def main() -> None:
+    args = parse_args()
+    if not HOMEDEPOT.is_dir():
+        sys.exit(f"this benchmark needs the Home Depot data in {HOMEDEPOT}")
+    from lref.data import load_records
+    from lref.fingerprint import data_hash
+    from lref.models.loading import read_manifest
+    from lref.models.zoo import resolve_model
+    from lref.stages.dpo import DPOStageConfig, train_dpo
+
+    train_all = load_records(HOMEDEPOT / "train.csv", format="homedepot")
+    dev_all = load_records(HOMEDEPOT / "dev.csv", format="homedepot")
     excluded = sft_training_ids(args.model, train_all)
     rng = random.Random(args.seed + 1)  # another draw than the SFT sample's
     candidates = [record for record in train_all if record.id not in excluded]
@@ -168,7 +157,7 @@ def main() -> None:
         "dpo_seconds": round(dpo_seconds, 1),
         "dev_pairs_per_s": round(len(dev) / max(after_s, 1e-9), 1),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores",
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "date": utc_now(),
         "command": "python " + " ".join(sys.argv),
     }
     write_json(args.out, result)

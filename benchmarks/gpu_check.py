@@ -1,6 +1,6 @@
 """The GPU paths on a CUDA machine: SFT, DPO, LLM scoring and CoT generation on the GPU, float32 against bf16, with
-speeds next to the same work on the CPU of that machine. The figures behind auto precision (`lref.training.use_bf16`)
-staying float32 on GPUs (bf16 is named explicitly, so both precisions are measured).
+speeds next to the same work on the CPU of that machine. What auto precision (`lref.device.use_bf16`) chooses on GPUs
+rests on these measurements (bf16 is named explicitly, so both precisions are measured).
 
 The model is Gemma-3-270M's architecture and tokenizer with *random* weights (`--model-dir` holds the real
 config.json and tokenizer files), so the figures are speeds and code-path checks, not quality. Data: the synthetic
@@ -18,22 +18,12 @@ import platform
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
 import numpy as np
-import torch
+from common import utc_now
 
-from lref.data.synthetic import SyntheticCatalogConfig, generate_catalog
-from lref.device import resolve_precision
 from lref.io import write_json
-from lref.models.loading import load_causal_lm
-from lref.models.scorer import LabelScorer, ScorerConfig
-from lref.stages.cot import generate_predictions
-from lref.stages.dpo import DPOStageConfig, train_dpo
-from lref.stages.sft import SFTStageConfig, train_sft
 
 
 def parse_args() -> argparse.Namespace:
@@ -48,6 +38,7 @@ def parse_args() -> argparse.Namespace:
 
 def random_gemma(model_dir: Path, out: Path) -> Path:
     """Gemma-3-270M's architecture with seeded random weights, saved beside its tokenizer."""
+    import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     torch.manual_seed(0)
@@ -58,6 +49,10 @@ def random_gemma(model_dir: Path, out: Path) -> Path:
 
 
 def score_speed(model, tokenizer, records, bf16: bool | None) -> tuple[float, np.ndarray]:
+    import torch
+
+    from lref.models.scorer import LabelScorer, ScorerConfig
+
     scorer = LabelScorer(model, tokenizer, "graded3", ScorerConfig(batch_size=64, bf16=bf16))
     scorer.score(records[:64])  # warm-up
     if model.device.type == "cuda":
@@ -71,6 +66,15 @@ def score_speed(model, tokenizer, records, bf16: bool | None) -> tuple[float, np
 
 def main() -> None:
     args = parse_args()
+    import torch
+
+    from lref.data.synthetic import SyntheticCatalogConfig, generate_catalog
+    from lref.device import resolve_precision
+    from lref.models.generation import generate_predictions
+    from lref.models.loading import load_causal_lm
+    from lref.stages.dpo import DPOStageConfig, train_dpo
+    from lref.stages.sft import SFTStageConfig, train_sft
+
     if not torch.cuda.is_available():
         sys.exit("gpu_check needs a CUDA GPU")
     started = time.perf_counter()
@@ -134,7 +138,7 @@ def main() -> None:
     result["peak_cuda_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
     result["wall_time_s"] = round(time.perf_counter() - started, 1)
     result["machine"] = f"{platform.machine()}, {os.cpu_count()} cores, {result['device']}"
-    result["date"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    result["date"] = utc_now()
     result["command"] = "python " + " ".join(sys.argv)
     write_json(args.out, result)
     print(json.dumps(result, indent=2))

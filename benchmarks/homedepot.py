@@ -14,19 +14,16 @@ import json
 import os
 import sys
 import time
-from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
+from common import RESULTS, ROOT, cpu_name, utc_now
 
 from lref.io import atomic_write, write_json
-from lref.pipeline import STAGES, Pipeline, load_config, read_manifest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from scoring import cpu_name  # noqa: E402
+if TYPE_CHECKING:
+    from lref.pipeline import Pipeline
 
-ROOT = Path(__file__).resolve().parent.parent
 NAMES = {"lexical": "lexical", "zero-shot": "zero_shot", "bert": "bert", "llm-base": "llm_base", "sft": "lref_select",
          "cot-ee": "lref_ee", "cot-ra": "lref_ra", "cot-dr": "lref_dr", "dpo": "lref_dpo", "distill": "student"}
 CHAIN = ("lref_select", "lref_ee", "lref_ra", "lref_dr", "lref_dpo")
@@ -49,13 +46,15 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--config", default=str(ROOT / "configs" / "homedepot.yaml"))
     parser.add_argument("--run-dir", default=None, help="default: the config's run_dir")
     parser.add_argument("--report-only", action="store_true", help="write the results of the run as it stands")
-    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "homedepot.json"))
+    parser.add_argument("--out", default=str(RESULTS / "homedepot.json"))
     parser.add_argument("--results-md", default=str(ROOT / "benchmarks" / "RESULTS.md"))
     return parser.parse_args()
 
 
 def collect(pipeline: Pipeline) -> dict[str, Any]:
     """Systems by benchmark name (metrics, intervals, per-class figures, sizes, times) and per-stage wall times."""
+    from lref.pipeline import STAGES, read_manifest
+
     results = pipeline.results()
     systems: dict[str, Any] = {}
     for system in results["systems"]:
@@ -254,8 +253,8 @@ def calibration_table(systems: dict[str, Any], pairs: int | None) -> list[str]:
         return ["", "Scores are uncalibrated (the config has no `calibration` section)."]
     labels = list(rows[0][1]["bias"])
     lines = ["", "## Label-prior calibration", "",
-             f"The table above is calibrated: every system's per-label logit bias was fitted for weighted-F1 on {pairs} "
-             "training pairs (whole queries) that no stage trained on, then applied to the dev pairs "
+             "The table above is calibrated: every system's per-label logit bias was fitted for weighted-F1 on "
+             f"{pairs} training pairs (whole queries) that no stage trained on, then applied to the dev pairs "
              "(docs/calibration.md). Uncalibrated figures are on the same dev pairs.", "",
              "| system | bias " + " / ".join(labels) + " | weighted-F1 on the calibration pairs | dev weighted-F1 "
              "uncalibrated -> calibrated | dev over-est. uncalibrated -> calibrated |", "|---|---|---|---|---|"]
@@ -301,6 +300,8 @@ def last_run_wall(path: str) -> float | None:
 
 def main() -> None:
     args = parse_args()
+    from lref.pipeline import Pipeline, load_config, read_manifest  # after the arguments: `--help` answers at once
+
     config = load_config(args.config)
     pipeline = Pipeline(config, args.run_dir)
     started = time.perf_counter()
@@ -318,7 +319,7 @@ def main() -> None:
         "config_text": Path(args.config).read_text(encoding="utf-8"),
         "wall_time_s": round(time.perf_counter() - started, 1) if not args.report_only else last_run_wall(args.out),
         "machine": f"{cpu_name()}, {os.cpu_count()} cores",
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "date": utc_now(),
         "command": "python " + " ".join(sys.argv),
     }
     write_json(args.out, data)

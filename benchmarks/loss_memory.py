@@ -5,7 +5,7 @@ completions are `--completion-tokens` tokens long (as a CoT analysis is), `compl
 Reported: the process's peak RSS and the step's wall time, for `HEAD_CHUNK` = 256 (the default) and for one pass
 (`HEAD_CHUNK` larger than the batch's label positions), plus the loss of each (they must agree).
 
-    .venv/bin/python benchmarks/loss_memory.py            # ~2 min on 2 cores; writes benchmarks/results/loss_memory.json
+    .venv/bin/python benchmarks/loss_memory.py            # writes benchmarks/results/loss_memory.json
 """
 
 from __future__ import annotations
@@ -18,12 +18,10 @@ import resource
 import subprocess
 import sys
 import time
-from datetime import datetime, timezone
-from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
+from common import RESULTS, utc_now
 
-ROOT = Path(__file__).resolve().parent.parent
+from lref.io import write_json
 
 
 def measure(chunk: int, batch: int, completion_tokens: int, model: str) -> dict:
@@ -32,9 +30,9 @@ def measure(chunk: int, batch: int, completion_tokens: int, model: str) -> dict:
     from peft import LoraConfig, get_peft_model
 
     from lref.models.loading import load_causal_lm
-    from lref.stages import sft
+    from lref.training import losses
 
-    sft.HEAD_CHUNK = chunk
+    losses.HEAD_CHUNK = chunk  # the module global `head_token_losses` reads
     lm, tokenizer, _ = load_causal_lm(model)
     lm = get_peft_model(lm, LoraConfig(r=16, lora_alpha=32, target_modules="all-linear", task_type="CAUSAL_LM"))
     torch.manual_seed(0)
@@ -45,11 +43,12 @@ def measure(chunk: int, batch: int, completion_tokens: int, model: str) -> dict:
     inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels,
               "weights": torch.ones(batch)}
     started = time.perf_counter()
-    loss, count = sft.completion_loss(lm, inputs, share_prefix=False)
+    loss, count = losses.completion_loss(lm, inputs, share_prefix=False)
     loss.backward()
     seconds = time.perf_counter() - started
+    peak_rss_mb = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
     return {"head_chunk": chunk, "loss": round(loss.item(), 5), "label_positions": count,
-            "step_s": round(seconds, 2), "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}
+            "step_s": round(seconds, 2), "peak_rss_mb": peak_rss_mb}
 
 
 def main() -> None:
@@ -58,7 +57,7 @@ def main() -> None:
     parser.add_argument("--completion-tokens", type=int, default=200)
     parser.add_argument("--model", default="gemma-3-270m")
     parser.add_argument("--child", type=int, default=None, help=argparse.SUPPRESS)
-    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "loss_memory.json"))
+    parser.add_argument("--out", default=str(RESULTS / "loss_memory.json"))
     args = parser.parse_args()
     if args.child is not None:
         print(json.dumps(measure(args.child, args.batch, args.completion_tokens, args.model)))
@@ -76,11 +75,9 @@ def main() -> None:
         "loss_difference": abs(runs["one_pass"]["loss"] - runs["chunked"]["loss"]),
         "sizes": {"batch": args.batch, "completion_tokens": args.completion_tokens, "model": args.model},
         "machine": f"{platform.machine()}, {os.cpu_count()} cores",
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "date": utc_now(),
         "command": "python benchmarks/loss_memory.py",
     }
-    from lref.io import write_json
-
     write_json(args.out, result)
     print(json.dumps({key: result[key] for key in ("peak_rss_saved_mb", "loss_difference")}))
 

@@ -19,30 +19,25 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import socket
 import subprocess
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+from common import HOMEDEPOT, RESULTS, ROOT, machine, utc_now
 
-REPO = Path(__file__).resolve().parents[1]
-DATA_DIR = REPO.parent / "shared" / "datasets" / "homedepot"
-DEFAULT_OUT = REPO / "benchmarks" / "results" / "scale.json"
-DEFAULT_ADAPTER = REPO / "runs" / "sft_quality" / "adapter"
-DRIVER = REPO / "tests" / "ddp_sft_driver.py"
-DDP_CONFIG = REPO / "configs" / "accelerate" / "ddp_cpu.yaml"
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from scoring import cpu_name  # noqa: E402  (benchmarks/scoring.py)
+DEFAULT_OUT = RESULTS / "scale.json"
+DEFAULT_ADAPTER = ROOT / "runs" / "sft_quality" / "adapter"
+DRIVER = ROOT / "tests" / "ddp_sft_driver.py"
+DDP_CONFIG = ROOT / "configs" / "accelerate" / "ddp_cpu.yaml"
 
 
 def bench_scoring(args, records, scheme, work: Path) -> dict:
+    from functools import partial
+
+    from lref.models.factory import make_scorer
     from lref.models.scorer import ScorerConfig
     from lref.predictions import write_predictions
     from lref.sharding import (
@@ -53,10 +48,11 @@ def bench_scoring(args, records, scheme, work: Path) -> dict:
     )
 
     config = ScorerConfig(batch_size=args.batch_size, top_k=3, max_length=512)
+    build = partial(make_scorer, args.model, kind="llm", scheme=scheme, config=config, calibrated=False)
     rates, files = {}, {}
     for workers in (1, 2):
         start = time.perf_counter()
-        result = score_in_parallel(args.model, records, scheme, config, workers=workers, block_size=args.block_size)
+        result = score_in_parallel(build, records, workers=workers, block_size=args.block_size)
         seconds = time.perf_counter() - start
         rates[workers] = round(len(records) / seconds, 3)
         files[workers] = work / f"workers{workers}.jsonl"
@@ -69,7 +65,7 @@ def bench_scoring(args, records, scheme, work: Path) -> dict:
         spec = f"{index}/{args.shards}"
         shard = select_shard(records, spec, args.block_size)
         part = work / f"shard{index}.jsonl"
-        write_predictions(part, score_in_parallel(args.model, shard, scheme, config, block_size=args.block_size)
+        write_predictions(part, score_in_parallel(build, shard, block_size=args.block_size)
                           .predictions())
         write_shard_info(part, spec, [r.id for r in records], args.block_size)
         parts.append(part)
@@ -130,8 +126,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-training", action="store_true", help="Only the scoring part.")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     args = parser.parse_args(argv)
-    if not (DATA_DIR / "dev.csv").is_file():
-        print(f"error: {DATA_DIR}/dev.csv not found; this benchmark needs the Home Depot data in "
+    if not (HOMEDEPOT / "dev.csv").is_file():
+        print(f"error: {HOMEDEPOT}/dev.csv not found; this benchmark needs the Home Depot data in "
               "../shared/datasets/homedepot/", file=sys.stderr)
         return 2
     if args.model is None:
@@ -146,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
 
     cores = available_cores()
     scheme = scheme_for_model(read_manifest(resolve_model(args.model)), default="graded3")
-    records = load_records(DATA_DIR / "dev.csv", "homedepot")[: args.pairs]
+    records = load_records(HOMEDEPOT / "dev.csv", "homedepot")[: args.pairs]
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="lref-scale-") as tmp:
         work = Path(tmp)
@@ -161,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
         result.update(bench_scoring(args, records, scheme, work))
         if not args.skip_training:
             train = work / "train.jsonl"
-            write_records(train, load_records(DATA_DIR / "train.csv", "homedepot")[:64])
+            write_records(train, load_records(HOMEDEPOT / "train.csv", "homedepot")[:64])
             runs = {n: run_training(n, args, train, work, cores) for n in (1, 2)}
             result.update(
                 train_model=args.train_model,
@@ -175,9 +171,9 @@ def main(argv: list[str] | None = None) -> int:
         cores=cores,
         load_avg_before=[round(x, 2) for x in load_before],
         load_avg_after=[round(x, 2) for x in os.getloadavg()],
-        machine=f"{cpu_name()}, {os.cpu_count()} logical CPUs, {platform.system()} {platform.machine()}",
+        machine=machine(),
         command=" ".join([Path(sys.executable).name, *sys.argv]),
-        date=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        date=utc_now(),
     )
     write_json(args.out, result)
     print(f"written to {args.out}")

@@ -18,20 +18,16 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import resource
 import sys
 import threading
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+from common import HOMEDEPOT, RESULTS, machine, utc_now
 
-REPO = Path(__file__).resolve().parents[1]
-DEFAULT_DATA = REPO.parent / "shared" / "datasets" / "homedepot" / "dev.csv"
-DEFAULT_OUT = REPO / "benchmarks" / "results" / "scoring.json"
+DEFAULT_DATA = HOMEDEPOT / "dev.csv"
+DEFAULT_OUT = RESULTS / "scoring.json"
 
 
 class RssSampler:
@@ -106,16 +102,6 @@ def gemm_gflops(n: int = 2048, repeats: int = 5) -> float:
         torch.matmul(a, b)
         best = min(best, time.perf_counter() - start)
     return 2 * n**3 / best / 1e9
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def timed_score(scorer, records, repeats: int = 1):
@@ -250,8 +236,8 @@ def main(argv: list[str] | None = None) -> int:
         "cpu_count": os.cpu_count(),
         "load_avg_before": [round(x, 2) for x in load_before],
         "load_avg_after": [round(x, 2) for x in os.getloadavg()],
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "machine": f"{cpu_name()}, {os.cpu_count()} logical CPUs, {platform.system()} {platform.machine()}",
+        "date": utc_now(),
+        "machine": machine(),
         "versions": {"torch": torch.__version__, "transformers": __import__("transformers").__version__},
     }
     write_json(args.out, result)

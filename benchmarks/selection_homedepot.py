@@ -21,9 +21,9 @@ checkpoint otherwise) and its dev predictions in `--run-dir`/predictions/. Write
 `funnel`, `cost`, `sizes`, `settings`, `machine`, `wall_time_s`, `date` and `command` into
 benchmarks/results/selection.json, keeping the other keys there (`noise_audit` comes from selection_noise.py).
 
-    .venv/bin/python benchmarks/selection_homedepot.py                  # pool 2000, dev 2000: hours on 2 cores
+    .venv/bin/python benchmarks/selection_homedepot.py                  # the full comparison
     .venv/bin/python benchmarks/selection_homedepot.py --pool 120 --sample 40 --dev 40 --epochs 0.05 \\
-        --run-dir /tmp/shd --out /tmp/shd.json                          # a check: ~15 min on 2 busy cores
+        --run-dir /tmp/shd --out /tmp/shd.json                          # a quick check
 """
 
 from __future__ import annotations
@@ -37,36 +37,17 @@ import random
 import sys
 import time
 from dataclasses import asdict
-from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from common import HOMEDEPOT, RESULTS, ROOT, utc_now
 
-from lref.data import load_records
-from lref.data.records import Record
-from lref.fingerprint import data_hash
 from lref.io import write_json
-from lref.metrics import evaluate
-from lref.models.backbones import LLMBackbone
-from lref.models.loading import read_manifest
-from lref.models.scorer import ScorerConfig
-from lref.predictions import Prediction, read_predictions, write_predictions
-from lref.stages.select import (
-    REPORT_NAME,
-    ROLES,
-    SCORES_NAME,
-    EmptySelectionError,
-    SelectConfig,
-    funnel_table,
-    select,
-)
-from lref.stages.sft import SFTStageConfig
 
-ROOT = Path(__file__).resolve().parent.parent
-DATA = ROOT.parent / "shared" / "datasets" / "homedepot"
+if TYPE_CHECKING:
+    from lref.data.records import Record
+
 SCHEME = "graded3"
 MIN_TRAIN = 8
 """Fewer pairs than one SFT batch is no system worth comparing."""
@@ -76,7 +57,7 @@ METRICS = ("accuracy", "macro_f1", "weighted_f1", "over_estimate_share")
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", default=str(DATA), help="folder with the Home Depot train.csv and dev.csv")
+    parser.add_argument("--data", default=str(HOMEDEPOT), help="folder with the Home Depot train.csv and dev.csv")
     parser.add_argument("--pool", type=int, default=2000, help="seeded sample of train.csv that selection runs on")
     parser.add_argument("--dev", type=int, default=2000, help="seeded sample of dev.csv to score; 0 = all pairs")
     parser.add_argument("--backbone", default="encoder", choices=["encoder", "llm"], help="selector backbone")
@@ -103,7 +84,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--run-dir", default=str(ROOT / "runs" / "selection_homedepot"))
-    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "selection.json"))
+    parser.add_argument("--out", default=str(RESULTS / "selection.json"))
     args = parser.parse_args()
     if args.pool < 1 or args.dev < 0 or args.sample < 1 or args.llm_cost_sample < 0:
         parser.error("--pool and --sample must be positive, --dev and --llm-cost-sample not negative")
@@ -124,6 +105,8 @@ def _hash(*parts: Any) -> str:
 def run_selection(args: argparse.Namespace, pool: list[Record], backbone: str, sample: int) -> dict[str, Any]:
     """Run `select` on the pool and return its report, pass masks and kept mask (read back from the scores file when
     nothing was kept), with selector timings that survive a re-run from cached scores."""
+    from lref.stages.select import REPORT_NAME, SCORES_NAME, EmptySelectionError, SelectConfig, select
+
     output_dir = Path(args.run_dir) / f"select_{backbone}"
     llm = backbone == "llm"
     config = SelectConfig(
@@ -165,6 +148,8 @@ def lasting_timings(output_dir: Path, timings: dict[str, Any]) -> dict[str, Any]
 
 def cost_summary(run: dict[str, Any], pool_size: int, sample: int) -> dict[str, Any]:
     """Seconds per selector and per pool pair, so the encoder and LLM selectors can be compared."""
+    from lref.stages.select import ROLES
+
     per_selector = {}
     for role in ROLES:
         if role in run["timings"]:
@@ -211,6 +196,14 @@ def train_and_score(
     args: argparse.Namespace, name: str, train: list[Record], dev: list[Record], seen: dict[str, dict[str, Any]]
 ) -> dict[str, Any]:
     """Fine-tune the LLM on `train`, score `dev` and evaluate; a finished adapter and its predictions are reused."""
+    from lref.fingerprint import data_hash
+    from lref.metrics import evaluate
+    from lref.models.loading import read_manifest
+    from lref.models.scorer import ScorerConfig
+    from lref.predictions import read_predictions, write_predictions
+    from lref.stages.sft import SFTStageConfig
+    from lref.training.backbones import LLMBackbone
+
     sft = SFTStageConfig(model=args.model, scheme=SCHEME, epochs=args.epochs, batch_size=args.batch_size,
                          learning_rate=args.lr, seed=args.seed, threads=args.threads, save_steps=100)
     backbone = LLMBackbone(sft, ScorerConfig(batch_size=args.score_batch_size, max_length=sft.max_length,
@@ -230,7 +223,7 @@ def train_and_score(
     predictions_path = run_dir / "predictions" / f"{key}-{data_hash(dev)[:16]}.jsonl"
     timing_path = predictions_path.with_suffix(".timing.json")
     if predictions_path.is_file() and timing_path.is_file():
-        predictions: list[Prediction] = read_predictions(predictions_path)
+        predictions = read_predictions(predictions_path)
         eval_s = json.loads(timing_path.read_text())["eval_s"]
         reused_predictions = True
     else:
@@ -291,6 +284,11 @@ def main() -> None:
     data = Path(args.data)
     if not (data / "train.csv").is_file() or not (data / "dev.csv").is_file():
         sys.exit(f"this benchmark needs the Home Depot train.csv and dev.csv in {data}")
+    from rich.console import Console
+
+    from lref.data import load_records
+    from lref.stages.select import funnel_table
+
     started_all = time.perf_counter()
     train_all = load_records(data / "train.csv", format="homedepot")
     dev_all = load_records(data / "dev.csv", format="homedepot")
@@ -298,8 +296,6 @@ def main() -> None:
         sys.exit(f"--pool {args.pool} is larger than train.csv ({len(train_all)} pairs)")
     pool = random.Random(f"pool-{args.seed}").sample(train_all, args.pool)
     dev = dev_all if args.dev <= 0 else random.Random(f"dev-{args.seed}").sample(dev_all, min(args.dev, len(dev_all)))
-
-    from rich.console import Console
 
     console = Console()
     selection = run_selection(args, pool, args.backbone, args.sample)
@@ -361,7 +357,7 @@ def main() -> None:
             "settings": {**vars(args), "scheme": SCHEME, "selection": asdict(selection["config"])},
             "machine": f"{platform.machine()}, {os.cpu_count()} cores",
             "wall_time_s": round(wall, 1),
-            "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "date": utc_now(),
             "command": "python " + " ".join(sys.argv),
         }
     )

@@ -13,7 +13,7 @@ all-MiniLM-L6-v2 by default). Reported against the ground truth:
 Writes `noise_audit` (and `noise_audit_funnel`) into benchmarks/results/selection.json, keeping any other keys there
 (`systems` comes from the Home Depot run).
 
-    .venv/bin/python benchmarks/selection_noise.py                     # pool 6000, samples 1800: a few minutes
+    .venv/bin/python benchmarks/selection_noise.py                     # the full audit
     .venv/bin/python benchmarks/selection_noise.py --pool 600 --sample 240 --out /tmp/s.json   # a quick check
 """
 
@@ -25,25 +25,14 @@ import os
 import platform
 import sys
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
+from common import RESULTS, ROOT, utc_now
 
-from lref.data.synthetic import SyntheticCatalogConfig, generate_catalog
 from lref.io import write_json
-from lref.stages.select import (
-    EmptySelectionError,
-    SelectConfig,
-    funnel_table,
-    noise_audit,
-    select,
-)
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--pool", type=int, default=6000, help="pairs in the synthetic pool")
     parser.add_argument("--noise", type=float, default=0.15, help="injected label-noise rate")
@@ -60,8 +49,16 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--run-dir", default=str(ROOT / "runs" / "selection_noise"))
-    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "selection.json"))
-    args = parser.parse_args()
+    parser.add_argument("--out", default=str(RESULTS / "selection.json"))
+    return parser.parse_args()
+
+
+def main() -> None:
+    args = parse_args()
+    from rich.console import Console
+
+    from lref.data.synthetic import SyntheticCatalogConfig, generate_catalog
+    from lref.stages.select import EmptySelectionError, SelectConfig, funnel_table, noise_audit, select
 
     pool = generate_catalog(
         SyntheticCatalogConfig(n_pairs=args.pool, label_noise=args.noise, scheme=args.scheme, seed=args.seed)
@@ -81,8 +78,6 @@ def main() -> None:
         report = json.loads((Path(args.run_dir) / "selection_report.json").read_text())
         result = None
     wall = time.perf_counter() - started
-
-    from rich.console import Console
 
     Console().print(funnel_table(report))
     noisy = [bool(r.meta["label_noise"]) for r in pool]
@@ -109,7 +104,7 @@ def main() -> None:
             "timings": report["timings"],
             "wall_time_s": round(wall, 1),
             "machine": f"{platform.machine()}, {os.cpu_count()} cores",
-            "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "date": utc_now(),
             "command": "python " + " ".join(sys.argv),
         }
     )

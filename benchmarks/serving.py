@@ -26,25 +26,18 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import platform
 import shlex
 import subprocess
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+from common import HOMEDEPOT, RESULTS, ROOT, machine, utc_now
 
-REPO = Path(__file__).resolve().parents[1]
-DEFAULT_DATA = REPO.parent / "shared" / "datasets" / "homedepot" / "dev.csv"
-DEFAULT_OUT = REPO / "benchmarks" / "results" / "serving.json"
-DEFAULT_LLM = REPO / "runs" / "sft_quality" / "adapter"
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from scoring import cpu_name  # noqa: E402  (benchmarks/scoring.py)
+DEFAULT_DATA = HOMEDEPOT / "dev.csv"
+DEFAULT_OUT = RESULTS / "serving.json"
+DEFAULT_LLM = ROOT / "runs" / "sft_quality" / "adapter"
 
 
 def best_pairs_per_s(scorer, records, repeats: int, warmup: int) -> tuple[float, object]:
@@ -213,8 +206,9 @@ def main(argv: list[str] | None = None) -> int:
     from lref.data import load_records
     from lref.io import write_json
     from lref.labels import get_scheme
+    from lref.models.factory import load_student
     from lref.models.loading import load_causal_lm
-    from lref.models.onnx import ONNX_FILES, ExportConfig, export_student, load_student
+    from lref.models.onnx import ONNX_FILES, ExportConfig, export_student
     from lref.models.scorer import LabelScorer, ScorerConfig, scheme_for_model
 
     if args.threads:
@@ -289,8 +283,8 @@ def main(argv: list[str] | None = None) -> int:
         "threads": args.threads or torch.get_num_threads(),
         "cpu_count": os.cpu_count(),
         "load_avg_after": [round(x, 2) for x in os.getloadavg()],
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "machine": f"{cpu_name()}, {os.cpu_count()} logical CPUs, {platform.system()} {platform.machine()}",
+        "date": utc_now(),
+        "machine": machine(),
         "versions": {"torch": torch.__version__, "onnxruntime": __import__("onnxruntime").__version__},
     }
     write_json(args.out, result)

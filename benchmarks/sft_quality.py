@@ -2,7 +2,7 @@
 
 Requires ../shared/datasets/homedepot/. Writes benchmarks/results/sft_quality.json.
 
-    .venv/bin/python benchmarks/sft_quality.py --train-pairs 6000            # about 30 min on 2 cores
+    .venv/bin/python benchmarks/sft_quality.py --train-pairs 6000            # the full run
     .venv/bin/python benchmarks/sft_quality.py --train-pairs 64 --dev-pairs 64 --out /tmp/q.json   # a quick check
 """
 
@@ -16,28 +16,18 @@ import resource
 import sys
 import time
 from dataclasses import asdict
-from datetime import datetime, timezone
 from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
+from common import HOMEDEPOT, RESULTS, ROOT, utc_now
 
-from lref.data import describe_records, load_records
 from lref.io import write_json
-from lref.metrics import evaluate, format_report
-from lref.models.loading import load_causal_lm
-from lref.models.scorer import LabelScorer, ScorerConfig
-from lref.predictions import write_predictions
-from lref.stages.sft import SFTStageConfig, train_sft
-
-ROOT = Path(__file__).resolve().parent.parent
-DATA = ROOT.parent / "shared" / "datasets" / "homedepot"
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="gemma-3-270m")
     parser.add_argument("--train-pairs", type=int, default=6000, help="random sample of train.csv (seeded)")
-    parser.add_argument("--dev-pairs", type=int, default=0, help="random sample of dev.csv; 0 = all 7,523 pairs")
+    parser.add_argument("--dev-pairs", type=int, default=0, help="random sample of dev.csv; 0 = all pairs")
     parser.add_argument("--epochs", type=float, default=1.0)
     parser.add_argument("--lr", type=float, default=2e-4)
     parser.add_argument("--lora-r", type=int, default=16)
@@ -45,14 +35,26 @@ def main() -> None:
     parser.add_argument("--class-balance", default="none", choices=["none", "sqrt", "inverse"])
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--run-dir", default=str(ROOT / "runs" / "sft_quality"))
-    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "sft_quality.json"))
-    args = parser.parse_args()
-    if not DATA.is_dir():
-        sys.exit(f"this benchmark needs the Home Depot data in {DATA}")
+    parser.add_argument("--out", default=str(RESULTS / "sft_quality.json"))
+    return parser.parse_args()
+
+
+def main() -> None:
+    args = parse_args()
+    if not HOMEDEPOT.is_dir():
+        sys.exit(f"this benchmark needs the Home Depot data in {HOMEDEPOT}")
+    from rich.console import Console
+
+    from lref.data import describe_records, load_records
+    from lref.metrics import evaluate, format_report
+    from lref.models.loading import load_causal_lm
+    from lref.models.scorer import LabelScorer, ScorerConfig
+    from lref.predictions import write_predictions
+    from lref.stages.sft import SFTStageConfig, train_sft
 
     rng = random.Random(args.seed)
-    train_all = load_records(DATA / "train.csv", format="homedepot")
-    dev_all = load_records(DATA / "dev.csv", format="homedepot")
+    train_all = load_records(HOMEDEPOT / "train.csv", format="homedepot")
+    dev_all = load_records(HOMEDEPOT / "dev.csv", format="homedepot")
     train = rng.sample(train_all, min(args.train_pairs, len(train_all)))
     dev = dev_all if args.dev_pairs <= 0 else rng.sample(dev_all, min(args.dev_pairs, len(dev_all)))
 
@@ -81,8 +83,6 @@ def main() -> None:
     write_predictions(Path(args.run_dir) / "dev_predictions.jsonl", predictions)
     metrics = evaluate(dev, predictions, "graded3", bootstrap=1000, seed=args.seed)
 
-    from rich.console import Console
-
     Console().print(format_report(metrics, "graded3"))
     result = {
         "model": args.model,
@@ -101,7 +101,7 @@ def main() -> None:
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "metrics": metrics,
         "machine": f"{platform.machine()}, {os.cpu_count()} cores",
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "date": utc_now(),
         "command": "python " + " ".join(sys.argv),
     }
     write_json(args.out, result)

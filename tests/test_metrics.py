@@ -4,10 +4,10 @@ from sklearn.metrics import f1_score
 
 from lref.data.records import DataError, Record
 from lref.metrics import (
-    scores_from_confusion,
     evaluate,
     format_report,
     paired_difference,
+    scores_from_confusion,
 )
 from lref.predictions import Prediction
 

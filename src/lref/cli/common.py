@@ -21,7 +21,7 @@ COLUMN_HELP = "FIELD=SOURCE_COLUMN for generic files, e.g. query=search_term (re
 OPTION_HELP = "KEY=VALUE reader option, e.g. locale=us, split=train, encoding=latin-1; 'none' = None (repeatable)."
 MATCH_HINTS_HELP = (
     "Add a line naming the query words found, close or missing in the product text to every pair "
-    "(lref.prompts.match_hint); the trained models record it and add it themselves when scoring."
+    "(lref.data.hints.match_hint); the trained models record it and add it themselves when scoring."
 )
 
 

@@ -95,7 +95,7 @@ class ScorerConfig:
 
     match_hints: bool = field(
         default=False,
-        metadata={"help": "Add the match hint line (`lref.prompts.match_hint`) to every pair before scoring: for a "
+        metadata={"help": "Add the match hint line (`lref.data.hints.match_hint`) to every pair before scoring: for a "
                   "model trained with hints, which `for_model` reads from its manifest."},
     )
 

@@ -67,7 +67,7 @@ class DataConfig:
     match_hints: bool = field(
         default=False,
         metadata={"help": "Add a line naming the query words found, close or missing in the product text to every "
-                  "pair (`lref.prompts.match_hint`), for every system but lexical; the models record it and "
+                  "pair (`lref.data.hints.match_hint`), for every system but lexical; the models record it and "
                   "`lref predict` / `lref serve student` add it too."},
     )
 

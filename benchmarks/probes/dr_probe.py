@@ -2,15 +2,15 @@
 another `--model`) with the run's CoT settings plus overrides, then scored on the run's dev pairs. A diagnostic for
 why DR moves the direct scorer, not a pipeline stage.
 
-    python benchmarks/dr_probe.py --name base
-    python benchmarks/dr_probe.py --name no_balance --set class_balance=none
-    python benchmarks/dr_probe.py --name mask --variant mask-wrong-grade
-    python benchmarks/dr_probe.py --name direct_only --variant direct-only
+    python benchmarks/probes/dr_probe.py --name base
+    python benchmarks/probes/dr_probe.py --name no_balance --set class_balance=none
+    python benchmarks/probes/dr_probe.py --name mask --variant mask-wrong-grade
+    python benchmarks/probes/dr_probe.py --name direct_only --variant direct-only
 
 Variants: `plain` (DR as configured), `mask-wrong-grade` (the reflections do not name the wrong grade: "The decision
 is wrong" instead of "The decision Exact is wrong"), `direct-only` (DR's CoT examples replaced by direct examples of
-the same selected pairs, so the stage trains direct examples only). Each probe adds its entry to `--out` (JSON, by name).
-It needs ../shared/datasets/homedepot and a run of configs/homedepot.yaml up to its cot stage.
+the same selected pairs, so the stage trains direct examples only). Each probe adds its entry to `--out` (JSON, by
+name). It needs ../shared/datasets/homedepot and a run of configs/homedepot.yaml up to its cot stage.
 """
 
 from __future__ import annotations
@@ -23,15 +23,11 @@ import re
 import time
 from pathlib import Path
 
+from lref.io import write_json
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import lref.stages.cot as cot
-from lref.data import load_records
-from lref.io import write_json
-from lref.pipeline import evaluate_system, load_config, load_data
-from lref.stages.cot import CoTConfig, train_cot
-
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def parse_args() -> argparse.Namespace:
@@ -49,6 +45,8 @@ def parse_args() -> argparse.Namespace:
 
 def patch_examples(variant: str) -> None:
     """Swap DR's example builder for the variant's."""
+    import lref.stages.cot as cot
+
     original = cot.cot_examples
 
     def masked(*args, **kwargs):
@@ -64,9 +62,13 @@ def patch_examples(variant: str) -> None:
 
 
 def main() -> None:
-    import yaml
-
     args = parse_args()
+    import yaml  # after the arguments: `--help` answers at once
+
+    from lref.data import load_records
+    from lref.pipeline import evaluate_system, load_config, load_data
+    from lref.stages.cot import CoTConfig, train_cot
+
     config = load_config(args.config)
     data = load_data(config)
     stage_dir = Path(config.run_dir) / "stages" / "cot"

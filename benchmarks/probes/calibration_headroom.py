@@ -5,8 +5,8 @@ training pairs and be judged on dev. A second oracle cuts the expected rating (s
 dev-fitted thresholds instead, an ordinal decision rule (schemes of three grades). On a run with `calibration:` the
 predictions already carry the fitted bias, so the figures are what a perfect fit would add on top of it.
 
-    python benchmarks/calibration_headroom.py            # reads runs/homedepot, writes the JSON below
-    python benchmarks/calibration_headroom.py --run-dir runs/hd11 \\
+    python benchmarks/probes/calibration_headroom.py            # reads runs/homedepot, writes the JSON below
+    python benchmarks/probes/calibration_headroom.py --run-dir runs/hd11 \\
         --out benchmarks/results/calibration_headroom_run11.json
 
 It needs ../shared/datasets/homedepot and a finished run of configs/homedepot.yaml.
@@ -20,16 +20,14 @@ import json
 import os
 from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
 import numpy as np
-from sklearn.metrics import f1_score
 
 from lref.io import write_json
 from lref.labels import get_scheme
-from lref.pipeline import STAGES, load_config, load_data, read_manifest
 
-ROOT = Path(__file__).resolve().parent.parent
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def parse_args() -> argparse.Namespace:
@@ -43,6 +41,10 @@ def parse_args() -> argparse.Namespace:
 
 def main() -> None:
     args = parse_args()
+    from sklearn.metrics import f1_score  # after the arguments: `--help` answers at once
+
+    from lref.pipeline import STAGES, load_config, load_data, read_manifest
+
     config = load_config(args.config)
     data = load_data(config)
     run_dir = Path(args.run_dir or config.run_dir)
@@ -71,7 +73,7 @@ def main() -> None:
                                "bias": dict(zip(labels[1:], map(float, best[1])))}
             line = f"{system:10s} weighted-F1 {plain:.3f}  with the dev-fitted label bias {best[0]:.3f}"
             if len(labels) == 3:
-                score, cuts = _threshold_oracle(np.exp(logp) @ ratings, y, ratings)
+                score, cuts = threshold_oracle(np.exp(logp) @ ratings, y, ratings)
                 systems[system].update(oracle_thresholds_weighted_f1=round(score, 6), thresholds=cuts)
                 line += f"  with dev-fitted rating thresholds {score:.3f}"
             print(line)
@@ -80,8 +82,10 @@ def main() -> None:
                           "systems": systems})
 
 
-def _threshold_oracle(expected: np.ndarray, y: np.ndarray, ratings: np.ndarray) -> tuple[float, list[float]]:
+def threshold_oracle(expected: np.ndarray, y: np.ndarray, ratings: np.ndarray) -> tuple[float, list[float]]:
     """The best weighted-F1 of cutting the expected rating at two thresholds (grid step 0.02), and those cuts."""
+    from sklearn.metrics import f1_score
+
     top, middle, bottom = ratings
     grid = np.round(np.arange(bottom + 0.02, top, 0.02), 2)
     best = (0.0, [float(middle), float(middle)])

@@ -3,10 +3,10 @@ llm-base on the selected pairs alone (what the pipeline's sft stage does).
 
 It reads a finished Home Depot run (configs/homedepot.yaml): the llm-base sample is redrawn exactly as the pipeline
 drew it, the selected pairs come from the run's select stage, the SFT settings are the llm-base stage's, and the
-model is evaluated like every pipeline system (label bias fitted on the run's calibration pairs, then 1,500 dev
+model is evaluated like every pipeline system (label bias fitted on the run's calibration pairs, then the run's dev
 pairs). Writes benchmarks/results/selection_mix_probe.json.
 
-    .venv/bin/python benchmarks/selection_mix_probe.py                     # about 30 minutes on 2 cores
+    .venv/bin/python benchmarks/probes/selection_mix_probe.py
 """
 
 from __future__ import annotations
@@ -17,31 +17,28 @@ import os
 import time
 from pathlib import Path
 
+from lref.io import write_json
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from lref.data import load_records
-from lref.io import write_json
-from lref.pipeline import (
-    Pipeline,
-    _sample,
-    evaluate_system,
-    load_config,
-    load_data,
-    read_manifest,
-)
-from lref.prompts import with_match_hints
-from lref.stages.sft import train_sft
-
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", default=str(ROOT / "configs/homedepot.yaml"))
     parser.add_argument("--run-dir", default=None, help="the finished run (default: the config's run_dir)")
     parser.add_argument("--out-dir", default=str(ROOT / "runs/selection_mix_probe"))
     parser.add_argument("--out", default=str(ROOT / "benchmarks/results/selection_mix_probe.json"))
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+def main() -> None:
+    args = parse_args()
+    from lref.data import load_records  # after the arguments: `--help` answers at once
+    from lref.pipeline import Pipeline, evaluate_system, load_config, load_data, read_manifest, sample
+    from lref.prompts import with_match_hints
+    from lref.stages.sft import train_sft
 
     config = load_config(args.config)
     pipeline = Pipeline(config, args.run_dir)
@@ -49,7 +46,7 @@ def main() -> None:
     if not select or select.get("status") != "done":
         raise SystemExit(f"{pipeline.stage_dir('select')}: the run's select stage has not finished")
     data = load_data(config)
-    base = _sample(data.train, config.pairs.get("llm-base"), config.seed, "llm-base")
+    base = sample(data.train, config.pairs.get("llm-base"), config.seed, "llm-base")
     selected = load_records(select["outputs"]["records"], "jsonl", scheme=data.scheme)
     if config.data.match_hints:
         selected = with_match_hints(selected)
@@ -77,7 +74,7 @@ def main() -> None:
         "mix_uncalibrated": (metrics.get("calibration") or {}).get("uncalibrated"),
         "run_weighted_f1": compared,
         "run_dir": str(pipeline.run_dir),
-        "command": "python benchmarks/selection_mix_probe.py",
+        "command": "python benchmarks/probes/selection_mix_probe.py",
     }
     write_json(args.out, result)
     print(f"mix: weighted-F1 {metrics['weighted_f1']:.3f} (llm-base {compared['llm-base']}, "

@@ -1,0 +1,69 @@
+"""What the benchmark scripts share: where things are, how the machine is described, the SFT sample they leave out.
+
+The scripts import it as a sibling module (`import common`): `python benchmarks/NAME.py` puts benchmarks/ first on
+sys.path, so no script edits sys.path and benchmarks/ is not a package. The one-off probes in benchmarks/probes/
+do not import it (they run as `python benchmarks/probes/NAME.py`, which puts only probes/ on sys.path).
+
+Importing it switches the Hugging Face libraries to offline mode unless the caller set the variables: benchmarks use
+the models installed with lref and never download. It imports nothing heavy, so that each script can parse its
+arguments (and answer `--help`, which tests/test_benchmarks.py runs for every script) before it imports lref, torch
+or numpy.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import random
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+ROOT = Path(__file__).resolve().parent.parent
+"""The repository."""
+HOMEDEPOT = ROOT.parent / "shared" / "datasets" / "homedepot"
+"""The Home Depot train.csv and dev.csv: Kaggle competition data, kept beside the repository, never shipped."""
+RESULTS = ROOT / "benchmarks" / "results"
+"""Where each benchmark writes its JSON by default."""
+
+
+def cpu_name() -> str:
+    """The CPU model as /proc/cpuinfo names it, else what `platform` knows."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine() -> str:
+    """CPU model, logical CPUs and OS, for speed figures that depend on them."""
+    return f"{cpu_name()}, {os.cpu_count()} logical CPUs, {platform.system()} {platform.machine()}"
+
+
+def utc_now() -> str:
+    """The current time in UTC, to the second (ISO 8601)."""
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def sft_training_ids(model: str, train_all: list) -> set[str]:
+    """Ids of the train.csv sample a benchmarks/sft_quality.py adapter was trained on, rebuilt from its manifest
+    (seeded sample of n_train pairs) and confirmed by the data hash; empty when it cannot be confirmed."""
+    from lref.fingerprint import data_hash  # lazy: lref loads only after the script has parsed its arguments
+    from lref.models.loading import read_manifest
+    from lref.models.zoo import resolve_model
+
+    manifest = read_manifest(resolve_model(model)) or {}
+    n_train, seed = manifest.get("n_train"), (manifest.get("config") or {}).get("seed")
+    if not n_train or seed is None:
+        return set()
+    sample = random.Random(seed).sample(train_all, min(n_train, len(train_all)))
+    if data_hash(sample) != manifest.get("data_hash"):
+        print("note: could not rebuild the SFT training sample; the pool may overlap it", file=sys.stderr)
+        return set()
+    return {record.id for record in sample}
