@@ -16,11 +16,9 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 import click
 import typer
 
-from lref.cli import data, models, run, scoring, serve, stages, train
+from lref.cli import data, models, run, scoring, serve, stages, train  # noqa: F401  (importing registers the commands)
 from lref.cli.common import app
 
-VERB_MODULES = (data, models, run, scoring, serve, stages, train)
-"""The modules whose import registers the commands (named here so the import reads as used)."""
 COMMAND_ORDER = ("predict", "merge", "calibrate", "eval", "select", "distill", "export", "cot", "cot-predict", "teach",
                  "run", "report", "demo")
 """The order `lref --help` lists the top-level commands in (the groups data, models, train and serve follow)."""
