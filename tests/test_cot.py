@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shutil
 from collections import Counter
 
 import pytest
@@ -39,8 +40,19 @@ from lref.stages.cot import (  # noqa: E402
     train_cot,
 )
 from lref.stages.sft import SFTStageConfig, train_sft  # noqa: E402
-from lref.teachers.base import parse_label  # noqa: E402
-from lref.teachers.cache import read_teacher_file, teach  # noqa: E402
+from lref.teachers.base import (  # noqa: E402
+    TeacherError,
+    TeacherRefusal,
+    parse_label,
+)
+from lref.teachers.cache import (  # noqa: E402
+    default_cache_root,
+    read_skipped,
+    read_teacher_file,
+    skipped_path,
+    teach,
+    teacher_dir,
+)
 from lref.teachers.decisions import sample_wrong_label, wrong_decision_plan  # noqa: E402
 from lref.teachers.rules import RulesTeacher  # noqa: E402
 from lref.testing import build_tiny_causal_lm  # noqa: E402
@@ -233,6 +245,102 @@ def test_teacher_texts_are_cached(tmp_path):
         read_teacher_file(cache)
 
 
+class _Refusing(RulesTeacher):
+    """The rules teacher, counting the pairs it is asked about and refusing (TeacherRefusal, as an endpoint's HTTP
+    400 for an over-long prompt) every batch that holds a pair in `refuse` (None: every pair)."""
+
+    def __init__(self, refuse=(), asked=None):
+        super().__init__()
+        self.fit(make_records())
+        self.refuse, self.asked = refuse, asked if asked is not None else []
+
+    def explain(self, batch, scheme):
+        self.asked.extend(r.id for r in batch)
+        bad = [r.id for r in batch if self.refuse is None or r.id in self.refuse]
+        if bad:
+            raise TeacherRefusal(f"HTTP 400: {bad[0]} is over the context length")
+        return super().explain(batch, scheme)
+
+
+def test_a_refused_pair_is_skipped_recorded_and_never_asked_again(tmp_path):
+    records = make_records()
+    cache = tmp_path / "ee.jsonl"
+    asked: list[str] = []
+    examples, stats = cot_examples("ee", records, SCHEME, _Refusing({"p3"}, asked), 6, cache_path=cache,
+                                   progress=False)
+    # the stage went on: p3 has no explanation, the others do; p3 is listed with the error, and counted
+    assert len(examples) == 6 and "p3" not in {e.id for e in examples} and "p3" in asked
+    assert stats["skipped"] == 1 and stats["skipped_file"] == str(skipped_path(cache))
+    skipped = list(read_skipped(skipped_path(cache)).values())
+    assert [row["id"] for row in skipped] == ["p3"] and "context length" in skipped[0]["error"]
+    answers, part = teach(_Refusing({"p3"}), "ee", records, SCHEME, cache_path=cache, progress=False)
+    assert part["skipped"] == 1 and part["failed"] == 0 and answers[3].error.startswith("skipped: HTTP 400")
+    # a re-run asks for nothing it has, nor for the refused pair
+    asked.clear()
+    cot_examples("ee", records, SCHEME, _Refusing({"p3"}, asked), 6, cache_path=cache, progress=False)
+    assert asked == []
+
+
+def test_many_refusals_stop_the_stage_and_are_not_recorded(tmp_path):
+    cache = tmp_path / "ee.jsonl"
+    with pytest.raises(TeacherError, match=r"refused 8 of 8 pairs, more than the 5"):
+        cot_examples("ee", make_records(), SCHEME, _Refusing(None), 6, cache_path=cache, progress=False)
+    assert read_skipped(skipped_path(cache)) == {}  # a systemic failure says nothing about the pairs
+    # refusals recorded by earlier chunks of the same call are forgotten too
+    refuse = {f"p{i}" for i in range(7)}
+    with pytest.raises(TeacherError, match="refused 6 of 12"):
+        teach(_Refusing(refuse), "ee", make_records(), SCHEME, cache_path=cache, chunk_size=2, progress=False)
+    assert read_skipped(skipped_path(cache)) == {} and skipped_path(cache).exists()
+    with pytest.raises(TeacherError, match="more than the 1"):  # a limit given as a number of pairs
+        cot_examples("ee", make_records(), SCHEME, _Refusing({"p0", "p1", "p2", "p3", "p4"}), 6, cache_path=cache,
+                     progress=False, max_skips=1)
+
+
+def test_a_cut_off_cache_line_is_ignored_and_the_next_answer_starts_its_own_line(tmp_path):
+    records = make_records()
+    cache = tmp_path / "ee.jsonl"
+    teach(RulesTeacher().fit(records), "ee", records[:3], SCHEME, cache_path=cache, progress=False)
+    whole = cache.read_text()
+    cache.write_text(whole + whole.splitlines()[0][:30])  # killed while appending a fourth answer
+    assert len(read_teacher_file(cache)) == 3
+    _, stats = teach(RulesTeacher().fit(records), "ee", records[:5], SCHEME, cache_path=cache, progress=False)
+    assert (stats["cache_hits"], stats["generated"]) == (3, 2) and len(read_teacher_file(cache)) == 5
+    assert cache.read_text().startswith(whole) and cache.read_text().count("\n") == 5
+
+
+def test_cache_layout_and_line_separators_inside_values(tmp_path):
+    # a pipeline stage (RUN/stages/<stage>/model) caches at the run level, which no stage reset deletes
+    assert default_cache_root(tmp_path / "run" / "stages" / "dpo" / "model") == tmp_path / "run" / "teacher_cache"
+    assert default_cache_root(tmp_path / "runs" / "cot") == tmp_path / "runs" / "teacher_cache"
+    one, other = teacher_dir(tmp_path, "openai:org/model a"), teacher_dir(tmp_path, "openai:org_model_a")
+    assert one != other and one.parent == tmp_path and "/" not in one.name and one.name.startswith("openai_org_model")
+    # answers are split on "\n" only: a pair id holding U+2028 or U+0085 (written raw) stays one line
+    records = [dataclasses.replace(r, id=f"p\u2028{i}\x85") for i, r in enumerate(make_records()[:3])]
+    cache = tmp_path / "ee.jsonl"
+    teach(RulesTeacher().fit(records), "ee", records, SCHEME, cache_path=cache, progress=False)
+    assert "\u2028" in cache.read_text(encoding="utf-8")
+    assert sorted(e.id for e in read_teacher_file(cache).values()) == sorted(r.id for r in records)
+
+
+def test_teacher_answers_survive_a_reset_stage(stage1, tmp_path):
+    """The pipeline deletes a stage's folder when its settings change (or with --from): the answers the teacher
+    was paid for live outside it, in the cache root, and are not asked for again."""
+    out = tmp_path / "run" / "stages" / "cot" / "model"
+    root = tmp_path / "run" / "teacher_cache"
+    asked: list[str] = []
+    config = cot_config(stage1, out, stages=["ee"], max_steps=1)
+    train_cot(config, make_records(), teacher=_Refusing({"p5"}, asked), teacher_cache=root)
+    report = json.loads((out / REPORT_NAME).read_text())
+    assert asked and "p5" in asked and report["teacher_skipped"] == 1
+    assert report["teacher_skipped_files"] == [str(skipped_path(teacher_dir(root, "rules") / "ee.jsonl"))]
+    assert report["teacher_cache"] == str(teacher_dir(root, "rules"))
+    shutil.rmtree(out.parent)  # what the pipeline does to a stage whose fingerprint changed
+    asked.clear()
+    train_cot(cot_config(stage1, out, stages=["ee"], max_steps=1, learning_rate=5e-4), make_records(),
+              teacher=_Refusing({"p5"}, asked), teacher_cache=root)
+    assert asked == [] and json.loads((out / REPORT_NAME).read_text())["stages"]["ee"]["teacher"]["generated"] == 0
+
+
 def test_prefix_grouped_order_keeps_batches_homogeneous():
     records = make_records()
     teacher = RulesTeacher().fit(records)
@@ -288,7 +396,7 @@ def test_stages_train_in_order_each_on_the_previous(trained, stage1):
         assert manifest["cot"]["n_cot"] == 4 and manifest["cot"]["n_direct"] == 4 and manifest["n_train"] == 8
     assert manifests["ra"]["cot"]["rules"].endswith("homedepot.yaml")
     for task in ("ee", "ra", "dr"):
-        assert len(read_teacher_file(out / f"teacher_{task}.jsonl")) >= 4
+        assert len(read_teacher_file(teacher_dir(default_cache_root(out), "rules") / f"{task}.jsonl")) >= 4
 
     # Each stage changed the model it started from.
     _, tokenizer, _ = load_causal_lm(adapters["dr"])

@@ -314,3 +314,29 @@ def test_crowdflower_label_outside_scale_is_an_error(tmp_path, value):
     with pytest.raises(DataError, match=f"'{value}' is not in scheme 'crowdflower4'") as info:
         load_records(path, format="crowdflower")
     assert (info.value.row, info.value.column) == (1, "median_relevance")
+
+
+def test_self_referencing_adapter_is_refused_naming_the_chain(tmp_path, monkeypatch):
+    import lref.data.adapters as adapters
+
+    path = tmp_path / "pairs.csv"
+    path.write_text("query,title\nlamp,desk lamp\n")
+    monkeypatch.setitem(adapters.ADAPTERS, "loop", lambda p, *, scheme: load_records(p, "loop", scheme))
+    with pytest.raises(DataError, match=r"adapter cycle: loop \(.*pairs.csv\) -> loop \(") as info:
+        load_records(path, "loop", "graded3")
+    assert info.value.path == str(path)
+
+
+def test_mutually_referencing_adapters_are_refused_and_delegation_still_works(tmp_path, monkeypatch):
+    import lref.data.adapters as adapters
+
+    path = tmp_path / "pairs.csv"
+    path.write_text("query,title\nlamp,desk lamp\n")
+    monkeypatch.setitem(adapters.ADAPTERS, "ping", lambda p, *, scheme: load_records(p, "pong", scheme))
+    monkeypatch.setitem(adapters.ADAPTERS, "pong", lambda p, *, scheme: load_records(p, "ping", scheme))
+    monkeypatch.setitem(adapters.ADAPTERS, "wrap", lambda p, *, scheme: load_records(p, "csv", scheme))
+    with pytest.raises(DataError, match=r"adapter cycle: ping \(.*\) -> pong \(.*\) -> ping"):
+        load_records(path, "ping", "graded3")
+    # an adapter that hands its file to another reader is not a cycle, and the chain is reset afterwards
+    assert [r.title for r in load_records(path, "wrap", "graded3")] == ["desk lamp"]
+    assert [r.title for r in load_records(path, "wrap", "graded3")] == ["desk lamp"]

@@ -255,3 +255,50 @@ def test_utf8_bom_is_dropped_even_when_reading_as_latin1(tmp_path):
     path.write_bytes(b"\xef\xbb\xbfquery,title,label\ncaf\xe9 table,bistro table,Partial\n")
     (record,) = load_records(path, encoding="latin-1")
     assert record.query == "café table" and record.label == "Partial"
+
+
+@pytest.mark.parametrize("name", ["pairs.csv", "pairs.tsv"])
+def test_nul_byte_in_a_csv_cell_is_refused_naming_row_and_column(tmp_path, name):
+    sep = "\t" if name.endswith(".tsv") else ","
+    path = tmp_path / name
+    path.write_bytes(sep.join(["query", "title", "note"]).encode() + b"\n"
+                     + sep.join(["lamp", "desk lamp", "ok"]).encode() + b"\n"
+                     + sep.join(["rug", "wool rug", "bad\x00cell"]).encode() + b"\n")
+    with pytest.raises(DataError, match="NUL byte") as info:
+        load_records(path)
+    assert (info.value.path, info.value.row, info.value.column) == (str(path), 2, "note")
+
+
+def test_nul_byte_in_a_csv_header_is_refused_naming_the_column(tmp_path):
+    path = tmp_path / "pairs.csv"
+    path.write_bytes(b"query,ti\x00tle\nlamp,desk lamp\n")
+    with pytest.raises(DataError, match="NUL byte in the header") as info:
+        load_records(path)
+    assert info.value.column == "ti\x00tle"
+
+
+def test_escaped_nul_in_a_jsonl_text_field_is_refused(tmp_path):
+    path = write_text(tmp_path / "pairs.jsonl", '{"query": "lamp", "title": "desk\\u0000lamp"}\n')
+    with pytest.raises(DataError, match="NUL byte") as info:
+        load_records(path)
+    assert (info.value.row, info.value.column) == (1, "title")
+
+
+@pytest.mark.parametrize("encoding", ["no-such-codec", "base64", "rot13"])
+@pytest.mark.parametrize("name, fmt", [("pairs.csv", "auto"), ("pairs.jsonl", "auto"), ("train.csv", "homedepot"),
+                                       ("cf.csv", "crowdflower")])
+def test_unknown_encoding_is_a_data_error_naming_it_and_the_file(tmp_path, encoding, name, fmt):
+    path = write_text(tmp_path / name, "query,title\nlamp,desk lamp\n")
+    with pytest.raises(DataError, match=f"unknown text encoding '{encoding}'") as info:
+        load_records(path, fmt, encoding=encoding)
+    assert info.value.path == str(path)
+
+
+@pytest.mark.parametrize("line", ['{"query": "a", "title": ' + "[" * 100_000 + "]" * 100_000 + "}",
+                                  '{"query": "a", "title": "b", "raw_score": 1' + "0" * 5000 + "}",
+                                  '{"query": "a", "title": "b", "raw_score": "1e999"}'])
+def test_pathological_json_is_a_data_error_naming_the_line(tmp_path, line):
+    path = write_text(tmp_path / "pairs.jsonl", '{"query": "lamp", "title": "desk lamp"}\n' + line + "\n")
+    with pytest.raises(DataError) as info:
+        load_records(path)
+    assert info.value.row == 2

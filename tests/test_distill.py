@@ -7,6 +7,7 @@ import functools
 import json
 import os
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -32,8 +33,11 @@ from lref.stages.distill import (  # noqa: E402
     candidate_pairs,
     distill,
     pair_hash,
+    scores_path,
     teacher_identity,
 )
+from lref.teachers.base import TeacherError, TeacherRefusal  # noqa: E402
+from lref.teachers.cache import default_cache_root, read_skipped, skipped_path  # noqa: E402
 from lref.training.losses import IGNORE_LABEL, soft_label_loss  # noqa: E402
 
 SCHEME = get_scheme("graded3")
@@ -266,8 +270,11 @@ def test_distill_writes_a_loadable_student_and_caches_teacher_scores(tmp_path, t
     assert info["teacher_cache"]["hits"] == 0 and info["teacher_cache"]["scored"] == total
     assert info["config"]["temperature"] == 2.0 and info["teacher"]["key"] == teacher_identity(config)["key"]
 
-    # the cache holds exactly the teacher's probabilities
-    rows = [json.loads(line) for line in (folder / SCORES_NAME).read_text().splitlines()]
+    # the cache holds exactly the teacher's probabilities, outside the student folder (beside it, by default)
+    cache_file = scores_path(default_cache_root(config.output_dir), teacher_identity(config))
+    assert info["teacher_cache"]["path"] == str(cache_file) and cache_file.name == SCORES_NAME
+    assert cache_file.parent.parent == tmp_path / "teacher_cache" and not (folder / SCORES_NAME).exists()
+    rows = [json.loads(line) for line in cache_file.read_text().splitlines()]
     assert len(rows) == total and len({(r["id"], r["pair"]) for r in rows}) == total
     lm, tokenizer, _ = load_causal_lm(tiny_teacher)
     direct = LabelScorer(lm, tokenizer, SCHEME).score(records)
@@ -310,11 +317,11 @@ def test_teacher_calibration_shifts_the_soft_labels_by_the_stored_bias(tmp_path,
     for use in (False, True):
         config = distill_config(tmp_path, teacher, tiny_encoder, output_dir=str(tmp_path / f"student_{use}"),
                                 teacher_calibration=use)
-        folder = distill(config, records)
+        folder = distill(config, records, teacher_cache=tmp_path / f"cache_{use}")  # each run scores for itself
         info = json.loads((folder / MANIFEST_NAME).read_text())["distill"]
-        assert info["teacher_bias"] == (bias if use else None)
+        assert info["teacher_bias"] == (bias if use else None) and info["teacher_cache"]["scored"] == 8
         shares[use] = info["teacher_label_shares"]
-        rows = (folder / SCORES_NAME).read_text().splitlines()
+        rows = Path(info["teacher_cache"]["path"]).read_text().splitlines()
         cached[use] = {row["id"]: row["probs"] for row in map(json.loads, rows)}
     assert shares[True] == {E: 0.0, P: 0.0, I: 1.0} and shares[False][I] < 1.0
     # the bias is applied once, after the cache: both runs cached the same raw teacher scores
@@ -328,11 +335,13 @@ def test_killed_run_keeps_its_scores_and_a_changed_teacher_invalidates_them(tmp_
 
     records = pool_records(10)
     first = distill_config(tmp_path / "a", tiny_teacher, tiny_encoder)
-    rows = (distill(first, records) / SCORES_NAME).read_text().splitlines()
+    distill(first, records)
+    first_cache = scores_path(tmp_path / "a" / "teacher_cache", teacher_identity(first))
+    rows = first_cache.read_text().splitlines()
 
     # a run killed mid-write: six whole rows and half a line
     second = distill_config(tmp_path / "b", tiny_teacher, tiny_encoder)
-    cache = tmp_path / "b" / "student" / SCORES_NAME
+    cache = scores_path(tmp_path / "b" / "teacher_cache", teacher_identity(second))
     cache.parent.mkdir(parents=True)
     cache.write_text("\n".join(rows[:6]) + "\n" + rows[6][:20])
     info = json.loads((distill(second, records) / MANIFEST_NAME).read_text())["distill"]["teacher_cache"]
@@ -340,17 +349,66 @@ def test_killed_run_keeps_its_scores_and_a_changed_teacher_invalidates_them(tmp_
     rescored = sorted(cache.read_text().splitlines())
     assert len(rescored) == 10 and all(json.loads(r) for r in rescored)
 
-    # another teacher (same architecture, other weights) re-scores everything
+    # another teacher (same architecture, other weights) gets a cache of its own and scores everything; the first
+    # teacher's answers stay
     other = build_tiny_causal_lm(tmp_path / "other", seed=1, embedding_scale=10.0)
-    third = distill_config(tmp_path / "c", other, tiny_encoder)
-    cache = tmp_path / "c" / "student" / SCORES_NAME
-    cache.parent.mkdir(parents=True)
-    cache.write_text("\n".join(rows) + "\n")
+    third = distill_config(tmp_path / "a", other, tiny_encoder, output_dir=str(tmp_path / "a" / "other_student"))
     info = json.loads((distill(third, records) / MANIFEST_NAME).read_text())["distill"]["teacher_cache"]
-    assert (info["hits"], info["scored"], info["dropped"]) == (0, 10, 10)
-    new = {json.loads(r)["id"]: json.loads(r)["probs"] for r in cache.read_text().splitlines()}
+    assert (info["hits"], info["scored"], info["dropped"]) == (0, 10, 0)
+    assert Path(info["path"]) != first_cache and first_cache.read_text().splitlines() == rows
+    new = {json.loads(r)["id"]: json.loads(r)["probs"] for r in Path(info["path"]).read_text().splitlines()}
     old = {json.loads(r)["id"]: json.loads(r)["probs"] for r in rows}
     assert len(new) == 10 and not np.allclose(new["r0"], old["r0"])
+
+
+def _refusing_scorer(monkeypatch, refuse, calls):
+    """LabelScorer whose `score` raises TeacherRefusal for a batch holding a pair `refuse(record)` names (as an
+    endpoint refusing one over-long prompt would) and counts the pairs it is asked to score."""
+    import lref.stages.distill as stage
+
+    class Refusing(stage.LabelScorer):
+        def score(self, records):
+            calls.extend(r.id for r in records)
+            bad = [r.id for r in records if refuse(r)]
+            if bad:
+                raise TeacherRefusal(f"HTTP 400: prompt of {bad[0]} is over the context length")
+            return super().score(records)
+
+    monkeypatch.setattr(stage, "LabelScorer", Refusing)
+
+
+def test_a_refused_pair_is_skipped_counted_and_never_asked_again(tmp_path, tiny_teacher, tiny_encoder, monkeypatch):
+    records = pool_records(10)
+    calls: list[str] = []
+    _refusing_scorer(monkeypatch, lambda r: r.id == "r3", calls)
+    config = distill_config(tmp_path, tiny_teacher, tiny_encoder)
+    manifest = json.loads((distill(config, records) / MANIFEST_NAME).read_text())
+    info = manifest["distill"]["teacher_cache"]
+    # the stage went on: the refused pair has no soft label and is left out of training; the others were scored
+    assert info["skipped"] == 1 and manifest["distill"]["pairs"]["teacher_skipped"] == 1
+    assert info["scored"] == 9 and manifest["n_train"] == 9
+    skip_file = skipped_path(info["path"])
+    assert info["skipped_file"] == str(skip_file)
+    assert [row["id"] for row in read_skipped(skip_file).values()] == ["r3"]
+    assert "context length" in next(iter(read_skipped(skip_file).values()))["error"]
+
+    # a re-run (a reset stage: another output folder, same cache root) asks the teacher for nothing
+    calls.clear()
+    again = distill_config(tmp_path, tiny_teacher, tiny_encoder, output_dir=str(tmp_path / "student2"))
+    info = json.loads((distill(again, records) / MANIFEST_NAME).read_text())["distill"]["teacher_cache"]
+    assert calls == [] and (info["hits"], info["scored"], info["skipped"]) == (9, 0, 1)
+
+
+def test_many_refusals_are_a_systemic_failure_and_are_not_recorded(tmp_path, tiny_teacher, tiny_encoder,
+                                                                   monkeypatch):
+    _refusing_scorer(monkeypatch, lambda r: True, [])
+    config = distill_config(tmp_path, tiny_teacher, tiny_encoder)
+    with pytest.raises(TeacherError, match="refused 10 of 10 pairs"):
+        distill(config, pool_records(10))
+    assert not skipped_path(scores_path(tmp_path / "teacher_cache", teacher_identity(config))).exists()
+    # a limit given as a number of pairs
+    with pytest.raises(TeacherError, match="more than the 2"):
+        distill(distill_config(tmp_path, tiny_teacher, tiny_encoder, teacher_max_skips=2), pool_records(10))
 
 
 def test_scheme_mismatch_and_unlabelled_only(tmp_path, tiny_teacher, tiny_encoder):
@@ -360,7 +418,7 @@ def test_scheme_mismatch_and_unlabelled_only(tmp_path, tiny_teacher, tiny_encode
     (teacher / MANIFEST_NAME).write_text(json.dumps(esci4))
     with pytest.raises(LabelError, match="esci4"):
         distill(distill_config(tmp_path, teacher, tiny_encoder), pool_records(4))
-    assert not (tmp_path / "student" / SCORES_NAME).exists()  # refused before scoring anything
+    assert not (tmp_path / "teacher_cache").exists()  # refused before scoring anything
 
     unlabeled = [Record(id=r.id, query=r.query, title=r.title) for r in pool_records(6)]
     folder = distill(distill_config(tmp_path, tiny_teacher, tiny_encoder, ce_weight=0.5), [], unlabeled)

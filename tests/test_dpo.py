@@ -589,7 +589,7 @@ def test_train_dpo_on_cot_pairs(cot_adapter, tmp_path):
     assert len(pairs) == mining["pairs"] >= 2
     assert all(p.rejected == "Exact" and p.rejected_text == f"{ANALYSIS}\nRelevance: Exact" for p in pairs)
     assert all(p.chosen_text.endswith(f"\nRelevance: {p.chosen}") and p.chosen == p.record.label for p in pairs)
-    assert (out / "teacher_ee.jsonl").is_file()  # the teacher's answers are cached
+    assert list((tmp_path / "teacher_cache").glob("rules-*/ee.jsonl"))  # the teacher's answers are cached
     assert folder == out and manifest["kind"] == "lora-adapter" and manifest["n_train"] == len(pairs)
     assert manifest["train_metrics"]["steps"] == 2 and manifest["train_metrics"]["final_rewards/margins"] > 0
 

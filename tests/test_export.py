@@ -179,3 +179,71 @@ def test_student_calibration_travels_with_the_export_and_is_applied(tmp_path, st
     assert json.loads((exported / "calibration.json").read_text())["bias"] == bias
     onnx = load_student(exported, "onnx").score(records[:20])
     assert np.abs(onnx.probs - shifted.probs).max() < 1e-3
+
+
+def long_query_record(words: int = 300):
+    from lref.data.records import Record
+
+    return Record(id="long", query=" ".join(["cordless", "drill", "18v", "brass"] * (words // 4)),
+                  title="DeWalt 20V MAX cordless drill driver kit", brand="DeWalt", label="Exact")
+
+
+def test_a_300_word_query_is_cut_to_fit_when_scoring_torch_and_onnx_and_when_training(tmp_path, student, exported,
+                                                                                       records):
+    # `truncation="only_second"` raised "Sequence to truncate too short" as soon as the query alone passed max_length
+    long = long_query_record()
+    pairs = [long, *records[:6]]
+    reference = CrossEncoderScorer.from_pretrained(student).score(pairs)
+    assert reference.ids[0] == "long" and np.isfinite(reference.logits).all()
+    for variant in ("fp32", "int8"):
+        assert agreement(make_scorer(exported, variant=variant).score(pairs), reference)[0] >= 6 / 7
+    # the short pairs score exactly as they do without the long one beside them
+    alone = CrossEncoderScorer.from_pretrained(student).score(records[:6])
+    np.testing.assert_allclose(reference.logits[1:], alone.logits, atol=1e-5)
+    config = CrossEncoderConfig(model=str(student), output_dir=str(tmp_path / "retrained"), max_length=32,
+                                max_steps=2, batch_size=4, progress=False, threads=1)
+    folder = train_cross_encoder(config, [long, *records[:11]])
+    scored = CrossEncoderScorer.from_pretrained(folder).score([long])
+    assert scored.ids == ["long"] and np.isfinite(scored.logits).all()
+
+
+@pytest.mark.parametrize("max_length, least_compared", [(24, 5), (48, 40), (128, 60)])
+def test_encode_pairs_fits_max_length_and_equals_the_old_cut_for_pairs_that_fit(student, records, max_length,
+                                                                                least_compared):
+    from transformers import AutoTokenizer
+
+    from lref.models.cross_encoder import encode_pairs, pair_texts
+
+    tokenizer = AutoTokenizer.from_pretrained(str(student))
+    queries, products = zip(*(pair_texts(r) for r in [*records[:60], long_query_record()]))
+    encoded = encode_pairs(tokenizer, queries, products, max_length)["input_ids"]
+    assert all(len(ids) <= max_length for ids in encoded)
+    query_lengths = [len(tokenizer(q, add_special_tokens=False)["input_ids"]) for q in queries]
+    compared = 0
+    for i, (query, product) in enumerate(zip(queries, products)):
+        if query_lengths[i] + 3 <= max_length // 2:  # a query within half the budget: the product alone is cut
+            old = tokenizer(query, product, truncation="only_second", max_length=max_length)["input_ids"]
+            assert encoded[i] == old
+            compared += 1
+    assert compared >= least_compared
+    # the long query is cut too, and leaves the product all it needs up to about half of the budget
+    long_ids = encoded[-1]
+    product_side = len(long_ids) - long_ids.index(tokenizer.sep_token_id) - 2
+    product_length = len(tokenizer(products[-1], add_special_tokens=False)["input_ids"])
+    assert len(long_ids) == max_length and product_side >= min(product_length, (max_length - 3) // 2)
+
+
+def test_a_corrupt_onnx_file_is_a_clear_error_naming_it(tmp_path, exported):
+    import shutil
+
+    from lref.models.zoo import ModelFileError
+
+    damaged = tmp_path / "damaged"
+    shutil.copytree(exported, damaged)
+    graph = damaged / ONNX_FILES["int8"]
+    graph.write_bytes(graph.read_bytes()[:1000])  # a truncated copy
+    with pytest.raises(ModelFileError, match=f"{graph} is not a loadable ONNX graph"):
+        load_student(damaged, "int8")
+    (damaged / ONNX_FILES["fp32"]).write_bytes(b"not onnx at all \x00\x01")
+    with pytest.raises(ModelFileError, match="lref export"):
+        make_scorer(damaged, variant="fp32")

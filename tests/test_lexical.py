@@ -59,11 +59,15 @@ def test_fit_predict_beats_the_majority_floor(splits, classifier):
     assert result["macro_f1"] > 0.5
 
 
-def test_save_and_load_give_the_same_probabilities(splits, tmp_path):
-    model = LexicalModel().fit(splits["train"][:600])
+@pytest.mark.parametrize("classifier", ["gbdt", "logistic"])
+def test_save_and_load_give_the_same_probabilities(splits, tmp_path, classifier):
+    model = LexicalModel(LexicalConfig(classifier=classifier, query_context=classifier == "gbdt"))
+    model.fit(splits["train"][:600])
     model.save(tmp_path / "lexical")
+    assert sorted(p.name for p in (tmp_path / "lexical").iterdir()) == ["lexical.skops", "lref_manifest.json"]
     loaded = LexicalModel.load(tmp_path / "lexical")
     np.testing.assert_array_equal(loaded.predict_proba(splits["test"]), model.predict_proba(splits["test"]))
+    assert loaded.features_.known_brands_ == model.features_.known_brands_
     manifest = (tmp_path / "lexical" / "lref_manifest.json").read_text()
     assert '"kind": "lexical"' in manifest and '"n_train": 600' in manifest
     with pytest.raises(FileNotFoundError, match="not a saved lexical model"):
@@ -79,3 +83,53 @@ def test_bad_input_is_refused():
         LexicalModel().fit([Record("1", "q", "t", "Exact"), Record("2", "q", "u", "Exact")])
     with pytest.raises(RuntimeError, match="before fit"):
         LexicalModel().predict([Record("1", "q", "t")])
+
+
+def test_saved_model_is_no_pickle_and_an_old_joblib_folder_is_refused_unless_trusted(splits, tmp_path):
+    import pickle
+    import zipfile
+
+    import joblib
+
+    from lref.baselines.lexical import LEGACY_PICKLE, MODEL_FILE, UnsafeModelError
+
+    model = LexicalModel().fit(splits["train"][:600])
+    folder = model.save(tmp_path / "new")
+    with zipfile.ZipFile(folder / MODEL_FILE) as archive:  # skops: a zip of JSON schema and .npy arrays, no pickle
+        assert "schema.json" in archive.namelist()
+        assert not any(archive.read(name).startswith(b"\x80") for name in archive.namelist())
+    # an old folder: the joblib pickle the previous save wrote (features object, classifier, config, train info)
+    old = tmp_path / "old"
+    old.mkdir()
+    joblib.dump({"config": model.config.__dict__, "features": model.features_, "classifier": model.classifier_,
+                 "train_info": model.train_info_}, old / LEGACY_PICKLE)
+    with pytest.raises(UnsafeModelError, match="runs any code it holds; retrain") as error:
+        LexicalModel.load(old)
+    assert error.value.path == str(old / LEGACY_PICKLE)
+    trusted = LexicalModel.load(old, trust_pickle=True)
+    np.testing.assert_array_equal(trusted.predict_proba(splits["test"]), model.predict_proba(splits["test"]))
+    # saving over an old folder replaces the pickle
+    trusted.save(old)
+    assert not (old / LEGACY_PICKLE).exists() and LexicalModel.load(old).train_info_ == model.train_info_
+    # a pickle renamed to the new name is refused too, and so is a damaged file
+    (tmp_path / "evil").mkdir()
+    (tmp_path / "evil" / MODEL_FILE).write_bytes(pickle.dumps({"a": 1}))
+    with pytest.raises(UnsafeModelError, match="not a readable saved lexical model"):
+        LexicalModel.load(tmp_path / "evil")
+
+
+def test_a_saved_model_holding_an_unexpected_type_is_refused(tmp_path):
+    import skops.io as sio
+    from sklearn.ensemble import RandomForestClassifier
+
+    from lref.baselines.lexical import MODEL_FILE, UnsafeModelError
+
+    x, y = np.random.default_rng(0).normal(size=(40, 3)), np.arange(40) % 2
+    (tmp_path / "odd").mkdir()
+    sio.dump({"format": 1, "classifier": RandomForestClassifier(n_estimators=2).fit(x, y)},
+             tmp_path / "odd" / MODEL_FILE)
+    untrusted = sio.get_untrusted_types(file=tmp_path / "odd" / MODEL_FILE)
+    if not untrusted:  # skops trusts every type of this forest: nothing to refuse
+        pytest.skip("skops trusts RandomForestClassifier's types")
+    with pytest.raises(UnsafeModelError, match="holds types lref does not load"):
+        LexicalModel.load(tmp_path / "odd")

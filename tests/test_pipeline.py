@@ -305,3 +305,25 @@ def test_cli_run(models, tmp_path, monkeypatch, capsys):
     bad = write_config(tmp_path / "bad.yaml", {**config, "stages": {"lexical": {"max_iters": 2}}})
     code, out, err = run_lref(monkeypatch, capsys, "run", str(bad))
     assert code != 0 and "stages.lexical.max_iters: unknown key" in err + out
+
+
+def test_training_notes_say_why_a_model_did_not_change(tmp_path):
+    from lref.io import MANIFEST_NAME, write_json
+    from lref.pipeline.run import training_notes
+
+    def folder(name, manifest):
+        path = tmp_path / name
+        path.mkdir()
+        write_json(path / MANIFEST_NAME, manifest)
+        return path
+
+    guard = {"unchanged": True, "n_guard": 12, "objective": "weighted_f1"}
+    assert training_notes(folder("kept", {"kind": "lora-adapter", "recall_guard": guard})) == [
+        "the DPO guard kept the starting model: no check on its 12 guard pairs beat it on weighted_f1"]
+    moved = folder("moved", {"kind": "lora-adapter", "recall_guard": {**guard, "unchanged": False}})
+    assert training_notes(moved) == []
+    skipped = folder("skipped", {"kind": "skipped", "skipped_reason": "mining gave 2 preference pairs"})
+    assert training_notes(skipped) == ["not trained: mining gave 2 preference pairs"]
+    idle = folder("idle", {"kind": "lora-adapter", "stage": "cot-dr", "train_metrics": {"idle_warmup": "all 1 ..."}})
+    assert training_notes(idle) == ["cot-dr: all 1 ..."]
+    assert training_notes(tmp_path / "absent") == []

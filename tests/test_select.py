@@ -538,3 +538,21 @@ def test_smoke_real_minilm_cross_encoder(tmp_path):
     folder = backbone.fit(records[:64], tmp_path / "m", seed=0)
     result = backbone.score(folder, records[64:128])
     assert result.probs.shape == (64, 3) and np.isfinite(result.probs).all()
+
+
+def test_lexical_backbone_selects_in_seconds_and_reuses_its_selectors(tmp_path, pool):
+    from lref.stages.select import make_backbone
+    from lref.training.backbones import LexicalBackbone
+
+    config = small_config(tmp_path, backbone="lexical")
+    assert isinstance(make_backbone(config), LexicalBackbone) and config.model_name == "lexical"
+    result = select(config, pool)
+    assert 0 < len(result.selected) < len(pool)
+    report = json.loads((tmp_path / "select" / REPORT_NAME).read_text())
+    assert report["backbone"] == "lexical"
+    models = sorted((tmp_path / "select").glob("selectors/*/fold*/lref_manifest.json"))
+    assert models and all(json.loads(m.read_text())["selector_settings"]["backbone"] == "lexical" for m in models)
+    stamps = {m: m.stat().st_mtime_ns for m in models}
+    again = select(small_config(tmp_path, backbone="lexical"), pool)
+    assert [r.id for r in again.selected] == [r.id for r in result.selected]
+    assert {m: m.stat().st_mtime_ns for m in models} == stamps  # the finished selectors were kept, not refitted

@@ -14,6 +14,7 @@ from helpers import wait_until_up
 from lref.data.records import Record
 from lref.labels import get_scheme
 from lref.serve.background import free_port, serve_in_background
+from lref.serve.guard import TOKEN_ENV, AuthConfigError
 from lref.serve.llm import LLMServerConfig, build_server
 from lref.teachers import TeacherError, load_rules
 from lref.teachers.local import ChatModel, LocalTeacher, LocalTeacherConfig
@@ -94,6 +95,126 @@ def test_bad_requests_are_refused_with_messages(server_url, body, status, messag
     response = post(server_url, body)
     assert response.status_code == status
     assert message in response.json()["error"]["message"]
+
+
+SECRET = "/srv/secret/weights.bin"  # internal detail an exception carries: must never reach a client
+
+
+class FailingChat(ChatModel):
+    """The tiny model, except that a prompt holding 'explode' raises inside generation."""
+
+    def generate(self, messages, *args, **kwargs):
+        if any("explode" in m["content"] for m in messages):
+            raise RuntimeError(f"simulated failure reading {SECRET}")
+        return super().generate(messages, *args, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def limited_url(tmp_path_factory):
+    """A server with small prompt and body limits and a 0.2 s generation timeout, over its own copy of the model."""
+    folder = build_tiny_causal_lm(tmp_path_factory.mktemp("tiny-lm-limited"))
+    loaded = ChatModel.load(str(folder), name="tiny")
+    chat = FailingChat(loaded.model, loaded.tokenizer, "tiny")
+    config = LLMServerConfig(model="unused", port=free_port(), served_name="tiny", default_max_tokens=8,
+                             max_tokens_limit=64, max_prompt_chars=300, max_prompt_tokens=40, max_body_bytes=2048,
+                             generation_timeout_s=0.2, log_level="critical")
+    with serve_in_background(build_server(config, chat)) as url:
+        yield url
+
+
+def user(content) -> dict:
+    return {"messages": [{"role": "user", "content": content}]}
+
+
+def assert_openai_error(response: httpx.Response, status: int, text: str) -> dict:
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"} and text in error["message"]
+    return error
+
+
+def test_prompts_over_the_limits_are_refused_before_generation(limited_url):
+    before = chat_count(limited_url)
+    error = assert_openai_error(post(limited_url, user("x" * 301)), 413, "over this server's limit of 300")
+    assert error["code"] == "prompt_too_large"
+    error = assert_openai_error(post(limited_url, user("the drill " * 25)), 400, "over this server's limit of 40")
+    assert error["code"] == "context_length_exceeded"
+    too_big = httpx.post(f"{limited_url}/v1/chat/completions", content=b"{" + b" " * 3000 + b"}", timeout=30,
+                         headers={"content-type": "application/json"})
+    assert_openai_error(too_big, 413, "exceeds this server's limit of 2048 bytes")
+    assert chat_count(limited_url) == before  # none reached the model
+
+
+def test_generation_stops_at_the_timeout(limited_url):
+    started = time.monotonic()
+    response = post(limited_url, {**user("hi"), "max_tokens": 64})
+    assert response.status_code == 200, response.text
+    choice = response.json()["choices"][0]
+    # Unbounded, the tiny model writes all 64 tokens in seconds; max_time cuts it at about 0.2 s.
+    assert response.json()["usage"]["completion_tokens"] < 64 and choice["finish_reason"] == "length"
+    assert time.monotonic() - started < 2
+
+
+@pytest.mark.parametrize("body, message", [
+    ({**user("hi"), "seed": 2**80}, "seed must be between"),
+    ({"messages": [{"role": "user", "content": [{"type": "text", "text": "a\ud800"}]}]}, "lone surrogate"),
+])
+def test_huge_seeds_and_lone_surrogates_are_400s(server_url, body, message):
+    import json
+
+    content = json.dumps(body).encode()  # ASCII JSON: the surrogate travels as the escape \ud800
+    response = httpx.post(f"{server_url}/v1/chat/completions", content=content, timeout=30,
+                          headers={"content-type": "application/json"})
+    assert_openai_error(response, 400, message)
+
+
+def test_a_lone_surrogate_in_plain_content_is_a_400(server_url):
+    response = httpx.post(f"{server_url}/v1/chat/completions", timeout=30, headers={"content-type": "application/json"},
+                          content=b'{"messages": [{"role": "user", "content": "drill \\ud800"}]}')
+    assert_openai_error(response, 400, "messages[0].content contains a lone surrogate")
+
+
+def test_a_temperature_near_zero_decodes_greedily(server_url):
+    body = {**user("Query: drill"), "max_tokens": 4}
+    greedy = post(server_url, {**body, "temperature": 0})
+    tiny = post(server_url, {**body, "temperature": 1e-300})  # before: NaN probabilities, a plain-text 500
+    assert tiny.status_code == 200, tiny.text
+    assert tiny.json()["choices"][0]["message"]["content"] == greedy.json()["choices"][0]["message"]["content"]
+
+
+def test_an_internal_error_gives_a_generic_json_500(limited_url):
+    response = post(limited_url, user("explode"))
+    error = assert_openai_error(response, 500, "internal server error (incident ")
+    assert error["type"] == "server_error" and SECRET not in response.text and "RuntimeError" not in response.text
+    assert post(limited_url, user("hi")).status_code == 200  # and it goes on serving
+
+
+def test_metrics_bucket_unknown_paths(server_url):
+    for i in range(3):
+        assert httpx.get(f"{server_url}/probe/{i}").status_code == 404
+    counters = httpx.get(f"{server_url}/metrics").json()
+    assert counters["path:other"] >= 3 and not any(key.startswith("path:/probe") for key in counters)
+    assert counters["path:/metrics"] >= 1  # known paths keep their own series
+
+
+def test_a_token_is_required_when_set(chat_model, monkeypatch):
+    monkeypatch.setenv(TOKEN_ENV, "llm-token")
+    config = LLMServerConfig(model="unused", port=free_port(), served_name="tiny", log_level="warning")
+    with serve_in_background(build_server(config, chat_model)) as url:
+        assert_openai_error(post(url, user("hi")), 401, "missing or wrong bearer token")
+        assert httpx.get(f"{url}/v1/models").status_code == 401
+        good = {"authorization": "Bearer llm-token"}
+        assert httpx.get(f"{url}/v1/models", headers=good).status_code == 200
+        answer = httpx.post(f"{url}/v1/chat/completions", json={**user("hi"), "max_tokens": 2}, headers=good,
+                            timeout=30)
+        assert answer.status_code == 200
+        assert httpx.get(f"{url}/health").status_code == 200  # open for probes
+
+
+def test_a_public_host_needs_a_token(chat_model, monkeypatch):
+    monkeypatch.delenv(TOKEN_ENV, raising=False)
+    with pytest.raises(AuthConfigError, match="refusing to listen on 0.0.0.0"):
+        build_server(LLMServerConfig(model="unused", host="0.0.0.0"), chat_model)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -241,6 +362,10 @@ def test_config_is_validated():
         OpenAITeacherConfig(base_url="localhost:8000", model="m")
     with pytest.raises(ValueError, match="port"):
         LLMServerConfig(port=0)
+    with pytest.raises(ValueError, match="max_prompt_tokens must be >= 1"):
+        LLMServerConfig(max_prompt_tokens=0)
+    with pytest.raises(ValueError, match="generation_timeout_s must be > 0"):
+        LLMServerConfig(generation_timeout_s=0)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -315,3 +440,15 @@ def test_smoke_real_gemma_served_and_used_as_openai_teacher(tmp_path):
     finally:
         server.should_exit = True
         thread.join(timeout=10)
+
+
+@pytest.mark.parametrize(("status", "refusal"), [(400, True), (413, True), (422, True), (401, False), (404, False)])
+def test_request_errors_are_refusals_the_run_skips_and_endpoint_errors_stop_it(tmp_path, status, refusal):
+    from lref.teachers.base import TeacherRefusal
+
+    body = {"error": {"message": "This model's maximum context length is 32 tokens"}}
+    with ScriptedServer([(status, body)]) as server:
+        with OpenAITeacher(config_for(server.url, tmp_path, cache_path=None)) as teacher:
+            with pytest.raises(TeacherError, match=f"HTTP {status}: This model's maximum context") as raised:
+                teacher.explain(RECORDS[:1], G3)
+    assert isinstance(raised.value, TeacherRefusal) is refusal

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import threading
@@ -19,8 +20,11 @@ from lref.labels import get_scheme
 from lref.models.cross_encoder import CrossEncoderScorer
 from lref.models.scorer import ScorerConfig
 from lref.serve.background import free_port, serve_in_background
+from lref.serve.guard import TOKEN_ENV, AuthConfigError
 from lref.serve.student import (
+    InputRejected,
     MicroBatcher,
+    QueueFull,
     ServeStudentConfig,
     StudentMetrics,
     build_server,
@@ -33,15 +37,24 @@ G3 = get_scheme("graded3")
 LIMITS = dict(max_batch_pairs=16, max_field_chars=50, max_body_bytes=2048, micro_batch_size=8)
 
 
-class Flaky:
-    """The real scorer, except that a batch holding the query 'explode' raises (a model call that fails)."""
+SECRET = "/srv/secret/model.bin"  # internal detail an exception carries: must never reach a client
 
-    def __init__(self, scorer):
-        self.scorer, self.scheme = scorer, scorer.scheme
+
+class Flaky:
+    """The real scorer, except for marked queries in a batch: 'explode' raises (input the model cannot score), 'slow'
+    takes a second, 'halt' raises SystemExit (kills the thread it runs on); `broken` makes every call raise."""
+
+    def __init__(self, scorer, broken: bool = False):
+        self.scorer, self.scheme, self.broken = scorer, scorer.scheme, broken
 
     def score(self, records):
-        if any(r.query == "explode" for r in records):
-            raise RuntimeError("simulated model failure")
+        queries = {r.query for r in records}
+        if self.broken or "explode" in queries:
+            raise RuntimeError(f"simulated model failure reading {SECRET}")
+        if "halt" in queries:
+            raise SystemExit(3)
+        if "slow" in queries:
+            time.sleep(1.0)
         return self.scorer.score(records)
 
 
@@ -166,18 +179,150 @@ def test_a_request_over_the_micro_batch_size_is_split_and_reassembled(server_url
     assert after["lref_student_batch_pairs_bucket{le=8.0}"] - before["lref_student_batch_pairs_bucket{le=8.0}"] == 2
 
 
-def test_a_failing_model_call_fails_its_request_and_the_server_keeps_serving(server_url, reference):
+def test_pairs_the_model_cannot_score_fail_their_request_only_and_the_server_keeps_serving(server_url, reference):
     before = metrics(server_url)
     failed = post(server_url, {"pairs": [{"query": "explode", "title": "anything"}]})
-    assert failed.status_code == 500
-    assert "model call failed: RuntimeError: simulated model failure" in failed.json()["error"]["message"]
+    # The probe pair scores, so the model works: the request's own pairs are at fault (422), with no internals.
+    assert failed.status_code == 422, failed.text
+    assert "could not score pairs[0:1]" in failed.json()["error"]["message"]
+    assert SECRET not in failed.text and "RuntimeError" not in failed.text
     ok = post(server_url, {"pairs": [pair(7)]})
     assert ok.status_code == 200
     assert_matches(ok.json()["results"], [pair(7)], reference)
     after = metrics(server_url)
     assert after["lref_student_model_errors_total"] - before["lref_student_model_errors_total"] == 1
-    key = "lref_student_requests_total{path=/v1/relevance,status=500}"
+    key = "lref_student_requests_total{path=/v1/relevance,status=422}"
     assert after[key] - before.get(key, 0) == 1
+    assert httpx.get(f"{server_url}/healthz").status_code == 200  # bad input does not make the server unhealthy
+
+
+def test_one_bad_request_in_a_shared_batch_fails_alone(server_url, reference):
+    clients, start = 9, threading.Barrier(9)
+    bodies = [[pair(300 + i)] for i in range(clients - 1)] + [[{"query": "explode", "title": "x"}]]
+    answers: list = [None] * clients
+
+    def client(i: int) -> None:
+        start.wait()
+        answers[i] = post(server_url, {"pairs": bodies[i]})
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for body, answer in zip(bodies[:-1], answers[:-1]):
+        assert answer.status_code == 200, answer.text  # before the fix: 500 for everyone batched with 'explode'
+        assert_matches(answer.json()["results"], body, reference)
+    assert answers[-1].status_code == 422 and SECRET not in answers[-1].text
+
+
+def test_micro_batcher_isolates_a_failing_request_in_one_batch():
+    gate = threading.Event()
+
+    def score(records):
+        gate.wait(5)
+        if any(r.query == "bad" for r in records):
+            raise ValueError("cannot tokenise")
+        return np.array([[float(len(r.query)), 0.0, 0.0] for r in records])
+
+    batcher = MicroBatcher(score, 3, micro_batch_size=16, max_wait_s=0.0).start()
+    try:
+        first = batcher.submit([Record("0", "x", "t")])
+        time.sleep(0.1)  # the worker holds the first call; the rest queue and go into one batch
+        good = [batcher.submit([Record("1", "ab", "t"), Record("2", "abc", "t")]),
+                batcher.submit([Record("3", "a", "t")])]
+        bad = batcher.submit([Record("4", "ok", "t"), Record("5", "bad", "t")])
+        gate.set()
+        first.result(5)
+        assert good[0].result(5)[:, 0].tolist() == [2.0, 3.0] and good[1].result(5)[:, 0].tolist() == [1.0]
+        with pytest.raises(InputRejected):
+            bad.result(5)
+        assert batcher.health() is None
+    finally:
+        batcher.stop()
+
+
+def test_micro_batcher_refuses_pairs_beyond_its_queue_bound():
+    gate = threading.Event()
+    batcher = MicroBatcher(lambda records: gate.wait(5) and np.zeros((len(records), 3)), 3, micro_batch_size=4,
+                           max_wait_s=0.0, max_queue_pairs=4).start()
+    try:
+        first = batcher.submit([Record("0", "q", "t")])
+        time.sleep(0.1)  # taken by the worker: no longer queued
+        queued = batcher.submit([Record(str(i), "q", "t") for i in range(4)])
+        with pytest.raises(QueueFull, match="at most 4"):
+            batcher.submit([Record("5", "q", "t")])
+        gate.set()
+        assert first.result(5).shape == (1, 3) and queued.result(5).shape == (4, 3)
+        assert batcher.submit([Record("6", "q", "t")]).result(5).shape == (1, 3)  # room again
+    finally:
+        batcher.stop()
+
+
+@pytest.fixture(scope="module")
+def slow_url(student, reference):
+    """A server with a small queue and a short request timeout; 'slow' holds its worker for a second."""
+    config = ServeStudentConfig(model=str(student), backend="torch", port=free_port(), max_wait_ms=0, threads=1,
+                                log_level="warning", max_batch_pairs=8, micro_batch_size=8, max_queue_pairs=8,
+                                request_timeout_s=0.5)
+    with serve_in_background(build_server(config, Flaky(reference))) as url:
+        yield url
+
+
+def test_a_request_not_scored_in_time_gets_504(slow_url):
+    started = time.monotonic()
+    response = post(slow_url, {"pairs": [{"query": "slow", "title": "x"}]})
+    assert response.status_code == 504 and "not scored within 0.5 s" in response.json()["error"]["message"]
+    assert time.monotonic() - started < 0.95  # answered at the timeout, not when the model finished
+    time.sleep(0.7)  # let the worker finish the slow call
+    assert post(slow_url, {"pairs": [pair(1)]}).status_code == 200
+
+
+def test_a_full_queue_answers_503_with_retry_after(slow_url):
+    holder = threading.Thread(target=post, args=(slow_url, {"pairs": [{"query": "slow", "title": "x"}]}))
+    holder.start()
+    time.sleep(0.2)  # the worker is now busy for a second
+    filler = threading.Thread(target=post, args=(slow_url, {"pairs": [pair(i) for i in range(8)]}))
+    filler.start()
+    deadline = time.monotonic() + 0.7
+    while metrics(slow_url)["lref_student_queue_pairs"] < 8 and time.monotonic() < deadline:
+        time.sleep(0.01)  # until the filler's 8 pairs are queued: the bound
+    refused = post(slow_url, {"pairs": [pair(9)]})
+    holder.join()
+    filler.join()
+    assert refused.status_code == 503, refused.text
+    assert refused.headers["retry-after"] == "1" and refused.json()["error"]["type"] == "overloaded"
+
+
+def test_a_broken_model_gives_generic_500s_and_an_unhealthy_healthz(student, reference):
+    config = ServeStudentConfig(model=str(student), backend="torch", port=free_port(), max_wait_ms=0, threads=1,
+                                log_level="critical", health_window=2)
+    flaky = Flaky(reference, broken=True)
+    with serve_in_background(build_server(config, flaky)) as url:
+        assert httpx.get(f"{url}/healthz").status_code == 200  # no model call yet
+        failed = post(url, {"pairs": [pair(1)]})
+        assert failed.status_code == 500 and failed.json()["error"]["type"] == "internal_error"
+        assert SECRET not in failed.text and "RuntimeError" not in failed.text  # before the fix: echoed
+        health = httpx.get(f"{url}/healthz")
+        assert health.status_code == 503  # the call and the probe both failed
+        data = health.json()
+        assert data["status"] == "unavailable" and "last 2 model calls failed" in data["reason"]
+        assert data["scheme"]["name"] == "graded3" and data["backend"] == "torch"  # the usual fields stay
+        flaky.broken = False
+        assert post(url, {"pairs": [pair(1)]}).status_code == 200
+        assert httpx.get(f"{url}/healthz").json()["status"] == "ok"
+
+
+def test_a_dead_batcher_thread_makes_healthz_and_requests_503(student, reference):
+    config = ServeStudentConfig(model=str(student), backend="torch", port=free_port(), max_wait_ms=0, threads=1,
+                                log_level="critical", request_timeout_s=5)
+    with serve_in_background(build_server(config, Flaky(reference))) as url:
+        killed = post(url, {"pairs": [{"query": "halt", "title": "x"}]})
+        assert killed.status_code == 503, killed.text  # failed at once, not left to time out
+        health = httpx.get(f"{url}/healthz")
+        assert health.status_code == 503 and "batcher thread is not running" in health.json()["reason"]
+        later = post(url, {"pairs": [pair(1)]})
+        assert later.status_code == 503 and later.json()["error"]["type"] == "unavailable"
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -225,6 +370,68 @@ def test_bodies_over_the_limit_are_refused_with_413(server_url):
                        timeout=30, headers={"content-type": "application/json"})
     assert small.status_code == 200 and len(small.json()["results"]) == 1
     assert metrics(server_url)["lref_student_requests_total{path=/v1/relevance,status=413}"] >= 2
+
+
+def test_text_that_is_not_valid_unicode_is_refused_with_422(server_url):
+    lone = b'{"pairs": [{"query": "drill \\ud800", "title": "kit"}]}'  # JSON escapes a lone surrogate
+    response = post(server_url, content=lone, headers={"content-type": "application/json"})
+    assert response.status_code == 422 and "pairs[0].query" in response.json()["error"]["message"]
+    assert "unable to parse raw data as a unicode string" in response.json()["error"]["message"]
+    raw = post(server_url, content=b'{"pairs": [{"query": "\xff\xfe", "title": "kit"}]}',
+               headers={"content-type": "application/json"})
+    assert 400 <= raw.status_code < 500 and "error" in raw.json()  # bad UTF-8 bytes: a JSON 4xx, never a 500
+
+
+def test_unknown_paths_and_methods_answer_in_the_error_shape(server_url):
+    missing = httpx.get(f"{server_url}/no/such/path")
+    assert missing.status_code == 404 and missing.json()["error"]["type"] == "not_found"
+    wrong = httpx.get(f"{server_url}/v1/relevance")
+    assert wrong.status_code == 405 and "error" in wrong.json()
+
+
+@pytest.fixture(scope="module")
+def token_url(student, reference, tmp_path_factory):
+    token_file = tmp_path_factory.mktemp("auth") / "token"
+    token_file.write_text("s3cret-token\n")
+    config = ServeStudentConfig(model=str(student), backend="torch", port=free_port(), threads=1,
+                                log_level="warning", token_file=str(token_file))
+    with serve_in_background(build_server(config, reference)) as url:
+        yield url
+
+
+def test_a_token_is_required_when_set(token_url):
+    body = {"pairs": [pair(1)]}
+    missing = post(token_url, body)
+    assert missing.status_code == 401 and missing.json()["error"]["type"] == "authentication_error"
+    assert missing.headers["www-authenticate"] == "Bearer"
+    assert post(token_url, body, headers={"authorization": "Bearer wrong"}).status_code == 401
+    assert httpx.get(f"{token_url}/metrics").status_code == 401
+    assert post(token_url, body, headers={"authorization": "Bearer s3cret-token"}).status_code == 200
+    assert httpx.get(f"{token_url}/healthz").status_code == 200  # open for probes: it tells no secret
+
+
+def test_a_public_host_needs_a_token(student, reference, monkeypatch, tmp_path):
+    monkeypatch.delenv(TOKEN_ENV, raising=False)
+    public = ServeStudentConfig(model=str(student), backend="torch", host="0.0.0.0", port=free_port())
+    with pytest.raises(AuthConfigError, match="refusing to listen on 0.0.0.0 without authentication"):
+        build_server(public, reference)
+    monkeypatch.setenv(TOKEN_ENV, "from-env")
+    assert build_server(public, reference) is not None  # the env token is enough
+    (tmp_path / "empty").write_text("")
+    with pytest.raises(AuthConfigError, match="is empty"):
+        build_server(ServeStudentConfig(model=str(student), token_file=str(tmp_path / "empty")), reference)
+
+
+def test_a_calibration_with_nan_is_refused_at_load_naming_file_and_key(student, tmp_path):
+    import shutil
+
+    from lref.labels import LabelError
+
+    folder = shutil.copytree(student, tmp_path / "student")
+    (folder / "calibration.json").write_text('{"bias": {"Exact": 0.0, "Partial": NaN, "Irrelevant": 0.5}}')
+    config = ServeStudentConfig(model=str(folder), backend="torch", port=free_port(), threads=1)
+    with pytest.raises(LabelError, match=r"calibration\.json.*'Partial'.*not a finite number"):
+        build_server(config)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -313,6 +520,25 @@ def test_config_is_validated():
         ServeStudentConfig(micro_batch_size=0)
     with pytest.raises(ValueError, match="max_wait_ms must be >= 0"):
         ServeStudentConfig(max_wait_ms=-1)
+    with pytest.raises(ValueError, match="max_queue_pairs .* must be >= max_batch_pairs"):
+        ServeStudentConfig(max_queue_pairs=10, max_batch_pairs=20)
+    with pytest.raises(ValueError, match="request_timeout_s must be > 0"):
+        ServeStudentConfig(request_timeout_s=0)
+    with pytest.raises(ValueError, match="limit_concurrency must be >= 1"):
+        ServeStudentConfig(limit_concurrency=0)
+
+
+def test_connections_over_limit_concurrency_get_503(student, reference):
+    config = ServeStudentConfig(model=str(student), backend="torch", port=free_port(), max_wait_ms=0, threads=1,
+                                log_level="critical", limit_concurrency=2)
+    with serve_in_background(build_server(config, Flaky(reference))) as url:
+        holder = threading.Thread(target=post, args=(url, {"pairs": [{"query": "slow", "title": "x"}]}))
+        holder.start()
+        time.sleep(0.3)  # one connection with a request in flight: at the limit of 2
+        refused = httpx.get(f"{url}/healthz", timeout=10)
+        holder.join()
+        assert refused.status_code == 503  # uvicorn's own answer, before the app
+        assert httpx.get(f"{url}/healthz", timeout=10).status_code == 200  # free again
 
 
 def test_cli_serve_student_end_to_end(student):
@@ -328,6 +554,13 @@ def test_cli_serve_student_end_to_end(student):
     finally:
         process.terminate()
         process.wait(timeout=20)
+
+
+def test_cli_serve_student_refuses_a_public_host_without_token(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != TOKEN_ENV}
+    result = subprocess.run([sys.executable, "-m", "lref.cli", "serve", "student", str(tmp_path), "--host", "0.0.0.0"],
+                            capture_output=True, text=True, timeout=60, env=env)
+    assert result.returncode == 2 and "without authentication" in result.stderr  # before any model is loaded
 
 
 def test_cli_serve_student_refuses_a_bad_backend(tmp_path):

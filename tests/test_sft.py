@@ -599,3 +599,18 @@ def test_real_gemma_two_steps(tmp_path):
     assert list(result.ids) == [r.id for r in records]
     assert np.allclose(result.probs.sum(axis=1), 1.0, atol=1e-5)
     assert all(len(top) == 3 and top[0] == label for top, label in zip(result.topk_labels(), result.predicted))
+
+
+def test_idle_warmup_names_a_run_whose_every_step_is_a_warmup_step():
+    from transformers import TrainingArguments
+
+    from lref.training.settings import idle_warmup
+
+    def args(**kw):
+        return TrainingArguments(output_dir="unused", per_device_train_batch_size=8, report_to="none", **kw)
+
+    # 8 examples, half an epoch: one step, and any warmup fraction rounds up to that one step
+    assert "all 1 optimizer step(s) are warmup steps" in idle_warmup(args(num_train_epochs=0.5, warmup_steps=0.05), 8)
+    assert idle_warmup(args(num_train_epochs=0.5, warmup_steps=0.0), 8) is None
+    assert idle_warmup(args(num_train_epochs=1, warmup_steps=0.05), 64) is None  # 8 steps, 1 of them warmup
+    assert idle_warmup(args(max_steps=2, warmup_steps=2), 64) is not None

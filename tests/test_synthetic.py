@@ -189,3 +189,12 @@ def test_bad_configs_are_refused():
     records = generate_catalog(SyntheticCatalogConfig(n_pairs=200, scheme=binary, grade_map=(0, 0, 1, 1, 1)))
     assert {r.label for r in records} == {"Relevant", "Irrelevant"}
     assert all((r.label == "Relevant") == (r.meta["match"] in ("exact", "minor")) for r in records)
+
+
+def test_descriptions_and_attributes_can_be_left_out_without_changing_anything_else():
+    full = generate_catalog(SyntheticCatalogConfig(n_pairs=300, seed=5))
+    short = generate_catalog(SyntheticCatalogConfig(n_pairs=300, seed=5, descriptions=False, attributes=False))
+    assert [(r.id, r.query, r.title, r.brand, r.label) for r in short] == [
+        (r.id, r.query, r.title, r.brand, r.label) for r in full]
+    assert all(r.description == "" and not r.attributes for r in short)
+    assert any(r.description for r in full) and any(r.attributes for r in full)

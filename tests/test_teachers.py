@@ -331,3 +331,75 @@ def test_strip_answer_and_cited_rule_ids():
     assert strip_answer("line one\nline two\nRelevance: Exact\n") == "line one\nline two"
     rules = load_rules("homedepot")
     assert cited_rule_ids("By [HD-BRAND] and hd-kit, not [HD-NOPE].", rules) == ["HD-BRAND", "HD-KIT"]
+
+
+# ------------------------------------------------------------------------------ the OpenAI client's API key
+
+
+@pytest.mark.parametrize("url", ["http://example.com/v1", "http://10.0.0.5:8000/v1", "http://127.0.0.1.evil.com/v1",
+                                 "http://localhost.example.com/v1", "http://[2001:db8::1]:8000/v1"])
+def test_api_key_is_not_sent_over_plain_http_to_another_host(tmp_path, monkeypatch, url):
+    import httpx
+
+    from lref.teachers.base import TeacherError
+    from lref.teachers.openai import INSECURE_KEY_ENV, OpenAIChatClient, OpenAITeacherConfig
+
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-secret")
+    monkeypatch.delenv(INSECURE_KEY_ENV, raising=False)
+    sent = []
+    monkeypatch.setattr(httpx.Client, "send", lambda self, request, **kw: sent.append(request))
+    config = OpenAITeacherConfig(base_url=url, model="m", cache_path=str(tmp_path / "c.sqlite"), progress=False)
+    with pytest.raises(TeacherError, match="refusing to send \\$OPENAI_API_KEY to " + url.replace("[", "\\[")
+                       .replace("]", "\\]").replace(".", "\\.") + "/chat/completions: plain http"):
+        OpenAIChatClient(config)
+    assert sent == [] and not (tmp_path / "c.sqlite").exists()
+
+
+def sent_authorization(monkeypatch, config) -> str | None:
+    """The Authorization header of the one request an OpenAIChatClient sends for one conversation."""
+    import httpx
+
+    from lref.teachers.openai import OpenAIChatClient
+
+    seen = []
+
+    def send(self, request, **kwargs):
+        seen.append(request.headers.get("Authorization"))
+        body = {"choices": [{"message": {"role": "assistant", "content": "Relevance: Exact"}}]}
+        return httpx.Response(200, json=body, request=request)
+
+    monkeypatch.setattr(httpx.Client, "send", send)
+    client = OpenAIChatClient(config)
+    try:
+        assert client.complete([[{"role": "user", "content": "hi"}]]) == ["Relevance: Exact"]
+    finally:
+        client.close()
+    assert len(seen) == 1
+    return seen[0]
+
+
+@pytest.mark.parametrize("url", ["https://api.example.com/v1", "http://127.0.0.1:8000/v1", "http://127.8.9.10/v1",
+                                 "http://localhost:8000/v1", "http://LOCALHOST/v1", "http://[::1]:8000/v1"])
+def test_api_key_goes_over_https_and_to_loopback_hosts(monkeypatch, url):
+    from lref.teachers.openai import INSECURE_KEY_ENV, OpenAITeacherConfig
+
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-secret")
+    monkeypatch.delenv(INSECURE_KEY_ENV, raising=False)
+    config = OpenAITeacherConfig(base_url=url, model="m", cache_path=None, progress=False)
+    assert sent_authorization(monkeypatch, config) == "Bearer sk-secret"
+
+
+def test_plain_http_key_is_sent_only_with_the_users_consent_and_no_key_needs_none(monkeypatch):
+    from lref.teachers.openai import INSECURE_KEY_ENV, OpenAITeacherConfig
+
+    def config(**overrides):
+        return OpenAITeacherConfig(base_url="http://example.com/v1", model="m", cache_path=None, progress=False,
+                                   **overrides)
+
+    monkeypatch.delenv(INSECURE_KEY_ENV, raising=False)
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    assert sent_authorization(monkeypatch, config()) is None  # no key, nothing to leak
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-secret")
+    assert sent_authorization(monkeypatch, config(allow_insecure_key=True)) == "Bearer sk-secret"
+    monkeypatch.setenv(INSECURE_KEY_ENV, "1")
+    assert sent_authorization(monkeypatch, config()) == "Bearer sk-secret"

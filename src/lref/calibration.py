@@ -122,9 +122,15 @@ def label_bias_for(folder: str | Path, scheme: LabelScheme | str) -> tuple[float
         stored = json.loads(path.read_text(encoding="utf-8"))["bias"]
     except (json.JSONDecodeError, KeyError, TypeError) as error:
         raise LabelError(f"{path}: not a calibration file ({error})") from None
+    if not isinstance(stored, dict):
+        raise LabelError(f"{path}: not a calibration file ('bias' is not an object)")
     if set(stored) != set(scheme.labels):
         raise LabelError(f"{path}: calibrated labels {sorted(stored)} are not scheme {scheme.name!r}'s "
                          f"{list(scheme.labels)}")
+    for label in scheme.labels:  # json reads NaN and Infinity: refuse them here, not as a 500 on every request
+        value = stored[label]
+        if isinstance(value, bool) or not isinstance(value, int | float) or not np.isfinite(value):
+            raise LabelError(f"{path}: bias['{label}'] is {value!r}, not a finite number")
     return tuple(float(stored[label]) for label in scheme.labels)
 
 

@@ -11,15 +11,39 @@ CPU_BF16_VARIABLE = "LREF_CPU_BF16"
 """Set to 0 to keep automatic precision at float32 on the CPU (results identical across machines)."""
 
 
+SPEED_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_int8")
+"""CPU flags that decide how fast the models run here, reported beside timings (`machine_info`)."""
+
+
 @functools.cache
+def cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags from /proc/cpuinfo (empty where there is none)."""
+    try:
+        return frozenset(Path("/proc/cpuinfo").read_text().split())
+    except OSError:
+        return frozenset()
+
+
 def cpu_has_native_bf16() -> bool:
     """Whether the CPU multiplies bf16 matrices in hardware (AVX512-BF16 or AMX, read from /proc/cpuinfo). Elsewhere
     bf16 on the CPU is emulated: slower than float32, not faster."""
+    return bool({"avx512_bf16", "amx_bf16"} & cpu_flags())
+
+
+def machine_info() -> dict[str, Any]:
+    """The CPU model, logical CPUs, the speed-relevant CPU flags and the precision the models run in on the CPU."""
+    import platform
+
+    name = platform.processor() or platform.machine()
     try:
-        flags = Path("/proc/cpuinfo").read_text().split()
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                name = line.split(":", 1)[1].strip()
+                break
     except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
+        pass
+    return {"cpu": name, "logical_cpus": os.cpu_count(), "flags": [f for f in SPEED_FLAGS if f in cpu_flags()],
+            "precision": "bf16" if use_bf16(None, use_cpu=True) else "float32"}
 
 
 def prepare_device(config: Any) -> bool:
@@ -80,5 +104,5 @@ def is_main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
-__all__ = ["CPU_BF16_VARIABLE", "cpu_has_native_bf16", "is_main_process", "prepare_device",
-           "release_process_group_at_exit", "resolve_precision", "use_bf16"]
+__all__ = ["CPU_BF16_VARIABLE", "SPEED_FLAGS", "cpu_flags", "cpu_has_native_bf16", "is_main_process", "machine_info",
+           "prepare_device", "release_process_group_at_exit", "resolve_precision", "use_bf16"]

@@ -1,4 +1,4 @@
-"""Atomic file writes: output appears whole under its final name, or not at all."""
+"""Atomic file writes (output appears whole under its final name, or not at all) and JSON-lines reading."""
 
 from __future__ import annotations
 
@@ -48,3 +48,22 @@ def write_jsonl(path: str | os.PathLike, rows: Iterable[dict[str, Any]]) -> int:
             handle.write(json.dumps(row, ensure_ascii=False) + "\n")
             count += 1
     return count
+
+
+def split_jsonl_lines(text: str) -> list[tuple[int, str]]:
+    """(1-based line number, line) of every non-blank line of JSON-lines text, split on "\\n" only.
+
+    `str.splitlines` would also break at U+2028, U+2029, U+0085, \\x0b, \\x0c, \\x1c-\\x1e, which a JSON string may
+    hold unescaped (``json.dumps(..., ensure_ascii=False)`` writes them raw), cutting a valid line in two. Blank lines
+    count, so the numbers match what an editor shows."""
+    return [(number, line) for number, line in enumerate(text.split("\n"), start=1) if line.strip()]
+
+
+def read_jsonl_lines(path: str | os.PathLike, encoding: str = "utf-8") -> list[tuple[int, str]]:
+    """`split_jsonl_lines` of a file's text: (line number, line) of its non-blank lines.
+
+    The one way lref reads JSON lines. The bytes are decoded as they are (no newline translation, so a stray "\\r"
+    cannot add lines) and a leading byte-order mark is dropped; a UnicodeDecodeError propagates for the caller to name
+    the file."""
+    text = Path(path).read_bytes().decode(encoding)
+    return split_jsonl_lines(text[1:] if text.startswith("\ufeff") else text)

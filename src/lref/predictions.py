@@ -4,6 +4,7 @@ files, one JSON line per pair with `id`, `label`, `probs` (label -> probability)
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -11,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from lref.data.records import DataError
-from lref.io import write_jsonl
+from lref.io import read_jsonl_lines, write_jsonl
 from lref.labels import LabelError, LabelScheme
 
 
@@ -95,37 +96,59 @@ def write_predictions(path: str | Path, predictions: Iterable[Prediction]) -> in
 
 
 def read_predictions(path: str | Path, scheme: LabelScheme | None = None) -> list[Prediction]:
-    """Read a prediction file, checking every label against `scheme` when given."""
+    """Read a prediction file, checking every label against `scheme` when given.
+
+    Lines are split on "\\n" only (`lref.io.read_jsonl_lines`). Bad input raises a DataError naming the file, the
+    line (as `row`) and the field: invalid JSON, a missing id or label, probs that are not a map of labels to finite
+    numbers (NaN and infinities are refused), topk that is not a list of labels."""
     path = Path(path)
     predictions = []
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        lines = read_jsonl_lines(path)
     except UnicodeDecodeError as error:
-        raise DataError(f"not valid UTF-8 ({error.reason} at byte {error.start})", path=str(path)) from None
-    for row, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
+        row = error.object.count(b"\n", 0, error.start) + 1
+        raise DataError(f"not valid UTF-8 ({error.reason} at byte {error.start}, line {row})", path=str(path),
+                        row=row) from None
+    for row, line in lines:
         try:
             item = json.loads(line)
         except json.JSONDecodeError as error:
             raise DataError(f"invalid JSON: {error.msg}", path=str(path), row=row) from None
+        except (ValueError, RecursionError) as error:  # a 5000-digit integer, thousands of nested brackets
+            raise DataError(f"invalid JSON: {error}", path=str(path), row=row) from None
         if not isinstance(item, dict):
             raise DataError("expected a JSON object", path=str(path), row=row)
         for key in ("id", "label"):
             if key not in item or item[key] in (None, ""):
                 raise DataError("missing or empty field", path=str(path), row=row, column=key)
+            if isinstance(item[key], (dict, list, bool)):
+                raise DataError(f"expected a string, got {json.dumps(item[key])[:40]}", path=str(path), row=row,
+                                column=key)
         probs = item.get("probs") or {}
         topk = item.get("topk") or []
+        if not isinstance(probs, dict):
+            raise DataError("probs must map labels to numbers", path=str(path), row=row, column="probs")
+        for name, value in probs.items():
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise DataError(f"probs must map labels to numbers; {name!r} has {json.dumps(value)[:40]}",
+                                path=str(path), row=row, column="probs")
+            if not math.isfinite(value):
+                raise DataError(f"probability of {name!r} is {value}; probabilities must be finite numbers",
+                                path=str(path), row=row, column="probs")
+        if not isinstance(topk, list) or not all(isinstance(t, str) for t in topk):
+            raise DataError("topk must be a list of labels", path=str(path), row=row, column="topk")
         if scheme is not None:
+            column = "label"
             try:
                 label = scheme.parse(item["label"])
+                column = "probs"
                 probs = {scheme.parse(k): float(v) for k, v in probs.items()}
+                column = "topk"
                 topk = [scheme.parse(t) for t in topk]
             except LabelError as error:
-                raise DataError(str(error), path=str(path), row=row, column="label") from None
-            except (TypeError, ValueError, AttributeError):
-                raise DataError("probs must map labels to numbers", path=str(path), row=row, column="probs") from None
+                raise DataError(str(error), path=str(path), row=row, column=column) from None
         else:
             label = str(item["label"])
+            probs = {str(k): float(v) for k, v in probs.items()}
         predictions.append(Prediction(str(item["id"]), label, probs, topk))
     return predictions

@@ -61,8 +61,13 @@ def funnel_figure(selection: dict[str, Any]) -> bytes:
     return _png(figure)
 
 
-def metric_bars(systems: list[dict[str, Any]], key: str, title: str, xlabel: str) -> bytes:
+def metric_bars(systems: list[dict[str, Any]], key: str, title: str, xlabel: str, log: bool = False) -> bytes:
+    """Horizontal bars of `key` per system; `log` for values spanning orders of magnitude (speeds), where a linear
+    axis would hide the small bars."""
     figure, axis = _figure(7, 0.6 + 0.4 * len(systems))
+    if log:  # systems without a figure get no bar rather than a made-up one
+        systems = [s for s in systems if (s["metrics"].get(key) or 0) > 0]
+        axis.set_xscale("log")
     names = [s["title"] for s in systems][::-1]
     values = [s["metrics"].get(key) or 0.0 for s in systems][::-1]
     axis.barh(names, values, color="#dd8452")
@@ -159,7 +164,8 @@ def build_figures(results: dict[str, Any]) -> dict[str, tuple[str, bytes]]:
     figures["over_estimates"] = ("Over-estimate share (predicted more relevant than gold)",
                                  metric_bars(systems, "over_estimate_share", "Over-estimate share per model",
                                              "share of pairs"))
-    figures["speed"] = ("Scoring speed", metric_bars(systems, "pairs_per_s", "Scoring speed per model", "pairs/s"))
+    figures["speed"] = ("Scoring speed", metric_bars(systems, "pairs_per_s", "Scoring speed per model",
+                                                     "pairs/s (log scale)", log=True))
     for system in systems:
         figures[f"confusion_{system['name']}"] = (f"Confusion matrix: {system['title']}", confusion_figure(system))
     return figures

@@ -53,7 +53,15 @@ from lref.labels import CLASS_BALANCE, class_weights, get_scheme
 from lref.predictions import Prediction, ScoreResult
 
 CLASSIFIERS = ("gbdt", "logistic")
-MODEL_FILE = "lexical.joblib"
+MODEL_FILE = "lexical.skops"
+"""The saved model: skops' safe format, which holds data (arrays, numbers, the fitted estimator's parameters) and
+no code; `load` admits only the types in `TRUSTED_TYPES` beyond skops' own defaults."""
+LEGACY_PICKLE = "lexical.joblib"
+"""The pickle earlier versions wrote; loading a pickle runs whatever code it holds, so `load` refuses it unless told
+the folder is trusted."""
+TRUSTED_TYPES = ("sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",)
+"""Types outside skops' default trusted set that a saved model may hold (the GBDT's fitted trees)."""
+STATE_FORMAT = 1
 KIND = "lexical"
 _HASH_FEATURES = 2**18
 FEATURE_NAMES = (
@@ -380,16 +388,28 @@ class LexicalModel:
         return self.score(records).predictions()
 
     def save(self, folder: str | Path) -> Path:
-        """Write `lexical.joblib` and `lref_manifest.json` into `folder` (atomically, file by file)."""
-        import joblib
-
+        """Write `lexical.skops` (skops' code-free format) and `lref_manifest.json` into `folder` (atomically, file by
+        file); a `lexical.joblib` left by an earlier version is removed."""
+        import skops.io as sio
 
         if not hasattr(self, "classifier_"):
             raise RuntimeError("LexicalModel.save before fit")
         folder = Path(folder)
+        features = self.features_
+        state = {
+            "format": STATE_FORMAT,
+            "config": asdict(self.config),
+            "features": {
+                "k1": features.k1, "b": features.b, "query_context": features.query_context,
+                "word_idf": features.word_idf_, "char_idf": features.char_idf_, "bm25_idf": features.bm25_idf_,
+                "avg_title_words": features.avg_title_words_, "known_brands": sorted(features.known_brands_),
+            },
+            "classifier": self.classifier_,
+            "train_info": self.train_info_,
+        }
         with atomic_write(folder / MODEL_FILE, "wb") as handle:
-            joblib.dump({"config": asdict(self.config), "features": self.features_, "classifier": self.classifier_,
-                         "train_info": self.train_info_}, handle)
+            handle.write(sio.dumps(state))
+        (folder / LEGACY_PICKLE).unlink(missing_ok=True)
         write_json(folder / MANIFEST_NAME, {
             "kind": KIND,
             "scheme": {"name": self.scheme.name, "labels": list(self.scheme.labels)},
@@ -402,17 +422,63 @@ class LexicalModel:
         return folder
 
     @classmethod
-    def load(cls, folder: str | Path) -> "LexicalModel":
-        import joblib
+    def load(cls, folder: str | Path, *, trust_pickle: bool = False) -> "LexicalModel":
+        """Load a model saved by `save`. A folder holding only the pickle of earlier versions (`lexical.joblib`) is
+        refused with `UnsafeModelError`, since unpickling runs code: retrain it, or pass `trust_pickle=True` for a
+        folder you made yourself."""
+        import skops.io as sio
 
-        path = Path(folder) / MODEL_FILE
+        folder = Path(folder)
+        path = folder / MODEL_FILE
         if not path.is_file():
+            legacy = folder / LEGACY_PICKLE
+            if legacy.is_file():
+                if not trust_pickle:
+                    raise UnsafeModelError(
+                        f"{LEGACY_PICKLE} is a pickle written by an earlier lref, and loading a pickle runs any code "
+                        f"it holds; retrain the lexical model (rerun `lref select --backbone lexical`) to save it as "
+                        f"{MODEL_FILE}, or load it with LexicalModel.load(folder, trust_pickle=True) if you made it "
+                        f"yourself",
+                        path=str(legacy),
+                    )
+                import joblib
+
+                return cls.from_state(joblib.load(legacy), legacy)
             raise FileNotFoundError(f"{folder} holds no {MODEL_FILE}: not a saved lexical model")
-        state = joblib.load(path)
+        try:
+            untrusted = [t for t in sio.get_untrusted_types(file=path) if t not in TRUSTED_TYPES]
+            if untrusted:
+                raise UnsafeModelError(f"holds types lref does not load: {', '.join(untrusted)}", path=str(path))
+            state = sio.load(path, trusted=list(TRUSTED_TYPES))
+        except UnsafeModelError:
+            raise
+        except Exception as error:  # skops reports a damaged archive as zipfile, JSON or key errors
+            raise UnsafeModelError(f"not a readable saved lexical model ({type(error).__name__}: {error})",
+                                   path=str(path)) from None
+        if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
+            raise UnsafeModelError("not a lexical model state of this lref version; retrain it", path=str(path))
+        return cls.from_state(state, path)
+
+    @classmethod
+    def from_state(cls, state: dict, path: Path) -> "LexicalModel":
+        """A fitted model from a saved state (the skops dict, or a legacy joblib dict holding the features object)."""
         model = cls(LexicalConfig(**state["config"]))
-        model.features_, model.classifier_, model.train_info_ = state["features"], state["classifier"], \
-            state["train_info"]
+        saved = state["features"]
+        if isinstance(saved, LexicalFeatures):  # the legacy pickle stored the object itself
+            features = saved
+        else:
+            features = LexicalFeatures(saved["k1"], saved["b"], saved["query_context"])
+            features.word_idf_ = np.asarray(saved["word_idf"], dtype=np.float32)
+            features.char_idf_ = np.asarray(saved["char_idf"], dtype=np.float32)
+            features.bm25_idf_ = np.asarray(saved["bm25_idf"], dtype=np.float32)
+            features.avg_title_words_ = float(saved["avg_title_words"])
+            features.known_brands_ = frozenset(saved["known_brands"])
+        model.features_, model.classifier_, model.train_info_ = features, state["classifier"], state["train_info"]
         return model
+
+
+class UnsafeModelError(DataError):
+    """A saved model that lref will not load: a pickle (which runs code), unexpected types, or a damaged file."""
 
 
 def _sklearn_version() -> str:
@@ -421,4 +487,5 @@ def _sklearn_version() -> str:
     return sklearn.__version__
 
 
-__all__ = ["FEATURE_NAMES", "LexicalConfig", "LexicalFeatures", "LexicalModel"]
+__all__ = ["FEATURE_NAMES", "LEGACY_PICKLE", "MODEL_FILE", "TRUSTED_TYPES", "LexicalConfig", "LexicalFeatures",
+           "LexicalModel", "UnsafeModelError"]

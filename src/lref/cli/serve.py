@@ -24,15 +24,25 @@ def serve_llm_command(
     max_tokens_limit: int = typer.Option(2048, "--max-tokens-limit", help=_serve_llm_help("max_tokens_limit")),
     threads: int | None = typer.Option(None, "--threads", min=1, help=_serve_llm_help("threads")),
     log_level: str = typer.Option("info", "--log-level", help=_serve_llm_help("log_level")),
+    max_prompt_chars: int = typer.Option(32000, "--max-prompt-chars", help=_serve_llm_help("max_prompt_chars")),
+    max_prompt_tokens: int = typer.Option(4096, "--max-prompt-tokens", help=_serve_llm_help("max_prompt_tokens")),
+    max_body_bytes: int = typer.Option(1 << 20, "--max-body-bytes", help=_serve_llm_help("max_body_bytes")),
+    generation_timeout_s: float = typer.Option(120.0, "--generation-timeout-s",
+                                               help=_serve_llm_help("generation_timeout_s")),
+    token_file: str | None = typer.Option(None, "--token-file", help=_serve_llm_help("token_file")),
 ) -> None:
     """An OpenAI-compatible /v1/chat/completions endpoint over a local LLM (zoo name, folder or lref adapter)."""
+    from lref.serve.guard import resolve_token
     from lref.serve.llm import LLMServerConfig, serve_llm
 
     try:
         config = LLMServerConfig(
             model=model, host=host, port=port, served_name=served_name, default_max_tokens=default_max_tokens,
             max_tokens_limit=max_tokens_limit, threads=threads, log_level=log_level,
+            max_prompt_chars=max_prompt_chars, max_prompt_tokens=max_prompt_tokens, max_body_bytes=max_body_bytes,
+            generation_timeout_s=generation_timeout_s, token_file=token_file,
         )
+        resolve_token(config.token_file, config.host)  # refuse a public host without a token before loading
     except ValueError as error:
         raise typer.BadParameter(str(error)) from None
     serve_llm(config)
@@ -62,8 +72,14 @@ def serve_student_command(
     log_level: str = _student_option("log_level", "--log-level"),
     access_log: bool = _student_option("access_log", "--access-log/--no-access-log"),
     calibrated: bool = _student_option("calibrated", "--calibration/--no-calibration"),
+    max_queue_pairs: int = _student_option("max_queue_pairs", "--max-queue-pairs"),
+    request_timeout_s: float = _student_option("request_timeout_s", "--request-timeout-s"),
+    limit_concurrency: int | None = _student_option("limit_concurrency", "--limit-concurrency"),
+    health_window: int = _student_option("health_window", "--health-window"),
+    token_file: str | None = _student_option("token_file", "--token-file"),
 ) -> None:
     """The relevance service over a distilled student: POST /v1/relevance, GET /healthz, GET /metrics."""
+    from lref.serve.guard import resolve_token
     from lref.serve.student import ServeStudentConfig, serve_student
 
     try:
@@ -71,8 +87,10 @@ def serve_student_command(
             model=model, backend=backend, host=host, port=port, max_batch_pairs=max_batch_pairs,
             max_field_chars=max_field_chars, max_body_bytes=max_body_bytes, micro_batch_size=micro_batch_size,
             max_wait_ms=max_wait_ms, threads=threads, log_level=log_level, access_log=access_log,
-            calibrated=calibrated,
+            calibrated=calibrated, max_queue_pairs=max_queue_pairs, request_timeout_s=request_timeout_s,
+            limit_concurrency=limit_concurrency, health_window=health_window, token_file=token_file,
         )
+        resolve_token(config.token_file, config.host)  # refuse a public host without a token before loading
     except ValueError as error:
         raise typer.BadParameter(str(error)) from None
     serve_student(config)

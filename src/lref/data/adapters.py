@@ -6,6 +6,7 @@ rows of the file named in the error (the row after the header is row 1).
 
 from __future__ import annotations
 
+import contextvars
 import inspect
 import os
 from collections.abc import Callable, Mapping
@@ -415,7 +416,9 @@ def load_records(
     `locale`, `split`, `version`, `products` (esci).
 
     A generic file without a label column loads unlabelled (label=None); an empty label in a labelled file is an
-    error. Bad input raises DataError naming the file, the 1-based data row and the column.
+    error. Bad input raises DataError naming the file, the 1-based data row and the column. An adapter (an entry of
+    `ADAPTERS`) that calls `load_records` on its own input with its own format, directly or through other adapters,
+    raises a DataError naming the chain of adapters.
     """
     fmt = format.lower()
     resolved_scheme = get_scheme(scheme) if scheme is not None else default_scheme(fmt)
@@ -423,6 +426,25 @@ def load_records(
         raise FileNotFoundError(f"no such file or folder: {path}")
     if fmt == "auto":
         fmt = detect_format(path)
+    chain = _LOADING.get()
+    step = (fmt, str(Path(path).resolve()))
+    if step in chain:
+        names = " -> ".join(f"{name} ({where})" for name, where in (*chain, step))
+        raise DataError(f"adapter cycle: {names}; an adapter must not load its own input through itself",
+                        path=str(path))
+    token = _LOADING.set((*chain, step))
+    try:
+        return _load(path, fmt, resolved_scheme, columns, options)
+    finally:
+        _LOADING.reset(token)
+
+
+_LOADING: contextvars.ContextVar[tuple[tuple[str, str], ...]] = contextvars.ContextVar("lref_loading", default=())
+"""The (format, file) pairs `load_records` is reading in this context, outermost first: an adapter that loads its
+own input through itself (directly or via other adapters) is refused instead of recursing without end."""
+
+
+def _load(path, fmt: str, resolved_scheme: LabelScheme, columns, options: dict[str, Any]) -> list[Record]:
     if fmt in GENERIC_FORMATS:
         return read_generic(
             path, fmt, scheme=resolved_scheme, columns=columns, **_checked_options(read_generic, fmt, options, path)

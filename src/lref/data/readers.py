@@ -21,7 +21,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from lref.data.records import DataError, Record, stable_id
-from lref.io import atomic_write, write_jsonl
+from lref.io import atomic_write, split_jsonl_lines, write_jsonl
 from lref.labels import LabelError, LabelScheme
 
 FIELDS = ("id", "query", "title", "label", "brand", "description", "attributes", "raw_score", "exposure", "meta")
@@ -86,7 +86,7 @@ def parse_number(value: Any, *, path: str | os.PathLike, row: int, column: str) 
         raise DataError(f"expected a number, got {value!r}", path=path, row=row, column=column)
     try:
         number = float(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise DataError(f"expected a number, got {value!r}", path=path, row=row, column=column) from None
     if not math.isfinite(number):
         raise DataError(f"expected a finite number, got {value!r}", path=path, row=row, column=column)
@@ -104,6 +104,9 @@ def _mapping(value: Any, *, path: str, row: int, column: str) -> dict[str, Any]:
             raise DataError(
                 f"expected a JSON object, got invalid JSON ({error.msg})", path=path, row=row, column=column
             ) from None
+        except (ValueError, RecursionError) as error:
+            raise DataError(f"expected a JSON object, got invalid JSON ({error})", path=path, row=row,
+                            column=column) from None
     if isinstance(value, list) and all(isinstance(item, tuple) and len(item) == 2 for item in value):
         value = dict(value)
     if not isinstance(value, dict):
@@ -133,6 +136,10 @@ def build_record(
     def column(field: str) -> str:
         return sources.get(field, field)
 
+    for field in ("id", "query", "title", "label", "brand", "description"):
+        if isinstance(fields.get(field), str) and "\x00" in fields[field]:
+            raise DataError("NUL byte in the text (a binary or damaged file?)", path=path, row=row,
+                            column=column(field))
     query = _text(fields.get("query"))
     if not query:
         raise DataError("empty query", path=path, row=row, column=column("query"))
@@ -197,6 +204,34 @@ def _decode_message(error: UnicodeDecodeError, raw: bytes, encoding: str) -> str
     )
 
 
+def check_encoding(encoding: str, *, path: str | os.PathLike) -> None:
+    """Raise a DataError naming `encoding` and the file unless `encoding` is a text encoding Python knows."""
+    try:
+        codecs.lookup(encoding)
+        b"a".decode(encoding)  # raises LookupError for a bytes-to-bytes codec such as base64
+    except UnicodeError:
+        pass  # a text encoding that cannot decode this one byte (utf-16, utf-32)
+    except (LookupError, TypeError):
+        raise DataError(
+            f"unknown text encoding {encoding!r}; pass encoding= with a codec name such as utf-8, latin-1 or cp1252",
+            path=str(path),
+        ) from None
+
+
+def refuse_nul(frame: pd.DataFrame, *, path: str | os.PathLike) -> None:
+    """Raise a DataError naming the row and column of the first cell (or column name) holding a NUL byte.
+
+    A NUL is never text: it marks a binary or truncated file, or a UTF-16 file read as UTF-8."""
+    hint = "(a binary or damaged file, or a UTF-16 file: pass encoding=utf-16)"
+    for name in frame.columns:
+        if "\x00" in str(name):
+            raise DataError(f"NUL byte in the header {hint}", path=str(path), column=str(name))
+    for row, values in enumerate(frame.itertuples(index=False), start=1):
+        for name, value in zip(frame.columns, values, strict=True):
+            if isinstance(value, str) and "\x00" in value:
+                raise DataError(f"NUL byte in the cell {hint}", path=str(path), row=row, column=str(name))
+
+
 def _decode(raw: bytes, encoding: str) -> str:
     if raw.startswith(codecs.BOM_UTF8):  # a UTF-8 byte-order mark is never part of a column name, whatever the encoding
         raw = raw[len(codecs.BOM_UTF8):]
@@ -210,10 +245,12 @@ def _parse_csv(text: str, *, path: Path, sep: str) -> pd.DataFrame:
     except pd.errors.EmptyDataError:
         raise DataError("the file is empty (no header row)", path=str(path)) from None
     except pd.errors.ParserError as error:
-        # pandas counts file lines from 1 including the header; our rows exclude the header.
-        match = re.search(r"line (\d+)", str(error))
-        row = int(match.group(1)) - 1 if match else None
-        raise DataError(f"malformed CSV: {error}", path=str(path), row=row) from None
+        # pandas counts file lines from 1 including the header ("line N"), or records from 0 at the header ("row N");
+        # our rows exclude the header.
+        line, record = re.search(r"line (\d+)", str(error)), re.search(r"at row (\d+)", str(error))
+        row = int(line.group(1)) - 1 if line else int(record.group(1)) if record else None
+        where = " (in the header line)" if row == 0 else ""
+        raise DataError(f"malformed CSV{where}: {error}", path=str(path), row=row or None) from None
     frame.columns = [str(name).strip() for name in frame.columns]
     return frame
 
@@ -221,17 +258,22 @@ def _parse_csv(text: str, *, path: Path, sep: str) -> pd.DataFrame:
 def read_csv_frame(path: str | os.PathLike, *, encoding: str = "utf-8", sep: str | None = None) -> pd.DataFrame:
     """Read a CSV/TSV file with every cell as a string ('' when empty); `sep` defaults by extension.
 
-    A byte that `encoding` cannot decode raises a DataError naming the row and column that hold it.
+    A byte that `encoding` cannot decode, or a NUL byte, raises a DataError naming the row and column that hold it;
+    an unknown `encoding` raises a DataError naming it and the file.
     """
     path = Path(path)
     sep = sep or ("\t" if path.suffix.lower() == ".tsv" else ",")
+    check_encoding(encoding, path=path)
     raw = path.read_bytes()
     try:
         text = _decode(raw, encoding)
     except UnicodeDecodeError as error:
         row, column = _first_undecodable_cell(raw, encoding, path=path, sep=sep)
         raise DataError(_decode_message(error, raw, encoding), path=str(path), row=row, column=column) from None
-    return _parse_csv(text, path=path, sep=sep)
+    frame = _parse_csv(text, path=path, sep=sep)
+    if "\x00" in text:
+        refuse_nul(frame, path=path)
+    return frame
 
 
 def _first_undecodable_cell(raw: bytes, encoding: str, *, path: Path, sep: str) -> tuple[int | None, str | None]:
@@ -267,6 +309,7 @@ def read_jsonl_rows(path: str | os.PathLike, *, encoding: str = "utf-8") -> list
     For an array, the row is the element's 1-based position.
     """
     path = Path(path)
+    check_encoding(encoding, path=path)
     raw = path.read_bytes()
     try:
         text = _decode(raw, encoding)
@@ -286,19 +329,21 @@ def read_jsonl_rows(path: str | os.PathLike, *, encoding: str = "utf-8") -> list
             items = json.loads(text)
         except json.JSONDecodeError as error:
             raise DataError(f"invalid JSON: {error.msg} (line {error.lineno})", path=str(path)) from None
+        except (ValueError, RecursionError) as error:
+            raise DataError(f"invalid JSON: {error}", path=str(path)) from None
         numbered = list(enumerate(items, start=1))
     else:
         numbered = []
         # Split on "\n" only: str.splitlines would also break at U+2028, which JSON strings may hold unescaped.
-        for row, line in enumerate(text.split("\n"), start=1):
-            if not line.strip():
-                continue
+        for row, line in split_jsonl_lines(text):
             try:
                 numbered.append((row, json.loads(line)))
             except json.JSONDecodeError as error:
                 raise DataError(
                     f"invalid JSON: {error.msg} (character {error.pos + 1})", path=str(path), row=row
                 ) from None
+            except (ValueError, RecursionError) as error:  # a 5000-digit integer, thousands of nested brackets
+                raise DataError(f"invalid JSON: {error}", path=str(path), row=row) from None
     for row, item in numbered:
         if not isinstance(item, dict):
             raise DataError(f"expected a JSON object, got {type(item).__name__}", path=str(path), row=row)

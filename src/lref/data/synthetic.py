@@ -135,6 +135,16 @@ class SyntheticCatalogConfig:
     )
     min_pairs_per_query: int = field(default=4, metadata={"help": "Fewest pairs any query gets."})
     max_pairs_per_query: int = field(default=60, metadata={"help": "Most pairs any query gets."})
+    descriptions: bool = field(
+        default=True,
+        metadata={"help": "Give every product a description. False: none (shorter prompts; the labels do not depend on "
+                  "it, so they are unchanged)."},
+    )
+    attributes: bool = field(
+        default=True,
+        metadata={"help": "Give every product its attribute map (model, size, colour, ...). False: none (shorter "
+                  "prompts; the title still names them, and the labels are unchanged)."},
+    )
     pair_exposure_power: float = field(
         default=0.5, metadata={"help": "Pairs beyond the minimum are shared ∝ traffic share^this (0: evenly)."}
     )
@@ -1002,8 +1012,8 @@ def generate_catalog(config: SyntheticCatalogConfig | None = None) -> list[Recor
                     title=product.title,
                     label=scheme.labels[label_index],
                     brand=product.brand,
-                    description=product.description,
-                    attributes={"model": product.model, **product.attributes},
+                    description=product.description if config.descriptions else "",
+                    attributes={"model": product.model, **product.attributes} if config.attributes else {},
                     exposure=query.exposure,
                     meta={
                         "source": "synthetic",

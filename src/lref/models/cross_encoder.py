@@ -2,8 +2,9 @@
 
 The fast selector backbone for large pools (stage 1) and the deployable student. Training lives in
 `lref.training.cross_encoder` (`train_cross_encoder`); this module reads pairs the way the encoder sees them
-(`pair_texts`, `tokenize_pairs`, `EncoderCollator`), loads a trained folder (`load_cross_encoder`) and scores with it
-(`CrossEncoderScorer`, `score_pairs`, shared with the ONNX backend).
+(`pair_texts`, `encode_pairs`, `tokenize_pairs`, `EncoderCollator`: every pair fits `max_length`, a long query is cut
+too), loads a trained folder (`load_cross_encoder`) and scores with it (`CrossEncoderScorer`, `score_pairs`, shared
+with the ONNX backend).
 """
 
 from __future__ import annotations
@@ -58,10 +59,25 @@ class EncoderCollator:
         return out
 
 
+PAIR_TRUNCATION = "longest_first"
+"""How a (query, product) pair is cut to `max_length`: the tokenizer's 'longest_first' strategy removes tokens from
+the longer side until the pair fits, so a short query is kept whole and the product gets the rest, while a query
+longer than the product is cut too (the two then share the budget about equally). 'only_second' would raise as soon
+as the query alone exceeds the budget (a 300-word query with a 128-token student)."""
+
+
+def encode_pairs(tokenizer, queries: Sequence[str], products: Sequence[str], max_length: int, **kwargs: Any):
+    """Tokenise (query, product text) pairs so that every pair fits `max_length` tokens, whatever the two lengths.
+
+    The one tokenisation of cross-encoder pairs: training, PyTorch and ONNX scoring and the ONNX export probe all go
+    through it (`PAIR_TRUNCATION`). `kwargs` go to the tokenizer (e.g. padding=True, return_tensors="pt")."""
+    return tokenizer(list(queries), list(products), truncation=PAIR_TRUNCATION, max_length=max_length, **kwargs)
+
+
 def tokenize_pairs(tokenizer, records: Sequence[Record], scheme: LabelScheme, max_length: int):
-    """The encoder's token fields of each pair (query, then product text cut to fit `max_length`)."""
+    """The encoder's token fields of each pair (`encode_pairs`: query and product text cut to fit `max_length`)."""
     queries, products = zip(*(pair_texts(r) for r in records)) if records else ((), ())
-    encoded = tokenizer(list(queries), list(products), truncation="only_second", max_length=max_length)
+    encoded = encode_pairs(tokenizer, queries, products, max_length)
     keys = [k for k in EncoderCollator.TOKEN_KEYS if k in encoded]
     return [{k: encoded[k][i] for k in keys} for i in range(len(records))]
 
@@ -155,9 +171,11 @@ class CrossEncoderScorer:
 
 __all__ = [
     "KIND",
+    "PAIR_TRUNCATION",
     "CrossEncoderScorer",
     "EncoderCollator",
     "has_label",
+    "encode_pairs",
     "load_cross_encoder",
     "pair_texts",
     "score_pairs",

@@ -7,12 +7,22 @@ from pathlib import Path
 from typing import Any
 
 from lref.io import MANIFEST_NAME
-from lref.models.zoo import resolve_model
+from lref.models.zoo import ModelFileError, resolve_model
 
 
 def read_manifest(folder: str | Path) -> dict[str, Any] | None:
+    """The folder's `lref_manifest.json` as a dict, or None without one; a damaged manifest raises ModelFileError
+    naming it."""
     manifest = Path(folder) / MANIFEST_NAME
-    return json.loads(manifest.read_text()) if manifest.is_file() else None
+    if not manifest.is_file():
+        return None
+    try:
+        document = json.loads(manifest.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as error:
+        raise ModelFileError(f"{manifest} is not valid JSON ({error}); the model folder is damaged") from None
+    if not isinstance(document, dict):
+        raise ModelFileError(f"{manifest} holds a JSON {type(document).__name__}, not an object")
+    return document
 
 
 def is_adapter(folder: str | Path) -> bool:

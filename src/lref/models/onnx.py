@@ -34,8 +34,9 @@ import numpy as np
 from lref.calibration import calibration_path
 from lref.data.records import Record
 from lref.labels import LabelScheme, get_scheme
-from lref.models.cross_encoder import EncoderCollator, score_pairs
+from lref.models.cross_encoder import EncoderCollator, encode_pairs, score_pairs
 from lref.models.scorer import ScorerConfig, scheme_for_model
+from lref.models.zoo import ModelFileError
 from lref.predictions import ScoreResult
 
 logger = logging.getLogger(__name__)
@@ -100,14 +101,11 @@ def _probe_batch(tokenizer, max_length: int) -> dict[str, Any]:
     """Two pairs of different lengths (so padding and the attention mask are exercised)."""
     queries = ["cordless drill", "garden hose 50 ft with brass fittings"]
     products = ["DeWalt 20V MAX cordless drill driver kit with two batteries and a charger", "hose"]
-    return dict(tokenizer(queries, products, padding=True, truncation="only_second", max_length=max_length,
-                          return_tensors="pt"))
+    return dict(encode_pairs(tokenizer, queries, products, max_length, padding=True, return_tensors="pt"))
 
 
 def _onnx_logits(path: Path, batch: dict[str, Any]) -> np.ndarray:
-    import onnxruntime as ort
-
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    session = load_session(path)
     names = [i.name for i in session.get_inputs()]
     return session.run(["logits"], {name: batch[name].numpy() for name in names})[0]
 
@@ -243,8 +241,33 @@ def onnx_session(folder: str | Path, variant: str = "int8", threads: int | None 
     options = ort.SessionOptions()
     if threads is not None:
         options.intra_op_num_threads = threads
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return load_session(path, options)
+
+
+def load_session(path: str | Path, options=None):
+    """An onnxruntime CPU session over the graph file `path`; a damaged or non-ONNX file raises `ModelFileError`
+    naming it (instead of onnxruntime's protobuf error)."""
+    import onnxruntime as ort
+    from onnxruntime.capi.onnxruntime_pybind11_state import (
+        Fail,
+        InvalidArgument,
+        InvalidGraph,
+        InvalidProtobuf,
+        NoSuchFile,
+        NotImplemented,
+        RuntimeException,
+    )
+
+    refusals = (Fail, InvalidArgument, InvalidGraph, InvalidProtobuf, NoSuchFile, NotImplemented, RuntimeException)
+    try:
+        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except refusals as error:
+        reason = str(error).split(" failed:", 1)[-1].strip() or type(error).__name__
+        raise ModelFileError(
+            f"{path} is not a loadable ONNX graph ({reason}); the file is damaged or incomplete: export the student "
+            f"again with `lref export`"
+        ) from None
 
 
 __all__ = ["BACKENDS", "DEFAULT_MAX_LENGTH", "ONNX_FILES", "ExportConfig", "OnnxScorer", "export_student",
-           "onnx_session", "trained_max_length"]
+           "load_session", "onnx_session", "trained_max_length"]

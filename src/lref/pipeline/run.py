@@ -21,10 +21,13 @@ from lref.data import load_records
 from lref.data.records import Record
 from lref.fingerprint import data_hash, library_versions, settings_of, sha256_json
 from lref.io import write_json
+from lref.models.loading import read_manifest as read_model_manifest
 from lref.pipeline.config import CHAIN, STAGES, UNSET, ConfigError, PipelineConfig, load_config
 from lref.pipeline.data import RunData, load_data, sample
 from lref.pipeline.evaluation import evaluate_system
+from lref.pipeline.progress import SELECTED_SHARE, RunClock, stage_work
 from lref.pipeline.runners import RUNNERS, SYSTEM_TITLES, StageContext, with_fields
+from lref.predictions import read_predictions
 
 logger = logging.getLogger("lref.pipeline")
 
@@ -88,6 +91,9 @@ class Pipeline:
         self.config = config
         self.run_dir = Path(run_dir or config.run_dir)
         self.echo = echo
+        self.clock = RunClock({})
+        self.ran = False
+        """Whether the stage being run did its work now (not kept from an earlier run), for the clock."""
 
     def stage_dir(self, name: str) -> Path:
         return self.run_dir / "stages" / name
@@ -123,6 +129,7 @@ class Pipeline:
                       + (f", {len(data.calibration)} calibration pairs" if data.calibration else "")
                       + f" ({data.scheme})")
             done: dict[str, dict[str, Any]] = {}
+            self.clock = RunClock(self.expected_work(selected, data))
             for index, name in enumerate(names, start=1):
                 prefix = f"[{index}/{len(names)}] {name}"
                 if name not in selected:
@@ -130,13 +137,30 @@ class Pipeline:
                     if manifest and manifest.get("status") in ("done", "skipped"):
                         done[name] = manifest
                     continue
+                started = time.perf_counter()
+                self.ran = False
                 done[name] = self._run_stage(name, data, done, force=name in forced, prefix=prefix)
+                self.clock.finish(name, time.perf_counter() - started, self.ran)
                 write_json(self.run_dir / RESULTS_NAME, self.results(data))
+            self.echo(f"finished: {self.clock.summary()}")
             return self.results(data)
         finally:
             root.removeHandler(handler)
             root.setLevel(previous_level)
             handler.close()
+
+    def expected_work(self, names: Sequence[str], data: RunData) -> dict[str, float]:
+        """Each stage's estimated work (`lref.pipeline.progress.stage_work`) from its config and the run's sizes."""
+        scored = len(data.eval) + len(data.calibration)
+        select_pool = min(self.config.pairs.get("select") or len(data.train), len(data.train))
+        work = {}
+        for name in names:
+            n_train = len(data.train)
+            if name in ("sft", "cot") and "select" in self.config.stages:
+                n_train = max(1, round(SELECTED_SHARE * select_pool))
+            n_train = min(self.config.pairs.get(name) or n_train, n_train)
+            work[name] = stage_work(name, self.config.stages[name], n_train, scored)
+        return work
 
     # ---------------------------------------------------------------- one stage
 
@@ -216,7 +240,8 @@ class Pipeline:
         config = with_fields(config, resume=resume)
         manifest: dict[str, Any] = {
             "stage": name, "status": "running", "fingerprint": fingerprint, "eval_fingerprint": eval_fingerprint,
-            "config": asdict(config), "pairs": self.config.pairs.get(name), "n_train": len(records),
+            "config": asdict(config), "pairs": self.config.pairs.get(name),
+            "n_train": 0 if name in TRAINS_NOTHING else len(records),
             "inputs": inputs, "upstream": upstream, "versions": library_versions(("trl", "scikit-learn")),
             "started": datetime.now(timezone.utc).isoformat(timespec="seconds"), "resumed": resume,
         }
@@ -226,7 +251,9 @@ class Pipeline:
             manifest.update(started=previous.get("started", manifest["started"]), resumed_at=manifest["started"],
                             interrupted_s=earlier_s)
         write_json(stage_dir / MANIFEST, manifest)
-        self.echo(f"{prefix}: {'resuming' if resume else 'running'} on {len(records)} pairs")
+        self.ran = True
+        what = "scoring only" if name in TRAINS_NOTHING else f"on {len(records)} pairs"
+        self.echo(f"{prefix}: {'resuming' if resume else 'running'} {what} ({self.clock.status()})")
         logger.info("stage %s: %s (fingerprint %s)", name, "resuming" if resume else "starting", fingerprint[:12])
         torch = sys.modules.get("torch")
         if torch is not None and torch.cuda.is_available():
@@ -249,6 +276,12 @@ class Pipeline:
             logger.warning("stage %s skipped: %s", name, result["skipped"])
             return manifest
         manifest.update(outputs=result["outputs"], systems=result["systems"], train_seconds=round(train_seconds, 2))
+        notes = [note for folder in dict.fromkeys([stage_dir / "model", *(
+            Path(spec["ref"]) for spec in result["systems"].values())]) for note in training_notes(folder)]
+        for note in notes:
+            self.echo(f"  note: {note}")
+        if notes:
+            manifest["notes"] = notes
         manifest["metrics"] = self._evaluate(result["systems"], data, stage_dir)
         manifest.update(status="done", wall_time_s=round(earlier_s + time.perf_counter() - started, 2),
                         **_peak_memory_mb(),
@@ -264,7 +297,34 @@ class Pipeline:
                                      self.config.seed, self.config.calibration)
             metrics[system] = {k: result[k] for k in SUMMARY_KEYS if k in result}
             logger.info("%s: %s", system, _summary_line(result))
+            change = self.label_changes(system)
+            if change is not None:
+                metrics[system]["changed_from"] = change
+                self.echo(f"  {system}: {change['labels']} of {change['pairs']} held-out labels differ from "
+                          f"{change['system']}" + ("" if change["labels"] else ": this step changed no decision"))
         return metrics
+
+    def label_changes(self, system: str) -> dict[str, Any] | None:
+        """How many held-out labels LLM system `system` changed from the system it continued (llm-base: zero-shot;
+        sft: llm-base with `start_from: llm-base`, else zero-shot; then cot-ee, cot-ra, cot-dr, dpo in turn); None
+        for other systems or when either prediction file is missing."""
+        if system not in CHAIN_SYSTEMS or system == "zero-shot":
+            return None
+        if system == "llm-base":
+            candidates = ["zero-shot"]
+        else:
+            start = "llm-base" if self.config.chain_start == "llm-base" else "zero-shot"
+            candidates = [s for s in CHAIN_SYSTEMS[CHAIN_SYSTEMS.index("sft"): CHAIN_SYSTEMS.index(system)]][::-1]
+            candidates.append(start)
+        after = self.stage_dir(SYSTEM_STAGES.get(system, system)) / f"predictions_{system}.jsonl"
+        for previous in candidates:
+            before = self.stage_dir(SYSTEM_STAGES.get(previous, previous)) / f"predictions_{previous}.jsonl"
+            if before.is_file() and after.is_file():
+                old = {p.id: p.label for p in read_predictions(before)}
+                new = {p.id: p.label for p in read_predictions(after)}
+                shared = old.keys() & new.keys()
+                return {"system": previous, "labels": sum(old[i] != new[i] for i in shared), "pairs": len(shared)}
+        return None
 
     # ---------------------------------------------------------------- results
 
@@ -302,8 +362,33 @@ class Pipeline:
         return out
 
 
+TRAINS_NOTHING = ("zero-shot",)
+"""Stages that only score: their manifest reports 0 training pairs."""
+CHAIN_SYSTEMS = ("zero-shot", "llm-base", "sft", "cot-ee", "cot-ra", "cot-dr", "dpo")
+"""The LLM systems in the order each continues the one before it (sft continues zero-shot or llm-base)."""
+SYSTEM_STAGES = {"cot-ee": "cot", "cot-ra": "cot", "cot-dr": "cot"}
+"""The stage of each system whose name is not its stage's."""
 SUMMARY_KEYS = ("n", "accuracy", "macro_f1", "weighted_f1", "rmse", "over_estimate_share", "under_estimate_share",
                  "ci95", "pairs_per_s", "calibration")
+
+
+def training_notes(folder: Path) -> list[str]:
+    """Why the model in `folder` may equal the one it started from, from its manifest: a stage skipped for too few
+    examples, a DPO guard that kept the start, a run whose steps were all warmup steps."""
+    manifest = read_model_manifest(folder) if folder.is_dir() else None
+    if not manifest:
+        return []
+    notes = []
+    if manifest.get("kind") == "skipped":
+        notes.append(f"not trained: {manifest.get('skipped_reason')}")
+    guard = manifest.get("recall_guard") or {}
+    if guard.get("unchanged"):
+        notes.append(f"the DPO guard kept the starting model: no check on its {guard.get('n_guard')} guard pairs beat "
+                     f"it on {guard.get('objective')}")
+    idle = (manifest.get("train_metrics") or {}).get("idle_warmup")
+    if idle:
+        notes.append(f"{manifest.get('stage', folder.name)}: {idle}")
+    return notes
 
 
 def _summary_line(metrics: dict[str, Any]) -> str:
@@ -331,5 +416,5 @@ def run_pipeline(config: PipelineConfig | str | Path, *, run_dir: str | Path | N
     return Pipeline(config, run_dir, echo).run(from_stage=from_stage, only=only)
 
 
-__all__ = ["LOG_NAME", "MANIFEST", "NOT_HASHED", "Pipeline", "RESULTS_NAME", "SUMMARY_KEYS", "read_manifest",
-           "run_pipeline"]
+__all__ = ["CHAIN_SYSTEMS", "LOG_NAME", "MANIFEST", "NOT_HASHED", "Pipeline", "RESULTS_NAME", "SUMMARY_KEYS",
+           "TRAINS_NOTHING", "read_manifest", "run_pipeline", "training_notes"]

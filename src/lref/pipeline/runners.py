@@ -5,6 +5,7 @@ a stage name to its runner. A system's kind is a `lref.models.factory.KINDS` ent
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -83,14 +84,27 @@ def _run_select(ctx: StageContext) -> dict[str, Any]:
                         "selected": len(result.selected)}, "systems": {}}
 
 
+def teacher_cache_root(ctx: StageContext) -> Path:
+    """The run's teacher answer cache, ``RUN/teacher_cache``: beside ``stages/``, so resetting a stage (a changed
+    config, ``--from``) never deletes paid teacher answers, and the stages and runs of one run dir share them."""
+    from lref.teachers.cache import CACHE_DIR
+
+    return ctx.stage_dir.parents[1] / CACHE_DIR
+
+
 def _run_cot(ctx: StageContext) -> dict[str, Any]:
-    from lref.stages.cot import train_cot
+    from lref.stages.cot import REPORT_NAME, train_cot
 
     # the direct examples come from the training pairs before selection, which carry the traffic's label mix
-    adapters = train_cot(ctx.config, ctx.records, direct_pool=ctx.data.train)
+    adapters = train_cot(ctx.config, ctx.records, direct_pool=ctx.data.train, teacher_cache=teacher_cache_root(ctx))
     systems = {f"cot-{task}": {"kind": "llm", "ref": str(folder)} for task, folder in adapters.items()}
     last = list(adapters.values())[-1] if adapters else ctx.config.model
-    return {"outputs": {"model": str(last), "adapters": {k: str(v) for k, v in adapters.items()}}, "systems": systems}
+    report = json.loads((Path(ctx.config.output_dir) / REPORT_NAME).read_text(encoding="utf-8"))
+    return {"outputs": {"model": str(last), "adapters": {k: str(v) for k, v in adapters.items()},
+                        "teacher_cache": report.get("teacher_cache"),
+                        "teacher_skipped": report.get("teacher_skipped", 0),
+                        "teacher_skipped_files": report.get("teacher_skipped_files", [])},
+            "systems": systems}
 
 
 def _run_dpo(ctx: StageContext) -> dict[str, Any]:
@@ -101,10 +115,14 @@ def _run_dpo(ctx: StageContext) -> dict[str, Any]:
 
 
 def _run_distill(ctx: StageContext) -> dict[str, Any]:
+    from lref.io import MANIFEST_NAME
     from lref.stages.distill import distill
 
-    folder = distill(ctx.config, ctx.records)
-    return {"outputs": {"model": str(folder)}, "systems": {"distill": {"kind": "encoder", "ref": str(folder)}}}
+    folder = distill(ctx.config, ctx.records, teacher_cache=teacher_cache_root(ctx))
+    cache = json.loads((folder / MANIFEST_NAME).read_text(encoding="utf-8"))["distill"]["teacher_cache"]
+    return {"outputs": {"model": str(folder), "teacher_cache": str(Path(cache["path"]).parent),
+                        "teacher_skipped": cache.get("skipped", 0), "teacher_skipped_file": cache.get("skipped_file")},
+            "systems": {"distill": {"kind": "encoder", "ref": str(folder)}}}
 
 
 RUNNERS: dict[str, Callable[[StageContext], dict[str, Any]]] = {
@@ -118,4 +136,4 @@ SYSTEM_TITLES = {
 }
 
 
-__all__ = ["RUNNERS", "SYSTEM_TITLES", "StageContext", "with_fields"]
+__all__ = ["RUNNERS", "SYSTEM_TITLES", "StageContext", "teacher_cache_root", "with_fields"]

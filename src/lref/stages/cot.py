@@ -16,10 +16,14 @@ completion ends with the direct format's answer cue and label (`" ... \\nRelevan
 trains on plain direct examples (prompt -> label, exactly as the SFT stage does), a share `direct_share` of its
 examples, so the fast direct scorer keeps working after the CoT stages.
 
-Teacher texts come from a :class:`lref.teachers.base.Teacher` and are cached in ``output_dir/teacher_<task>.jsonl``
-(`lref.teachers.cache.teach`), so a re-run never asks again. For EE and RA an explanation whose label differs from
-the human label is not used (its reasoning argues for another grade); the stage keeps asking for further pairs until
-it has `<task>_samples` usable ones, or fails with a DataError saying how many it found.
+Teacher texts come from a :class:`lref.teachers.base.Teacher` and are cached by content outside the output folder
+(`lref.teachers.cache`: ``<cache root>/<teacher>/<task>.jsonl``, the cache root being ``teacher_cache`` beside
+``output_dir``, or the pipeline run's ``RUN/teacher_cache``), so neither a re-run nor a reset stage asks again. A pair
+the teacher refuses non-retryably (`lref.teachers.base.TeacherRefusal`) is skipped and listed in
+``<task>.skipped.jsonl`` there, up to `teacher_max_skips`; more refusals stop the stage (a systemic failure).
+For EE and RA an explanation whose label differs from the human label is not used (its reasoning argues for another
+grade); the stage keeps asking for further pairs until it has `<task>_samples` usable ones, or fails with a DataError
+saying how many it found.
 
 The stages run in order, each a LoRA on top of the previous one's merged adapter
 (`lref.training.lora.train_sft_examples`), into ``output_dir/ee``, ``ra``, ``dr``. A stage whose folder holds a
@@ -58,7 +62,15 @@ from lref.prompts import match_hint_manifest, records_for_model
 from lref.prompts.cot import COT_PROMPT_VERSION, TASKS, cot_completion, cot_prompt
 from lref.prompts.rules import RuleSet, load_rule_set, rules_reference
 from lref.teachers.base import Teacher
-from lref.teachers.cache import TEACHER_FILE, teach
+from lref.teachers.cache import (
+    ANSWERS_FILE,
+    HTTP_CACHE_NAME,
+    MAX_SKIPS,
+    check_skips,
+    default_cache_root,
+    teach,
+    teacher_dir,
+)
 from lref.teachers.decisions import sample_wrong_label, wrong_decision_plan
 from lref.teachers.registry import DEFAULT_TEACHER_URL, check_teacher, make_teacher
 from lref.training.examples import TextExample, direct_example, examples_hash
@@ -81,7 +93,7 @@ REPORT_NAME = "cot_report.json"
 class CoTConfig(LoraSettings, TrainingSettings):
     """Settings of the Multi-CoT stage. Every field's help text also feeds the command line (`lref cot`)."""
 
-    FINGERPRINT_ADDED_FIELDS: ClassVar[tuple[str, ...]] = ("epochs", "weight_decay")
+    FINGERPRINT_ADDED_FIELDS: ClassVar[tuple[str, ...]] = ("epochs", "weight_decay", "teacher_max_skips")
     """Training settings this config gained with the shared `TrainingSettings` (`lref.fingerprint.ADDED_FIELDS`)."""
 
     model: str = field(
@@ -91,8 +103,8 @@ class CoTConfig(LoraSettings, TrainingSettings):
     scheme: str = field(default="graded3", metadata={"help": "Label scheme (preset name) the records are labelled in."})
     output_dir: str = field(
         default="runs/cot",
-        metadata={"help": "Folder for the teacher texts (teacher_<task>.jsonl), one adapter per stage (ee/, ra/, "
-                  "dr/) and cot_report.json."},
+        metadata={"help": "Folder for one adapter per stage (ee/, ra/, dr/) and cot_report.json; the teacher texts "
+                  "are cached beside it, in teacher_cache/ (in a pipeline run: RUN/teacher_cache)."},
     )
     stages: list[str] = field(
         default_factory=lambda: list(TASKS),
@@ -110,6 +122,12 @@ class CoTConfig(LoraSettings, TrainingSettings):
     )
     teacher_url: str = field(
         default=DEFAULT_TEACHER_URL, metadata={"help": "Base URL of the openai teacher's API, with /v1."}
+    )
+    teacher_max_skips: float = field(
+        default=MAX_SKIPS,
+        metadata={"help": "Pairs the teacher may refuse for good (e.g. an HTTP 400 for a prompt over its context "
+                  "length) before the stage stops: below 1 a share of the pairs asked (at least 5 pairs), 1 or more "
+                  "a number of pairs. A refused pair is skipped, listed in the cache's skip list and not asked again."},
     )
     rules: str | None = field(
         default=None,
@@ -194,6 +212,8 @@ class CoTConfig(LoraSettings, TrainingSettings):
             raise ValueError("CoT stages have their own epochs: set ee_epochs, ra_epochs or dr_epochs, not epochs")
         if not 0 <= self.direct_share < 1:
             raise ValueError(f"direct_share must lie in [0, 1), not {self.direct_share}")
+        if self.teacher_max_skips < 0:
+            raise ValueError(f"teacher_max_skips must not be negative, not {self.teacher_max_skips}")
         if not 0 <= self.over_estimate_share <= 1:
             raise ValueError(f"over_estimate_share must lie in [0, 1], not {self.over_estimate_share}")
         if self.class_balance not in CLASS_BALANCE:
@@ -221,8 +241,10 @@ class CoTConfig(LoraSettings, TrainingSettings):
 
 
 def _sum_stats(total: dict[str, Any], part: dict[str, Any]) -> None:
-    for key in ("requested", "cache_hits", "generated", "failed", "seconds"):
+    for key in ("requested", "cache_hits", "generated", "failed", "skipped", "seconds"):
         total[key] = round(total.get(key, 0) + part[key], 3)
+    if part.get("skipped_file"):
+        total["skipped_file"] = part["skipped_file"]
 
 
 def cot_examples(
@@ -237,12 +259,15 @@ def cot_examples(
     seed: int = 0,
     cache_path: str | Path | None = None,
     progress: bool = True,
+    max_skips: float = MAX_SKIPS,
 ) -> tuple[list[TextExample], dict[str, Any]]:
     """`count` CoT examples of `task`: pairs drawn in a seeded order, explained by the teacher (cached), kept when
     the explanation has a label equal to the human one. EE and RA keep the records' label mix: the teacher agrees
     with the raters more often on some grades, and a skewed stage shifts the model's label prior. DR takes the mix of
     `wrong_decision_plan`, which lets it reach `over_estimate_share`. A grade that cannot fill its share within the
-    first 4 x `count` pairs is topped up with the others. DataError when the records cannot give `count`."""
+    first 4 x `count` pairs is topped up with the others. Pairs the teacher refuses are skipped (`teach`), up to
+    `max_skips` of all pairs asked (`lref.teachers.cache.check_skips`, TeacherError beyond). DataError when the
+    records cannot give `count`."""
     if task == "ra" and rules is None:
         raise ValueError("RA needs a rule set")
     order = list(records)
@@ -265,8 +290,9 @@ def cot_examples(
         wrong = ([sample_wrong_label(r, scheme, over_probability[scheme.parse(r.label)], seed) for r in chunk]
                  if task == "dr" else None)
         answers, part = teach(teacher, task, chunk, scheme, rules=rules, wrong_labels=wrong, cache_path=cache_path,
-                              progress=progress)
+                              progress=progress, max_skips=max_skips)
         _sum_stats(stats, part)
+        check_skips(stats["skipped"], stats["requested"], max_skips, where=str(stats.get("skipped_file") or ""))
         for row, (record, answer) in enumerate(zip(chunk, answers)):
             gold = scheme.parse(record.label)
             if not answer.ok:
@@ -290,7 +316,8 @@ def cot_examples(
     if len(examples) < count:
         raise DataError(
             f"{task}: only {len(examples)} of {len(records)} pairs gave a usable teacher explanation (a label equal to "
-            f"the human one; {stats.get('failed', 0)} without a label, {stats['rejected_disagreeing']} disagreeing), "
+            f"the human one; {stats.get('failed', 0)} without a label, {stats['rejected_disagreeing']} disagreeing, "
+            f"{stats.get('skipped', 0)} refused by the teacher), "
             f"but {task}_samples={count}: lower it or give more pairs"
         )
     stats["examples"] = len(examples)
@@ -357,12 +384,13 @@ def inputs_hash(previous: dict[str, Any], examples: Sequence[TextExample], stage
 
 def train_cot(
     config: CoTConfig, records: Sequence[Record], *, direct_pool: Sequence[Record] | None = None,
-    teacher: Teacher | None = None, callbacks: list | None = None
+    teacher: Teacher | None = None, callbacks: list | None = None, teacher_cache: str | Path | None = None,
 ) -> dict[str, Path]:
     """Train the configured CoT stages in order (EE -> RA -> DR), each a LoRA on the previous stage's model, and
     return {task: adapter folder}. `direct_pool`: the training pairs before selection, which the direct examples are
     drawn from when `config.direct_from_pool` is on. `teacher` overrides the one named in the config (e.g. an
-    already built one)."""
+    already built one). `teacher_cache`: the cache root of the teacher answers (default: `default_cache_root`, i.e.
+    ``teacher_cache`` beside the output folder; the pipeline gives ``RUN/teacher_cache``)."""
     started = time.perf_counter()
     scheme = get_scheme(config.scheme)
     rules = load_rule_set(config.rules, scheme) if "ra" in config.stages else None
@@ -376,11 +404,13 @@ def train_cot(
     if not config.resume and any((output_dir / task).exists() for task in config.stages):
         raise FileExistsError(f"{output_dir} already holds CoT stages; resume the run or choose another output folder")
     output_dir.mkdir(parents=True, exist_ok=True)
+    cache_root = Path(teacher_cache) if teacher_cache is not None else default_cache_root(output_dir)
     owned_teacher = teacher is None
     if teacher is None:
         teacher = make_teacher(config.teacher, model=config.teacher_model, base_url=config.teacher_url,
-                               cache_path=output_dir / "teacher_cache.sqlite", records=records,
+                               cache_path=cache_root / HTTP_CACHE_NAME, records=records,
                                progress=config.progress)
+    answers_dir = teacher_dir(cache_root, teacher.name)
 
     report: dict[str, Any] = {"teacher": teacher.name, "rules": rules_reference(rules), "n_records": len(records),
                               "n_direct_pool": len(direct_source) if direct_source is not records else None,
@@ -393,7 +423,8 @@ def train_cot(
         count = getattr(config, f"{task}_samples")
         cot, teacher_stats = cot_examples(
             task, records, scheme, teacher, count, rules=rules, over_estimate_share=config.over_estimate_share,
-            seed=config.seed, cache_path=output_dir / TEACHER_FILE.format(task=task), progress=config.progress,
+            seed=config.seed, cache_path=answers_dir / ANSWERS_FILE.format(task=task), progress=config.progress,
+            max_skips=config.teacher_max_skips,
         )
         direct = direct_examples(direct_source, scheme, direct_count(len(cot), config.direct_share),
                                  config.seed + 1 + TASKS.index(task), config.soft_labels)
@@ -433,6 +464,10 @@ def train_cot(
         adapters[task] = stage_dir
         model = str(stage_dir.resolve())
         previous = {"stage": task, "inputs_hash": stage_hash}
+    report["teacher_cache"] = str(answers_dir)
+    report["teacher_skipped"] = sum(stage["teacher"].get("skipped", 0) for stage in report["stages"].values())
+    report["teacher_skipped_files"] = sorted({stage["teacher"]["skipped_file"] for stage in report["stages"].values()
+                                              if stage["teacher"].get("skipped_file")})
     if hasattr(teacher, "stats"):
         report["teacher_stats"] = teacher.stats()
     if owned_teacher and hasattr(teacher, "close"):

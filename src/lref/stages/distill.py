@@ -6,11 +6,14 @@
 2. **Teacher soft labels.** `LabelScorer` gives the teacher's probabilities over the scheme's labels for every pair;
    with `teacher_calibration`, the label bias stored in the teacher's folder (`lref calibrate`, or the pipeline's
    calibration) is added to their logs, once, after the cache (which holds raw scores), so the student learns the
-   teacher's calibrated judgement, not its raw prior. They are cached in ``teacher_scores.jsonl`` in the output
-   folder, one row per pair, keyed by record id, a hash of the pair's text and the teacher's identity (model
-   reference, a fingerprint of its files, scheme, prompt, length). Rows are appended and flushed as they are scored,
-   so a killed run keeps what it scored; a re-run or `resume` never re-scores a pair, and a changed teacher
-   invalidates the rows of the old one.
+   teacher's calibrated judgement, not its raw prior. They are cached outside the output folder, in the teacher
+   cache root (``teacher_cache`` beside the output folder; in a pipeline run ``RUN/teacher_cache``, which no stage
+   reset deletes), in one ``teacher_scores.jsonl`` per teacher identity (model reference, a fingerprint of its files,
+   scheme, prompt, length; `scores_path`), one row per pair keyed by record id and a hash of the pair's text. Rows are
+   appended and fsynced as they are scored, so a killed run keeps what it scored; a re-run or `resume` never
+   re-scores a pair, and a changed teacher gets a cache of its own. A pair the teacher refuses
+   (`lref.teachers.base.TeacherRefusal`) is skipped (no soft label, left out of training) and listed beside the
+   cache, up to `teacher_max_skips`.
 3. **Student.** `lref.training.cross_encoder.train_cross_encoder` with `lref.training.losses.soft_label_loss`:
    T² · KL(teacher_T ‖ student_T) + λ · CE on the pairs that have a human label.
 
@@ -27,7 +30,6 @@ import functools
 import hashlib
 import json
 import logging
-import os
 import random
 import sys
 import time
@@ -43,7 +45,7 @@ from lref.calibration import label_bias_for
 from lref.data.records import DataError, Record, stable_id
 from lref.data.validation import validate_records
 from lref.device import prepare_device
-from lref.io import MANIFEST_NAME, write_json, write_jsonl
+from lref.io import MANIFEST_NAME, read_jsonl_lines, write_json, write_jsonl
 from lref.labels import LabelScheme, get_scheme
 from lref.models.cross_encoder import has_label, pair_texts
 from lref.models.loading import load_causal_lm, read_manifest
@@ -51,6 +53,16 @@ from lref.models.scorer import LabelScorer, ScorerConfig, scheme_for_model
 from lref.models.zoo import resolve_model, stored_model_reference
 from lref.predictions import softmax
 from lref.prompts import product_fields, records_for_model
+from lref.teachers.base import TeacherRefusal
+from lref.teachers.cache import (
+    MAX_SKIPS,
+    append_rows,
+    check_skips,
+    default_cache_root,
+    read_skipped,
+    skipped_path,
+    teacher_dir,
+)
 from lref.training.cross_encoder import CrossEncoderConfig, train_cross_encoder
 from lref.training.losses import soft_label_loss
 from lref.training.run_guard import RunGuard
@@ -68,7 +80,8 @@ _HASHED_FILE_LIMIT = 256 * 2**20  # larger teacher files enter the fingerprint b
 class DistillConfig(TrainingSettings):
     """Settings of distillation. Every field's help text feeds `lref distill` (`lref.config.field_help`)."""
 
-    FINGERPRINT_ADDED_FIELDS: ClassVar[tuple[str, ...]] = ("grad_accum", "weight_decay", "save_total_limit", "bf16")
+    FINGERPRINT_ADDED_FIELDS: ClassVar[tuple[str, ...]] = ("grad_accum", "weight_decay", "save_total_limit", "bf16",
+                                                           "teacher_max_skips")
     """Training settings this config gained with the shared `TrainingSettings` (`lref.fingerprint.ADDED_FIELDS`)."""
 
     teacher: str = field(
@@ -82,7 +95,8 @@ class DistillConfig(TrainingSettings):
     scheme: str = field(default="graded3", metadata={"help": "Label scheme (preset name); must match the teacher's."})
     output_dir: str = field(
         default="runs/distill",
-        metadata={"help": "Folder for the student, its manifest and the teacher score cache (teacher_scores.jsonl)."},
+        metadata={"help": "Folder for the student and its manifest; the teacher scores are cached beside it, in "
+                  "teacher_cache/ (in a pipeline run: RUN/teacher_cache)."},
     )
     temperature: float = field(
         default=2.0,
@@ -100,6 +114,11 @@ class DistillConfig(TrainingSettings):
         default=0,
         metadata={"help": "Extra unlabelled pairs per query: the query with this many random other products of the "
                   "pool."},
+    )
+    teacher_max_skips: float = field(
+        default=MAX_SKIPS,
+        metadata={"help": "Pairs the teacher may refuse for good before the run stops: below 1 a share of the pool (at "
+                  "least 5 pairs), 1 or more a number of pairs. A refused pair gets no soft label and is left out."},
     )
     teacher_batch_size: int = field(default=16, metadata={"help": "Pairs per teacher forward pass."})
     teacher_max_length: int = field(default=512, metadata={"help": "Most teacher prompt tokens; only the pair is cut."})
@@ -134,6 +153,8 @@ class DistillConfig(TrainingSettings):
             raise ValueError(f"temperature must be > 0, not {self.temperature}")
         if self.ce_weight < 0:
             raise ValueError(f"ce_weight must be >= 0, not {self.ce_weight}")
+        if self.teacher_max_skips < 0:
+            raise ValueError(f"teacher_max_skips must not be negative, not {self.teacher_max_skips}")
         if self.candidates_per_query < 0:
             raise ValueError(f"candidates_per_query must be >= 0, not {self.candidates_per_query}")
         if self.epochs <= 0 and self.max_steps <= 0:
@@ -244,14 +265,22 @@ def teacher_identity(config: DistillConfig) -> dict[str, Any]:
     return identity
 
 
+def scores_path(cache_root: str | Path, identity: dict[str, Any]) -> Path:
+    """The teacher score cache of the teacher `identity` under a teacher cache root (`lref.teachers.cache`):
+    ``<root>/scores-<model name>-<identity key>-<hash>/teacher_scores.jsonl``; its skip list sits beside it."""
+    name = f"scores-{Path(str(identity['model'])).name}-{identity['key']}"
+    return teacher_dir(cache_root, name) / SCORES_NAME
+
+
 def read_teacher_cache(path: Path, teacher_key: str, n_labels: int) -> tuple[dict[tuple[str, str], list[float]], int]:
     """The cached probabilities of `teacher_key` by (id, pair hash), and how many rows were dropped (another
-    teacher's, or a line cut off by a killed run). Dropped rows are removed from the file (atomically)."""
+    teacher's, or a line cut off by a killed run). Dropped rows are removed from the file (atomically). Lines are
+    split on "\\n" only (`lref.io.read_jsonl_lines`)."""
     if not path.is_file():
         return {}, 0
     kept: list[dict[str, Any]] = []
     dropped = 0
-    for line in path.read_text(encoding="utf-8").splitlines():
+    for _, line in read_jsonl_lines(path):
         try:
             row = json.loads(line)
             usable = row["teacher"] == teacher_key and len(row["probs"]) == n_labels
@@ -268,15 +297,24 @@ def read_teacher_cache(path: Path, teacher_key: str, n_labels: int) -> tuple[dic
 
 
 def teacher_targets(
-    config: DistillConfig, pool: Sequence[Record], scheme: LabelScheme, identity: dict[str, Any], use_cpu: bool
+    config: DistillConfig, pool: Sequence[Record], scheme: LabelScheme, identity: dict[str, Any], use_cpu: bool,
+    teacher_cache: str | Path | None = None,
 ) -> tuple[np.ndarray, dict[str, Any]]:
     """N x K raw teacher probabilities for `pool` (no label bias: `distill` applies the teacher's calibration once,
-    on top), from the cache where present, else scored (and appended to it)."""
-    path = Path(config.output_dir) / SCORES_NAME
+    on top), from the cache (`scores_path` under `teacher_cache`, default `default_cache_root(output_dir)`) where
+    present, else scored and appended to it (fsynced per chunk). A pair the teacher refuses
+    (`lref.teachers.base.TeacherRefusal`) is listed in the skip list beside the cache, never scored again, and gets a
+    row of NaN (`distill` leaves it out); more refusals than `config.teacher_max_skips` stop with a TeacherError."""
+    root = Path(teacher_cache) if teacher_cache is not None else default_cache_root(config.output_dir)
+    path = scores_path(root, identity)
+    skip_file = skipped_path(path)
     cache, dropped = read_teacher_cache(path, identity["key"], len(scheme))
+    skipped = read_skipped(skip_file)
     keys = [(r.id, pair_hash(r)) for r in pool]
-    missing = [i for i, key in enumerate(keys) if key not in cache]
-    stats = {"hits": len(pool) - len(missing), "scored": len(missing), "dropped": dropped, "wall_time_s": 0.0}
+    skip_keys = [f"{key[0]}\t{key[1]}" for key in keys]
+    missing = [i for i, key in enumerate(keys) if key not in cache and skip_keys[i] not in skipped]
+    stats = {"hits": sum(key in cache for key in keys), "scored": len(missing), "dropped": dropped,
+             "wall_time_s": 0.0, "path": str(path)}
     if missing:
         started = time.perf_counter()
         model, tokenizer, _ = load_causal_lm(config.teacher, device="cpu" if use_cpu else "cuda")
@@ -286,23 +324,42 @@ def teacher_targets(
                          num_threads=config.threads, label_bias=None),  # the cache holds raw scores
         )
         chunk = config.teacher_batch_size * 8
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "a", encoding="utf-8") as handle, tqdm(
-            total=len(missing), unit="pair", file=sys.stderr, disable=not config.progress, desc="teacher"
-        ) as bar:
+        with tqdm(total=len(missing), unit="pair", file=sys.stderr, disable=not config.progress,
+                  desc="teacher") as bar:
             for start in range(0, len(missing), chunk):
                 index = missing[start : start + chunk]
-                result = scorer.score([pool[i] for i in index])
-                for i, probs in zip(index, result.probs):
+                scored: list[tuple[int, Any]] = []
+                refused: list[dict[str, Any]] = []
+                try:
+                    scored = list(zip(index, scorer.score([pool[i] for i in index]).probs))
+                except TeacherRefusal:
+                    for i in index:  # find the refused pair(s)
+                        try:
+                            scored.append((i, scorer.score([pool[i]]).probs[0]))
+                        except TeacherRefusal as error:
+                            refused.append({"key": skip_keys[i], "id": pool[i].id, "teacher": identity["key"],
+                                            "error": str(error)[:500]})
+                rows = []
+                for i, probs in scored:
                     cache[keys[i]] = [float(p) for p in probs]
-                    row = {"id": keys[i][0], "pair": keys[i][1], "teacher": identity["key"], "probs": cache[keys[i]]}
-                    handle.write(json.dumps(row, ensure_ascii=False) + "\n")
-                handle.flush()
-                os.fsync(handle.fileno())  # what was scored survives a kill
+                    rows.append({"id": keys[i][0], "pair": keys[i][1], "teacher": identity["key"],
+                                 "probs": cache[keys[i]]})
+                append_rows(path, rows)  # fsynced: what was scored survives a kill
+                if refused:
+                    check_skips(len(skipped) + len(refused), len(pool), config.teacher_max_skips,
+                                where=str(skip_file), last_error=refused[-1]["error"])
+                    append_rows(skip_file, refused)
+                    skipped.update({row["key"]: row for row in refused})
+                    for row in refused:
+                        logger.warning("teacher refused pair %r (%s): skipped", row["id"], row["error"])
                 bar.update(len(index))
         stats["wall_time_s"] = round(time.perf_counter() - started, 2)
         del model, scorer
-    return np.asarray([cache[key] for key in keys], dtype=np.float32), stats
+    n_skipped = sum(key not in cache for key in keys)
+    stats["scored"] -= sum(skip_keys[i] in skipped for i in missing)
+    stats.update(skipped=n_skipped, skipped_file=str(skip_file) if n_skipped else None)
+    nan = [float("nan")] * len(scheme)
+    return np.asarray([cache.get(key, nan) for key in keys], dtype=np.float32), stats
 
 
 def calibrated_probs(probs: np.ndarray, bias: Sequence[float]) -> np.ndarray:
@@ -314,8 +371,11 @@ def calibrated_probs(probs: np.ndarray, bias: Sequence[float]) -> np.ndarray:
 # Entry point
 
 
-def distill(config: DistillConfig, records: Sequence[Record], unlabeled: Sequence[Record] | None = None) -> Path:
-    """Distil `config.teacher` into `config.student` on `records` (+ `unlabeled`); return the student folder."""
+def distill(config: DistillConfig, records: Sequence[Record], unlabeled: Sequence[Record] | None = None, *,
+            teacher_cache: str | Path | None = None) -> Path:
+    """Distil `config.teacher` into `config.student` on `records` (+ `unlabeled`); return the student folder.
+    `teacher_cache`: the teacher cache root (default: ``teacher_cache`` beside the output folder; the pipeline gives
+    ``RUN/teacher_cache``)."""
     scheme = get_scheme(config.scheme)
     output_dir = Path(config.output_dir)
     if not config.resume:  # refuse a folder holding a run before any scoring (its teacher cache stays)
@@ -328,7 +388,13 @@ def distill(config: DistillConfig, records: Sequence[Record], unlabeled: Sequenc
         logger.info("no pair has a human label: the student learns from the teacher alone (no CE term)")
     use_cpu = prepare_device(config)
     identity = teacher_identity(config)
-    targets, cache_stats = teacher_targets(config, pool, scheme, identity, use_cpu)
+    targets, cache_stats = teacher_targets(config, pool, scheme, identity, use_cpu, teacher_cache)
+    if cache_stats["skipped"]:  # pairs the teacher refused have no soft label: the student does not see them
+        keep = ~np.isnan(targets).any(axis=1)
+        pool, targets = [r for r, k in zip(pool, keep) if k], targets[keep]
+        if not pool:
+            raise DataError("the teacher refused every pair of the distillation pool")
+    counts["teacher_skipped"] = cache_stats["skipped"]
     # The one place the teacher's label bias is applied: the cached scores are raw.
     bias = label_bias_for(resolve_model(config.teacher), scheme) if config.teacher_calibration else None
     if bias is not None:
@@ -369,6 +435,7 @@ __all__ = [
     "distill",
     "pair_hash",
     "read_teacher_cache",
+    "scores_path",
     "teacher_identity",
     "teacher_targets",
 ]

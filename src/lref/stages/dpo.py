@@ -76,7 +76,7 @@ from lref.prompts import (
 from lref.prompts.cot import cot_completion, cot_prompt, parse_label, strip_answer
 from lref.prompts.rules import RuleSet, load_rule_set
 from lref.teachers.base import Explanation
-from lref.teachers.cache import TEACHER_FILE, teach
+from lref.teachers.cache import ANSWERS_FILE, HTTP_CACHE_NAME, default_cache_root, teach, teacher_dir
 from lref.teachers.registry import DEFAULT_TEACHER_URL, check_teacher, make_teacher
 from lref.training.examples import build_example, completion_ids, text_completion_ids
 from lref.training.run_guard import RunGuard
@@ -84,6 +84,7 @@ from lref.training.settings import (
     LoraSettings,
     TrainingSettings,
     check_training_fields,
+    idle_warmup,
     training_arguments,
     with_default,
 )
@@ -788,8 +789,8 @@ def _pair_source(config: DPOStageConfig) -> dict[str, str | None]:
 
 def _mine_cot_pairs(config: DPOStageConfig, model, tokenizer, scheme: LabelScheme, records: Sequence[Record],
                     rules: RuleSet | None, output_dir: Path) -> tuple[list[PreferencePair], dict[str, Any]]:
-    """cot mode: the model writes its analyses (greedy), the teacher explains its mistakes (cached in
-    output_dir/teacher_<task>.jsonl), `cot_pairs` pairs them."""
+    """cot mode: the model writes its analyses (greedy), the teacher explains its mistakes (cached in the teacher
+    cache root, `lref.teachers.cache.default_cache_root`), `cot_pairs` pairs them."""
     _, generation = generate_predictions(
         config.model, records, scheme, task=config.cot_task, rules=rules, max_new_tokens=config.max_new_tokens,
         batch_size=config.scorer_batch_size, max_length=config.max_length, progress=config.progress, model=model,
@@ -800,13 +801,14 @@ def _mine_cot_pairs(config: DPOStageConfig, model, tokenizer, scheme: LabelSchem
     explanations: list[Explanation] = []
     teacher_stats = None
     if wanted:  # an LLM teacher is only started when there is something to explain
+        cache_root = default_cache_root(output_dir)  # RUN/teacher_cache in a pipeline run: survives stage resets
         teacher = make_teacher(config.teacher, model=config.teacher_model, base_url=config.teacher_url,
-                               cache_path=output_dir / "teacher_cache.sqlite", records=records,
+                               cache_path=cache_root / HTTP_CACHE_NAME, records=records,
                                progress=config.progress)
         try:
             explanations, teacher_stats = teach(
                 teacher, config.cot_task, wanted, scheme, rules=rules, progress=config.progress,
-                cache_path=output_dir / TEACHER_FILE.format(task=config.cot_task),
+                cache_path=teacher_dir(cache_root, teacher.name) / ANSWERS_FILE.format(task=config.cot_task),
             )
         finally:
             if hasattr(teacher, "close"):
@@ -944,6 +946,9 @@ def train_dpo(config: DPOStageConfig, records: Sequence[Record], *, callbacks: l
         callbacks=[guard, *([recall_guard] if recall_guard else []), *(callbacks or [])],
         logits_at_labels_only=config.logits_at_labels_only,
     )
+    idle = idle_warmup(args, len(dataset))
+    if idle:
+        logger.warning("dpo: %s", idle)
     started = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=run.resume_from)
     wall = time.perf_counter() - started
@@ -978,7 +983,7 @@ def train_dpo(config: DPOStageConfig, records: Sequence[Record], *, callbacks: l
         "label_counts": dict(Counter(pair.chosen for pair in pairs)),
         "collapse_guard": guard.report(),
         "recall_guard": recall_guard.report() if recall_guard else None,
-        "train_metrics": metrics,
+        "train_metrics": {**metrics, **({"idle_warmup": idle} if idle else {})},
         "precision": "bf16" if args.bf16 else "fp32",
     })
     logger.info("DPO adapter written to %s (%d steps)", output_dir, result.global_step)

@@ -62,6 +62,7 @@ from typing import Any
 
 import numpy as np
 
+from lref.baselines.lexical import LexicalConfig
 from lref.data.readers import write_records
 from lref.data.records import DataError, Record
 from lref.data.splits import describe_records, normalise_query
@@ -71,13 +72,13 @@ from lref.io import write_json, write_jsonl
 from lref.labels import LabelScheme, get_scheme
 from lref.models.scorer import ScorerConfig
 from lref.models.zoo import DEFAULT_ENCODER, DEFAULT_LLM
-from lref.training.backbones import EncoderBackbone, LLMBackbone
+from lref.training.backbones import EncoderBackbone, LexicalBackbone, LLMBackbone
 from lref.training.cross_encoder import CrossEncoderConfig
 from lref.training.lora import LoraTrainingConfig
 
 logger = logging.getLogger(__name__)
 
-BACKBONES = ("llm", "encoder")
+BACKBONES = ("llm", "encoder", "lexical")
 CONFUSION_SOURCES = ("im_confusion", "neighbour", "teacher")
 MS_RULES = ("differs", "agrees")
 BANDS = ("head", "torso", "tail")
@@ -109,8 +110,9 @@ class SelectConfig:
     scheme: str = field(default="graded3", metadata={"help": "Label scheme (preset name) the pool is labelled in."})
     backbone: str = field(
         default="llm",
-        metadata={"help": "Selector models: 'llm' (LoRA SFT + label scorer, as in the paper) or 'encoder' (a fast "
-                  "cross-encoder, for large pools)."},
+        metadata={"help": "Selector models: 'llm' (LoRA SFT + label scorer, as in the paper), 'encoder' (a fast "
+                  "cross-encoder, for large pools) or 'lexical' (match features + gradient boosting: seconds on a "
+                  "CPU; model and the training settings do not apply)."},
     )
     model: str | None = field(
         default=None,
@@ -212,6 +214,8 @@ class SelectConfig:
 
     @property
     def model_name(self) -> str:
+        if self.backbone == "lexical":
+            return "lexical"
         return self.model or (DEFAULT_LLM if self.backbone == "llm" else DEFAULT_ENCODER)
 
 
@@ -424,6 +428,8 @@ def make_backbone(config: SelectConfig):
         model=config.model_name, scheme=config.scheme, epochs=config.epochs, max_steps=config.max_steps,
         batch_size=config.batch_size, threads=config.threads, progress=config.progress, seed=config.seed,
     )
+    if config.backbone == "lexical":
+        return LexicalBackbone(LexicalConfig(scheme=config.scheme, seed=config.seed))
     if config.backbone == "llm":
         max_length = config.max_length or 512
         sft = LoraTrainingConfig(

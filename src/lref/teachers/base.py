@@ -33,6 +33,14 @@ class TeacherError(RuntimeError):
     """A teacher that cannot go on (e.g. its endpoint is down after every retry); finished answers stay cached."""
 
 
+class TeacherRefusal(TeacherError):
+    """The teacher refused this request for good, and asking again would fail the same way: a non-retryable error
+    about the request itself (e.g. HTTP 400 for a prompt over the context length, 413, 422), not about the endpoint
+    or the credentials (connection errors, 401/403, 429, 5xx stay plain TeacherError). `lref.teachers.cache.teach`
+    asks a refused batch pair by pair and skips the pairs refused on their own (bounded: many refusals stop the
+    run)."""
+
+
 @dataclass
 class Explanation:
     """One teacher answer: the reasoning, the label it ends in, and the business rules it cites."""

@@ -9,7 +9,10 @@ or ``lref serve llm``).
   without paying twice;
 * a 200 answer whose body is not a chat completion, or whose text has no parsable label, is counted and retried (at
   ``retry_temperature``, under a new cache key) and finally dropped; it never crashes the run;
-* an endpoint still down after every retry raises :class:`~lref.teachers.base.TeacherError` naming the URL.
+* an endpoint still down after every retry raises :class:`~lref.teachers.base.TeacherError` naming the URL;
+* the API key (``$OPENAI_API_KEY``) is sent only over https or to a loopback host (127.0.0.0/8, ::1, localhost):
+  a key set for plain http to another host raises :class:`~lref.teachers.base.TeacherError` before any request,
+  unless ``allow_insecure_key`` (or ``$LREF_ALLOW_INSECURE_KEY=1``) says the user accepts sending it in clear text.
 
 Example::
 
@@ -34,9 +37,20 @@ from typing import Any
 
 import httpx
 
-from lref.teachers.base import ChatTeacher, TeacherError
+from lref.net import is_loopback_host
+from lref.teachers.base import ChatTeacher, TeacherError, TeacherRefusal
 
 RETRY_STATUS = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
+INSECURE_KEY_ENV = "LREF_ALLOW_INSECURE_KEY"
+"""Set to 1 (true, yes) to allow sending the API key over plain http to a non-loopback host (`allow_insecure_key`)."""
+REFUSAL_STATUS = (400, 413, 422)
+"""Statuses that refuse the request itself, for good: the pair is skipped (`TeacherRefusal`), the run goes on."""
+
+
+def key_is_safe_to_send(url: str) -> bool:
+    """Whether a bearer token may go to `url` without the user's explicit consent: https, or a loopback host."""
+    parsed = httpx.URL(url)
+    return parsed.scheme == "https" or is_loopback_host(parsed.host)
 
 
 @dataclass
@@ -63,6 +77,10 @@ class OpenAITeacherConfig:
     hint_label: bool = field(default=True, metadata={
         "help": "Tell the teacher the human label (EE/RA) so it explains the evidence rather than guesses."})
     progress: bool = field(default=True, metadata={"help": "Show a progress bar."})
+    allow_insecure_key: bool = field(default=False, metadata={
+        "help": "Send the API key even over plain http to a non-loopback host, where anyone on the path can read it "
+                f"(also allowed by ${INSECURE_KEY_ENV}=1). By default the key goes only over https or to a loopback "
+                "host, and anything else is refused before the first request."})
 
     def __post_init__(self) -> None:
         if not self.base_url.startswith(("http://", "https://")):
@@ -75,6 +93,22 @@ class OpenAITeacherConfig:
         for name in ("max_retries", "malformed_retries", "timeout_s", "backoff_s", "max_backoff_s"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must not be negative")
+
+
+def insecure_key_allowed(config: OpenAITeacherConfig) -> bool:
+    """The user's opt-in to a clear-text key: the config field, or $LREF_ALLOW_INSECURE_KEY set to 1/true/yes."""
+    return config.allow_insecure_key or os.environ.get(INSECURE_KEY_ENV, "").strip().lower() in ("1", "true", "yes")
+
+
+def check_key_destination(url: str, config: OpenAITeacherConfig) -> None:
+    """Refuse to send the API key to `url` over plain http to another host, unless the user opted in."""
+    if key_is_safe_to_send(url) or insecure_key_allowed(config):
+        return
+    raise TeacherError(
+        f"refusing to send ${config.api_key_env} to {url}: plain http to a non-loopback host would expose the key "
+        f"to anyone on the path. Use an https:// URL, unset ${config.api_key_env} (or set api_key_env=None) if "
+        f"the endpoint needs no key, or opt in with allow_insecure_key=True / {INSECURE_KEY_ENV}=1"
+    )
 
 
 class ResponseCache:
@@ -126,6 +160,7 @@ class OpenAIChatClient:
         headers = {"Content-Type": "application/json"}
         api_key = os.environ.get(config.api_key_env) if config.api_key_env else None
         if api_key:
+            check_key_destination(self.url, config)
             headers["Authorization"] = f"Bearer {api_key}"
         self._client = httpx.Client(
             headers=headers, timeout=httpx.Timeout(config.timeout_s),
@@ -198,8 +233,10 @@ class OpenAIChatClient:
             except (ValueError, AttributeError):
                 message = response.text
             hint = f" (is ${self.config.api_key_env} set?)" if response.status_code in (401, 403) else ""
-            raise TeacherError(f"endpoint {self.url} refused the request: HTTP {response.status_code}: "
-                               f"{str(message)[:300]}{hint}")
+            # 400/413/422 are about this request (e.g. a prompt over the context length): the pair is skipped
+            error = TeacherRefusal if response.status_code in REFUSAL_STATUS else TeacherError
+            raise error(f"endpoint {self.url} refused the request: HTTP {response.status_code}: "
+                        f"{str(message)[:300]}{hint}")
         try:
             data = response.json()
             content = data["choices"][0]["message"]["content"]

@@ -7,6 +7,8 @@
 * `LLMBackbone`: LoRA SFT on the direct prompt (`lref.training.lora.train_direct_sft`) and the label scorer
   (`LabelScorer`), as in the paper.
 * `EncoderBackbone`: a cross-encoder (`lref.training.cross_encoder`), much faster on large pools.
+* `LexicalBackbone`: the lexical baseline (`lref.baselines.lexical`: match features + gradient boosting), trained in
+  seconds on a CPU.
 
 A model folder is matched on its data hash and its settings (`backbone_settings`: the trainer config without the
 output-neutral fields, the folder and the checkpoint cadence), through the run guard's run file while it trains and
@@ -22,6 +24,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
 
+from lref.baselines.lexical import LexicalConfig, LexicalModel
 from lref.data.records import Record
 from lref.fingerprint import data_hash, settings_of
 from lref.io import MANIFEST_NAME, write_json
@@ -148,4 +151,29 @@ class EncoderBackbone:
         return CrossEncoderScorer.from_pretrained(model_dir, self.encoder.scheme, self.scorer).score(records)
 
 
-__all__ = ["EncoderBackbone", "LLMBackbone", "SelectorBackbone", "backbone_settings", "fit_backbone"]
+@dataclass
+class LexicalBackbone:
+    """The lexical baseline's features and classifier (`LexicalModel`): no GPU, seconds per selector."""
+
+    lexical: LexicalConfig  # seed is set per model
+    name: str = "lexical"
+
+    def settings(self) -> dict[str, Any]:
+        return backbone_settings(self.lexical, self.name)
+
+    def fit(self, records: Sequence[Record], out_dir: Path, seed: int) -> Path:
+        out_dir = Path(out_dir)
+        settings = {**self.settings(), "seed": seed}
+        if finished_model(out_dir, records, settings):
+            return out_dir
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        LexicalModel(replace(self.lexical, seed=seed)).fit(records).save(out_dir)
+        mark_manifest(out_dir, settings)
+        return out_dir
+
+    def score(self, model_dir: Path, records: Sequence[Record]) -> ScoreResult:
+        return LexicalModel.load(model_dir).score(records)
+
+
+__all__ = ["EncoderBackbone", "LLMBackbone", "LexicalBackbone", "SelectorBackbone", "backbone_settings", "fit_backbone"]

@@ -73,7 +73,9 @@ class CrossEncoderConfig(TrainingSettings):
     # training settings whose default or meaning differs here
     learning_rate: float = with_default("learning_rate", 5e-5)
     batch_size: int = with_default("batch_size", 16, help="Pairs per optimizer step.")
-    max_length: int = with_default("max_length", 128, help="Most tokens per (query, product) pair; the product is cut.")
+    max_length: int = with_default(
+        "max_length", 128, help="Most tokens per (query, product) pair; the longer side is cut."
+    )
     warmup_ratio: float = with_default("warmup_ratio", 0.1)
     weight_decay: float = with_default("weight_decay", 0.01)
     save_steps: int = with_default("save_steps", 200)

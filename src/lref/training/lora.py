@@ -46,6 +46,7 @@ from lref.training.settings import (
     LoraSettings,
     TrainingSettings,
     check_training_fields,
+    idle_warmup,
     training_arguments,
     with_default,
 )
@@ -273,6 +274,9 @@ def train_sft_examples(
         share_prefix=config.share_prefix,
     )
 
+    idle = idle_warmup(args, len(train_dataset))
+    if idle:
+        logger.warning("%s: %s", stage, idle)
     started = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=guard.resume_from)
     wall = time.perf_counter() - started
@@ -288,6 +292,7 @@ def train_sft_examples(
         "epochs": trainer.state.epoch,
         "wall_time_s": round(wall, 2),
         "s_per_step": round(wall / steps_run, 4) if steps_run > 0 else None,
+        **({"idle_warmup": idle} if idle else {}),
     }
     if eval_dataset is not None:
         metrics["eval_loss"] = trainer.evaluate()["eval_loss"]

@@ -3,8 +3,8 @@
 A trainer's output folder holds its final model and, under ``checkpoints/``, the Trainer's resumable checkpoints and
 the run file (``lref_run.json``) with the fingerprint of what the run trains on. `RunGuard`:
 
-* finds the newest checkpoint that can be resumed (`last_checkpoint`: one with ``trainer_state.json``; a folder a
-  killed save left without it is passed over);
+* finds the newest checkpoint that can be resumed (`last_checkpoint`: one with a whole ``trainer_state.json``, which
+  the Trainer writes last; a folder a killed save left without it, or with it cut off, is passed over);
 * refuses a folder holding checkpoints unless the run resumes, and refuses to resume a run whose fingerprint (data
   hash, and whatever else the trainer names) differs from the run file's;
 * writes the run file when a run starts;
@@ -50,7 +50,8 @@ def run_file(output_dir: str | Path) -> Path:
 
 def last_checkpoint(output_dir: str | Path) -> Path | None:
     """The newest resumable checkpoint of a run in `output_dir`: the highest-numbered ``checkpoint-N`` folder that
-    holds ``trainer_state.json`` (the Trainer writes it last). None when there is none."""
+    holds a whole ``trainer_state.json`` (the Trainer writes it last; a kill can cut it off). None when there is
+    none."""
     folder = checkpoint_folder(output_dir)
     if not folder.is_dir():
         return None
@@ -60,10 +61,19 @@ def last_checkpoint(output_dir: str | Path) -> Path | None:
         if match and path.is_dir():
             numbered.append((int(match.group(1)), path))
     for _, path in sorted(numbered, reverse=True):
-        if (path / TRAINER_STATE).is_file():
+        if _readable_state(path / TRAINER_STATE):
             return path
-        logger.warning("%s has no %s (an interrupted save): not resumable, passed over", path, TRAINER_STATE)
+        logger.warning("%s has no whole %s (an interrupted save): not resumable, passed over", path, TRAINER_STATE)
     return None
+
+
+def _readable_state(path: Path) -> bool:
+    """Whether a checkpoint's trainer state is there and whole: the Trainer writes it last, but not atomically, so a
+    kill during that write leaves a cut-off file, which would make every resume fail."""
+    try:
+        return isinstance(json.loads(path.read_text(encoding="utf-8")).get("global_step"), int)
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def trainer_state_step(checkpoint: str | Path) -> int:

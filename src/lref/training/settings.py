@@ -103,6 +103,22 @@ def settings_values(config: Any, *settings_classes: type) -> dict[str, Any]:
     return {f.name: getattr(config, f.name) for cls in classes for f in fields(cls)}
 
 
+def idle_warmup(args: Any, n_examples: int) -> str | None:
+    """Why a run of `n_examples` under `TrainingArguments` `args` would not move the weights, or None. The linear
+    warmup starts at learning rate 0, so a run whose every optimizer step is a warmup step changes nothing (e.g. one
+    step of 8 examples with any warmup_ratio above 0)."""
+    import math
+
+    per_step = args.per_device_train_batch_size * args.gradient_accumulation_steps
+    epoch_steps = math.ceil(n_examples / per_step)
+    total = args.max_steps if args.max_steps > 0 else math.ceil(epoch_steps * args.num_train_epochs)
+    warmup = args.get_warmup_steps(total)
+    if total < 1 or warmup < total:
+        return None
+    return (f"all {total} optimizer step(s) are warmup steps, where the learning rate climbs from 0, so the model does "
+            f"not change: give it more examples or epochs, or warmup_ratio 0")
+
+
 def training_arguments(config: Any, output_dir: str | Path, use_cpu: bool, **overrides: Any) -> dict[str, Any]:
     """Keyword arguments for `TrainingArguments` (or a TRL subclass) from a config's `TrainingSettings`."""
     precision = resolve_precision(config, use_cpu)
@@ -144,5 +160,5 @@ def check_training_fields(config: Any, at_least_one: tuple[str, ...]) -> None:
         config.target_modules = list(config.target_modules)
 
 
-__all__ = ["BF16_HELP", "LoraSettings", "TrainingSettings", "check_training_fields", "settings_values",
+__all__ = ["BF16_HELP", "LoraSettings", "TrainingSettings", "check_training_fields", "idle_warmup", "settings_values",
            "training_arguments", "with_default"]
