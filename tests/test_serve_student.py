@@ -144,21 +144,28 @@ def test_relevance_results_from_logits():
     assert result["probabilities"] == pytest.approx({"Exact": 0.2, "Partial": 0.5, "Irrelevant": 0.3})
 
 
-def test_concurrent_clients_are_batched_and_get_their_own_results(server_url, reference):
-    before = metrics(server_url)
-    clients, start = 12, threading.Barrier(12)
-    bodies = [[pair(100 + i)] for i in range(clients)]  # one pair each: a batch > 1 can only come from batching
-    answers: list = [None] * clients
+def post_together(server_url: str, bodies: list[list[dict]]) -> list:
+    """POST each body's pairs from its own thread, all released at once; the responses in body order."""
+    start = threading.Barrier(len(bodies))
+    answers: list = [None] * len(bodies)
 
     def client(i: int) -> None:
         start.wait()
         answers[i] = post(server_url, {"pairs": bodies[i]})
 
-    threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(len(bodies))]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
+    return answers
+
+
+def test_concurrent_clients_are_batched_and_get_their_own_results(server_url, reference):
+    before = metrics(server_url)
+    clients = 12
+    bodies = [[pair(100 + i)] for i in range(clients)]  # one pair each: a batch > 1 can only come from batching
+    answers = post_together(server_url, bodies)
     for body, answer in zip(bodies, answers):
         assert answer.status_code == 200, answer.text
         assert_matches(answer.json()["results"], body, reference)
@@ -197,19 +204,8 @@ def test_pairs_the_model_cannot_score_fail_their_request_only_and_the_server_kee
 
 
 def test_one_bad_request_in_a_shared_batch_fails_alone(server_url, reference):
-    clients, start = 9, threading.Barrier(9)
-    bodies = [[pair(300 + i)] for i in range(clients - 1)] + [[{"query": "explode", "title": "x"}]]
-    answers: list = [None] * clients
-
-    def client(i: int) -> None:
-        start.wait()
-        answers[i] = post(server_url, {"pairs": bodies[i]})
-
-    threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    bodies = [[pair(300 + i)] for i in range(8)] + [[{"query": "explode", "title": "x"}]]
+    answers = post_together(server_url, bodies)
     for body, answer in zip(bodies[:-1], answers[:-1]):
         assert answer.status_code == 200, answer.text  # before the fix: 500 for everyone batched with 'explode'
         assert_matches(answer.json()["results"], body, reference)
