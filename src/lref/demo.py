@@ -106,6 +106,7 @@ def run_demo(config: DemoConfig | None = None, console=None) -> dict[str, Any]:
     pipeline results."""
     from rich.console import Console
 
+    from lref.device import machine_info
     from lref.io import write_json
     from lref.pipeline import load_config, run_pipeline
     from lref.report import write_report
@@ -116,7 +117,7 @@ def run_demo(config: DemoConfig | None = None, console=None) -> dict[str, Any]:
     warnings.filterwarnings("ignore", message=r".*deprecated and will be removed in v6", category=FutureWarning)
     pipeline_config = load_config(config.config or default_config_path())
     first = next(iter(pipeline_config.stages))
-    machine = demo_record(Path(config.out_dir))["machine"]
+    machine = machine_info()
     console.print(f"machine: {machine['cpu']}, {machine['logical_cpus']} CPUs, {machine['precision']} "
                   f"(flags: {', '.join(machine['flags']) or 'none of ' + 'avx2/avx512/amx'})")
     results = run_pipeline(pipeline_config, run_dir=config.out_dir, from_stage=first if config.fresh else None,
