@@ -41,8 +41,9 @@ def make_config(models, run_dir, **overrides) -> dict:
             # RA prompts outgrow the tiny model
             "cot": {"stages": ["ee", "dr"], "ee_samples": 4, "dr_samples": 4, "max_length": 1024, **TRAIN},
             "dpo": {"pairs": 40, "min_pairs": 1, "top_k": 3, "max_length": 256, "scorer_batch_size": 8, **TRAIN},
+            # the tiny random teacher is collapsed (lref.collapse): distil from it anyway
             "distill": {"student": models["encoder"], "pairs": 40, "max_length": 64, "max_steps": 2, "batch_size": 8,
-                        "save_steps": 1, "progress": False},
+                        "save_steps": 1, "progress": False, "allow_collapsed_teacher": True},
         },
     }
     for key, value in overrides.items():
@@ -206,6 +207,23 @@ def test_config_change_reruns_the_stage_and_everything_downstream(full_run, tmp_
     changed["stages"]["dpo"]["progress"] = True  # how it runs, not what it makes: no re-run
     state = status(run(changed, tmp_path, from_stage="distill"))
     assert state["dpo"] == "unchanged," and state["distill"] == "running"
+
+
+def test_distill_refuses_a_collapsed_teacher_unless_forced(full_run, tmp_path):
+    run_dir, config, _, lines = full_run
+    dpo = json.loads((run_dir / "stages/dpo/metrics_dpo.json").read_text())["collapse"]
+    assert dpo["collapsed"] and dpo["checked_on"] == "held-out" and dpo["pairs"] == 40
+    assert any(line.startswith("  WARNING dpo on its 40 held-out pairs: COLLAPSED") for line in lines)
+    refused = json.loads(json.dumps(config))
+    refused["stages"]["distill"]["allow_collapsed_teacher"] = False
+    out = run(refused, tmp_path)
+    assert status(out)["distill"] == "SKIPPED:"
+    manifest = json.loads((run_dir / "stages/distill/manifest.json").read_text())
+    assert manifest["status"] == "skipped" and "its teacher dpo collapsed" in manifest["reason"]
+    assert "allow_collapsed_teacher: true" in manifest["reason"]
+    assert not (run_dir / "stages/distill/model").exists()  # the student from the forced run is gone
+    assert status(run(refused, tmp_path))["distill"] == "SKIPPED:"  # kept skipped, nothing re-run
+    assert status(run(config, tmp_path))["distill"] == "running"  # forcing it again distils
 
 
 def test_a_killed_stage_resumes_from_its_checkpoints(full_run, tmp_path, monkeypatch):

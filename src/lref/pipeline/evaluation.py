@@ -8,8 +8,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from lref.calibration import calibrate_scores, calibration_path
+from lref.collapse import check_collapse
 from lref.io import write_json
+from lref.labels import get_scheme
 from lref.metrics import evaluate
 from lref.models.factory import make_scorer
 from lref.models.scorer import ScorerConfig
@@ -47,7 +51,8 @@ def evaluate_system(system: str, kind: str, ref: str, data: RunData, settings: E
 
     With a CalibrationConfig and `data.calibration` pairs, the system's label bias is first fitted on those pairs and
     stored (`system_calibration_path`); the metrics are then those of the calibrated scores, and
-    `metrics["calibration"]` holds the bias and the uncalibrated headline figures."""
+    `metrics["calibration"]` holds the bias and the uncalibrated headline figures. `metrics["collapse"]` is
+    `lref.collapse.check_collapse` on the calibration pairs (calibrated), else on the held-out pairs."""
     scorer = make_scorer(ref, kind=kind, scheme=data.scheme, config=scorer_config(kind, settings), calibrated=False)
     started = time.perf_counter()
     result = scorer.score(data.eval)
@@ -55,20 +60,30 @@ def evaluate_system(system: str, kind: str, ref: str, data: RunData, settings: E
     stored = system_calibration_path(system, ref, out_dir)
     document = None
     if calibration is not None and data.calibration:
-        document = calibrate_scores(scorer.score(data.calibration).logits, data.calibration, data.scheme, calibration)
+        logits = scorer.score(data.calibration).logits
+        document = calibrate_scores(logits, data.calibration, data.scheme, calibration)
         write_json(stored, document)
+        bias = np.array(list(document["bias"].values()))
+        scheme = get_scheme(data.scheme)
+        check = check_collapse([r.label for r in data.calibration],
+                               [scheme.labels[i] for i in (np.asarray(logits) + bias).argmax(1)], scheme)
+        check["checked_on"] = "calibration"
         raw = evaluate(data.eval, result.predictions(), data.scheme, bootstrap=0)
         document = {**document, "path": str(stored), "uncalibrated": {k: raw[k] for k in CALIBRATION_KEYS}}
         result = ScoreResult(result.ids, result.labels, result.logits, result.top_k, list(document["bias"].values()))
     else:
         stored.unlink(missing_ok=True)  # a calibration from an earlier evaluation must not outlive it
     predictions = result.predictions()
+    if document is None:
+        check = check_collapse([r.label for r in data.eval], [p.label for p in predictions], data.scheme)
+        check["checked_on"] = "held-out"
     write_predictions(out_dir / f"predictions_{system}.jsonl", predictions)
     metrics = evaluate(data.eval, predictions, data.scheme, bootstrap=settings.bootstrap, seed=seed)
     metrics.update(system=system, kind=kind, model=ref, eval_seconds=round(seconds, 3),
                    pairs_per_s=round(len(data.eval) / seconds, 2) if seconds > 0 else None)
     if document is not None:
         metrics["calibration"] = document
+    metrics["collapse"] = check
     write_json(out_dir / f"metrics_{system}.json", metrics)
     return metrics
 

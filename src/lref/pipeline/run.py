@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from lref.calibration import FIT_VERSION
+from lref.collapse import collapse_summary
 from lref.data import load_records
 from lref.data.records import Record
 from lref.fingerprint import data_hash, library_versions, settings_of, sha256_json
@@ -214,6 +215,19 @@ class Pipeline:
         eval_fingerprint = sha256_json({"eval": asdict(self.config.eval), "data": data.eval_hash,
                                         "seed": self.config.seed, **calibration})
         previous = read_manifest(stage_dir)
+        refusal = self.collapsed_teacher(name, config, upstream, done)
+        if refusal is not None:
+            if not (previous and previous.get("status") == "skipped" and previous.get("fingerprint") == fingerprint):
+                if stage_dir.exists():
+                    shutil.rmtree(stage_dir)
+                stage_dir.mkdir(parents=True, exist_ok=True)
+                write_json(stage_dir / MANIFEST, {
+                    "stage": name, "status": "skipped", "reason": refusal, "fingerprint": fingerprint,
+                    "config": asdict(config), "inputs": inputs, "upstream": upstream,
+                    "finished": datetime.now(timezone.utc).isoformat(timespec="seconds")})
+            logger.warning("stage %s skipped: %s", name, refusal)
+            self.echo(f"{prefix}: SKIPPED: {refusal}")
+            return read_manifest(stage_dir)
         if previous and not force and previous.get("fingerprint") == fingerprint:
             if previous.get("status") == "skipped":
                 self.echo(f"{prefix}: skipped ({previous['reason']})")
@@ -290,6 +304,23 @@ class Pipeline:
         self.echo(f"{prefix}: done in {manifest['wall_time_s']:.1f} s ({_headline(manifest)})")
         return manifest
 
+    def collapsed_teacher(self, name: str, config: Any, upstream: dict[str, Any],
+                          done: dict[str, dict[str, Any]]) -> str | None:
+        """Why the distill stage must not learn from its teacher (the chain model before it collapsed, by the
+        `collapse` check of its evaluation), or None: another stage, a sound or unchecked teacher, or
+        `allow_collapsed_teacher`."""
+        if name != "distill" or getattr(config, "allow_collapsed_teacher", False) or "model" not in upstream:
+            return None
+        for manifest in done.values():
+            for system, spec in (manifest.get("systems") or {}).items():
+                check = ((manifest.get("metrics") or {}).get(system) or {}).get("collapse") or {}
+                if spec.get("ref") == upstream["model"] and check.get("collapsed"):
+                    return (f"its teacher {system} collapsed on its {check['pairs']} {check['checked_on']} pairs ("
+                            + "; ".join(check["reasons"]) + "): a student would learn the collapse. Fix the "
+                            "teacher's training (e.g. class_balance: sqrt, more pairs or epochs) or set "
+                            "distill.allow_collapsed_teacher: true to distil from it anyway")
+        return None
+
     def _evaluate(self, systems: dict[str, dict[str, str]], data: RunData, stage_dir: Path) -> dict[str, Any]:
         metrics = {}
         for system, spec in systems.items():
@@ -297,6 +328,11 @@ class Pipeline:
                                      self.config.seed, self.config.calibration)
             metrics[system] = {k: result[k] for k in SUMMARY_KEYS if k in result}
             logger.info("%s: %s", system, _summary_line(result))
+            warning = collapse_summary(result["collapse"])
+            if warning:
+                logger.warning("%s: %s", system, warning)
+                self.echo(f"  {'WARNING ' if result['collapse']['collapsed'] else 'note: '}{system} on its "
+                          f"{result['collapse']['pairs']} {result['collapse']['checked_on']} pairs: {warning}")
             change = self.label_changes(system)
             if change is not None:
                 metrics[system]["changed_from"] = change
@@ -369,7 +405,7 @@ CHAIN_SYSTEMS = ("zero-shot", "llm-base", "sft", "cot-ee", "cot-ra", "cot-dr", "
 SYSTEM_STAGES = {"cot-ee": "cot", "cot-ra": "cot", "cot-dr": "cot"}
 """The stage of each system whose name is not its stage's."""
 SUMMARY_KEYS = ("n", "accuracy", "macro_f1", "weighted_f1", "rmse", "over_estimate_share", "under_estimate_share",
-                 "ci95", "pairs_per_s", "calibration")
+                 "ci95", "pairs_per_s", "calibration", "collapse")
 
 
 def training_notes(folder: Path) -> list[str]:

@@ -81,7 +81,7 @@ class DistillConfig(TrainingSettings):
     """Settings of distillation. Every field's help text feeds `lref distill` (`lref.config.field_help`)."""
 
     FINGERPRINT_ADDED_FIELDS: ClassVar[tuple[str, ...]] = ("grad_accum", "weight_decay", "save_total_limit", "bf16",
-                                                           "teacher_max_skips")
+                                                           "teacher_max_skips", "allow_collapsed_teacher")
     """Training settings this config gained with the shared `TrainingSettings` (`lref.fingerprint.ADDED_FIELDS`)."""
 
     teacher: str = field(
@@ -119,6 +119,11 @@ class DistillConfig(TrainingSettings):
         default=MAX_SKIPS,
         metadata={"help": "Pairs the teacher may refuse for good before the run stops: below 1 a share of the pool (at "
                   "least 5 pairs), 1 or more a number of pairs. A refused pair gets no soft label and is left out."},
+    )
+    allow_collapsed_teacher: bool = field(
+        default=False,
+        metadata={"help": "In a pipeline run, distil even from a teacher whose evaluation found it collapsed "
+                  "(lref.collapse); by default the stage is skipped with the reason."},
     )
     teacher_batch_size: int = field(default=16, metadata={"help": "Pairs per teacher forward pass."})
     teacher_max_length: int = field(default=512, metadata={"help": "Most teacher prompt tokens; only the pair is cut."})
