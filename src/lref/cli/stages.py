@@ -97,7 +97,8 @@ def _distill_help(name: str) -> str:
 
 @app.command("distill")
 def distill_command(
-    teacher: str = typer.Option(..., "--teacher", "-t", help=_distill_help("teacher")),
+    teacher: str | None = typer.Option(None, "--teacher", "-t", help=_distill_help("teacher")),
+    teacher_labels: str | None = typer.Option(None, "--teacher-labels", help=_distill_help("teacher_labels")),
     train: str | None = typer.Option(None, "--train", help="Labelled training pairs (a data file or dataset folder)."),
     unlabeled: str | None = typer.Option(None, "--unlabeled", help="Pairs without human labels (labels ignored)."),
     out: str = typer.Option(..., "--output-dir", "-o", help=_distill_help("output_dir")),
@@ -138,10 +139,15 @@ def distill_command(
 
     if train is None and unlabeled is None:
         raise typer.BadParameter("give --train, --unlabeled or both", param_hint="--train")
-    label_scheme = scheme_for_model(read_manifest(resolve_model(teacher)), scheme, default=default_scheme(fmt))
+    if not teacher and not teacher_labels:
+        raise typer.BadParameter("give the teacher model (--teacher) or its labels of the pool (--teacher-labels)",
+                                 param_hint="--teacher")
+    manifest = read_manifest(resolve_model(teacher)) if teacher else None
+    label_scheme = scheme_for_model(manifest, scheme, default=default_scheme(fmt))
     try:
         config = DistillConfig(
-            teacher=teacher, student=student, scheme=label_scheme.name, output_dir=out, temperature=temperature,
+            teacher=teacher or "", teacher_labels=teacher_labels or "", student=student, scheme=label_scheme.name,
+            output_dir=out, temperature=temperature,
             ce_weight=ce_weight, teacher_calibration=teacher_calibration, candidates_per_query=candidates_per_query,
             epochs=epochs, max_steps=max_steps, learning_rate=lr, batch_size=batch_size, max_length=max_length,
             teacher_batch_size=teacher_batch_size, teacher_max_length=teacher_max_length, save_steps=save_steps,
