@@ -3,6 +3,12 @@ config, written up as benchmarks/results/homedepot.json and benchmarks/RESULTS.m
 
     .venv/bin/python benchmarks/homedepot.py                  # runs configs/homedepot.yaml (resumable), then writes
     .venv/bin/python benchmarks/homedepot.py --report-only    # only rewrites the JSON and RESULTS.md from the run
+    .venv/bin/python benchmarks/homedepot.py --report-only --blind ../shared/datasets/homedepot/blind.csv
+
+`--blind PATH` scores the blind test set (pairs without labels) once with each finished system of BLIND_SYSTEMS,
+with the calibration its dev evaluation used, into benchmarks/results/blind/NAME.jsonl (`lref predict` format: id,
+label, probs). Nothing is trained, calibrated, selected or tuned on those pairs; a system whose stage fingerprint is
+unchanged since it was scored is not scored again (benchmarks/results/blind/index.json).
 
 It needs ../shared/datasets/homedepot (train.csv for training, dev.csv for evaluation).
 """
@@ -19,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from common import RESULTS, ROOT, cpu_name, utc_now
 
-from lref.io import atomic_write, write_json
+from lref.io import atomic_write, write_json, write_jsonl
 
 if TYPE_CHECKING:
     from lref.pipeline import Pipeline
@@ -27,7 +33,11 @@ if TYPE_CHECKING:
 NAMES = {"lexical": "lexical", "zero-shot": "zero_shot", "bert": "bert", "llm-base": "llm_base", "sft": "lref_select",
          "cot-ee": "lref_ee", "cot-ra": "lref_ra", "cot-dr": "lref_dr", "dpo": "lref_dpo", "distill": "student"}
 CHAIN = ("lref_select", "lref_ee", "lref_ra", "lref_dr", "lref_dpo")
-METRICS = ("accuracy", "macro_f1", "weighted_f1", "over_estimate_share", "rmse", "pairs_per_s")
+BLIND_SYSTEMS = ("lexical", "bert", "mpnet_base", "llm_base", "lref_dpo", "student", "student_hybrid")
+"""The finished systems scored on the blind test set (those of a run that has them)."""
+BLIND = RESULTS / "blind"
+METRICS = ("accuracy", "macro_f1", "weighted_f1", "over_estimate_share", "rmse", "pairs_per_s", "cohen_kappa",
+           "quadratic_weighted_kappa", "spearman", "ndcg@10", "by_rater_agreement", "collapse")
 ANCHORS = """\
 ## Anchors (not comparable one to one)
 
@@ -48,7 +58,59 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--report-only", action="store_true", help="write the results of the run as it stands")
     parser.add_argument("--out", default=str(RESULTS / "homedepot.json"))
     parser.add_argument("--results-md", default=str(ROOT / "benchmarks" / "RESULTS.md"))
+    parser.add_argument("--blind", default=None, metavar="PATH",
+                        help="score this unlabelled test set with the finished systems (never trained or tuned on)")
+    parser.add_argument("--blind-out", default=str(BLIND), help="folder for NAME.jsonl and index.json")
     return parser.parse_args()
+
+
+def score_blind(pipeline: Pipeline, path: str, out_dir: Path) -> dict[str, Any]:
+    """Score the blind pairs with each finished system of BLIND_SYSTEMS (see the module docs); returns the index:
+    per system its file, pairs, seconds, pairs/s and the stage fingerprint it was scored under."""
+    from lref.data import load_records
+    from lref.data.hints import with_match_hints
+    from lref.fingerprint import data_hash
+    from lref.pipeline import STAGES, read_manifest, score_calibrated
+    from lref.pipeline.config import scheme_name
+
+    config = pipeline.config
+    scheme = scheme_name(config.data)
+    records = load_records(path, config.data.format, scheme=scheme, **config.data.options)
+    labelled = sum(r.label is not None for r in records)
+    if labelled:
+        raise SystemExit(f"{path}: {labelled} pairs carry a label; the blind set is scored without labels")
+    if config.data.match_hints:
+        records = with_match_hints(records)
+    blind_hash = data_hash(records)
+    index_path = out_dir / "index.json"
+    index = json.loads(index_path.read_text()) if index_path.is_file() else {}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for stage in STAGES:
+        manifest = read_manifest(pipeline.stage_dir(stage))
+        if not manifest or manifest.get("status") != "done":
+            continue
+        for system, spec in (manifest.get("systems") or {}).items():
+            name = NAMES.get(system, system)
+            if name not in BLIND_SYSTEMS:
+                continue
+            entry = index.get(name) or {}
+            target = out_dir / f"{name}.jsonl"
+            if (target.is_file() and entry.get("fingerprint") == manifest["fingerprint"]
+                    and entry.get("data") == blind_hash):
+                print(f"blind: {name} unchanged, kept", flush=True)
+                continue
+            print(f"blind: scoring {len(records)} pairs with {name}", flush=True)
+            started = time.perf_counter()
+            result = score_calibrated(system, spec["kind"], spec["ref"], records, scheme, config.eval,
+                                      pipeline.stage_dir(stage))
+            seconds = time.perf_counter() - started
+            write_jsonl(target, ({"id": p.id, "label": p.label, "probs": p.probs} for p in result.predictions()))
+            index[name] = {"file": str(target.relative_to(ROOT)) if target.is_relative_to(ROOT) else str(target),
+                           "pairs": len(records), "seconds": round(seconds, 1),
+                           "pairs_per_s": round(len(records) / seconds, 2), "fingerprint": manifest["fingerprint"],
+                           "data": blind_hash, "machine": f"{cpu_name()}, {os.cpu_count()} cores", "date": utc_now()}
+            write_json(index_path, index)
+    return index
 
 
 def collect(pipeline: Pipeline) -> dict[str, Any]:
@@ -208,6 +270,7 @@ def results_markdown(data: dict[str, Any]) -> str:
             f"| {name} | {row.get('n_train') or '–'} | {_fmt(row['accuracy'])} | {_fmt(row['macro_f1'])} | "
             f"{_fmt(row['weighted_f1'])}{interval} | {_fmt(row['over_estimate_share'])} | {_fmt(row['rmse'])} | "
             f"{_fmt(row['pairs_per_s'], 1)} | {_fmt(row.get('train_seconds'), 0)} |")
+    lines += agreement_table(systems)
     lines += calibration_table(systems, data.get("calibration_pairs"))
     lines += ["", "## Per-class precision / recall", "", "| system | " +
               " | ".join(data["labels"]) + " |", "|---|" + "---|" * len(data["labels"])]
@@ -244,6 +307,33 @@ def results_markdown(data: dict[str, Any]) -> str:
               "its run_dir's config.yaml):", "", "```yaml", data["config_text"].rstrip(), "```",
               "", ANCHORS]
     return "\n".join(lines)
+
+
+def agreement_table(systems: dict[str, Any]) -> list[str]:
+    """Each system's agreement with the raters (from its `evaluate` result): κ, quadratic-weighted κ and Spearman's ρ
+    with their query-bootstrap intervals, NDCG@10, and κ on the pairs the raters agreed and disagreed on."""
+    def with_interval(row: dict[str, Any], key: str) -> str:
+        interval = (row.get("ci95") or {}).get(key)
+        return _fmt(row.get(key)) + (f" [{interval[0]:.3f}, {interval[1]:.3f}]" if interval and
+                                     row.get(key) is not None else "")
+
+    lines = ["", "## Agreement with the raters", "",
+             "Cohen's κ and quadratic-weighted κ of the labels, Spearman's ρ of the expected rating against the "
+             "raters' mean, NDCG@10 of each query's pairs ranked by expected rating (docs/metrics.md), with 95% "
+             "intervals from the same query bootstrap. The raters agreed on a pair when their mean is a whole number: "
+             "the agreed pairs are the ceiling to compare a judge with; on the disagreed ones the gold label is "
+             "itself a guess between raters.", "",
+             "| system | κ [95% CI] | QWK [95% CI] | Spearman ρ [95% CI] | NDCG@10 | κ agreed pairs | "
+             "κ disagreed pairs |", "|---|---|---|---|---|---|---|"]
+    for name, row in systems.items():
+        if "skipped" in row:
+            continue
+        split = row.get("by_rater_agreement") or {}
+        lines.append(f"| {name} | {with_interval(row, 'cohen_kappa')} | "
+                     f"{with_interval(row, 'quadratic_weighted_kappa')} | {with_interval(row, 'spearman')} | "
+                     f"{_fmt(row.get('ndcg@10'))} | {_fmt((split.get('agreed') or {}).get('cohen_kappa'))} | "
+                     f"{_fmt((split.get('disagreed') or {}).get('cohen_kappa'))} |")
+    return lines
 
 
 def calibration_table(systems: dict[str, Any], pairs: int | None) -> list[str]:
@@ -308,6 +398,8 @@ def main() -> None:
     if not args.report_only:
         pipeline.run()
     collected = collect(pipeline)
+    if args.blind:
+        collected["blind"] = score_blind(pipeline, args.blind, Path(args.blind_out))
     evaluated = next((s for s in collected["systems"].values() if "n_eval" in s), None)
     data = {
         **collected,

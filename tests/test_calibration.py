@@ -191,6 +191,20 @@ def test_pipeline_holds_calibration_queries_out_and_evaluates_calibrated(tmp_pat
                                                            "over_estimate_share"}
     results = json.loads((run_dir / "results.json").read_text())
     assert results["eval"]["calibration_pairs"] == 60
+    assert metrics["collapse"]["checked_on"] == "calibration" and metrics["collapse"]["pairs"] == 60
+
+    # score_calibrated (the blind-set path) makes exactly the held-out predictions of the run, bias included
+    from lref.pipeline import EvalSettings, score_calibrated
+    from lref.predictions import read_predictions
+
+    settings = EvalSettings(**config["eval"])
+    for stage, system, kind, ref in (("bert", "bert", "encoder", run_dir / "stages/bert/model"),
+                                     ("zero-shot", "zero-shot", "llm", models["lm"])):
+        again = score_calibrated(system, kind, str(ref), data.eval, data.scheme, settings, run_dir / "stages" / stage)
+        stored_predictions = read_predictions(run_dir / f"stages/{stage}/predictions_{system}.jsonl")
+        assert [p.label for p in again.predictions()] == [p.label for p in stored_predictions]
+        assert np.allclose([[p.probs[label] for label in again.labels] for p in stored_predictions], again.probs,
+                           atol=1e-5)
 
     # A different fit re-evaluates without retraining; no calibration at all gives the stages new training data.
     config["calibration"]["objective"] = "accuracy"

@@ -1,6 +1,7 @@
 """`lref data synth` and `lref eval`, run through lref.cli.main as the installed script runs it."""
 
 import json
+import re
 from collections import Counter
 
 import pytest
@@ -24,6 +25,14 @@ REQUIRED_KEYS = {
     "over_share_of_errors",
     "rmse",
     "ci95",
+    "cohen_kappa",
+    "quadratic_weighted_kappa",
+    "spearman",
+    "spearman_against",
+    "ndcg@5",
+    "ndcg@10",
+    "krippendorff_alpha_raters",
+    "krippendorff_alpha_with_judge",
 }
 
 
@@ -133,7 +142,9 @@ def test_eval_end_to_end(catalog, tmp_path, monkeypatch, capsys):
     assert result["per_class"]["Exact"]["recall"] == 1.0
     assert result["per_class"]["Partial"]["precision"] == 1.0
     assert result["rmse"] is None  # the synthetic catalog has no raw scores
-    assert set(result["ci95"]) == {"accuracy", "macro_f1", "weighted_f1", "over_estimate_share"}
+    assert set(result["ci95"]) == {"accuracy", "macro_f1", "weighted_f1", "over_estimate_share", "cohen_kappa",
+                                   "quadratic_weighted_kappa", "spearman", "ndcg@5", "ndcg@10"}
+    assert result["spearman_against"] == "label_rating" and result["krippendorff_alpha_raters"] is None
     low, high = result["ci95"]["accuracy"]
     assert low <= result["accuracy"] <= high
     assert f"majority floor {majority_count / 400:.3f} (always '{majority}')" in out
@@ -191,3 +202,36 @@ def test_eval_missing_ids(catalog, tmp_path, monkeypatch, capsys):
     )
     assert code == 0
     assert "397 pairs" in out
+
+
+def test_eval_prints_agreement_with_the_raters_on_home_depot_rows(tmp_path, monkeypatch, capsys):
+    from sklearn.metrics import cohen_kappa_score
+
+    means = [3.0, 2.67, 2.33, 2.0, 1.67, 1.33, 1.0]
+    rows = ["id,product_uid,product_title,search_term,relevance"]
+    predictions = []
+    for i in range(70):
+        mean = means[(i * 3) % 7]
+        rows.append(f"{i},{100000 + i},title {i},query {i // 5},{mean}")
+        exact = min(0.9, max(0.05, (mean - 1) / 2 + (0.2 if i % 4 == 0 else 0)))
+        probs = {"Exact": exact, "Partial": (1 - exact) * 0.7, "Irrelevant": (1 - exact) * 0.3}
+        predictions.append({"id": str(i), "label": max(probs, key=probs.get), "probs": probs})
+    (tmp_path / "hd.csv").write_text("\n".join(rows) + "\n")
+    _write_predictions(tmp_path / "pred.jsonl", predictions)
+    code, out, err = run_lref(monkeypatch, capsys, "eval", "--pred", str(tmp_path / "pred.jsonl"), "--gold",
+                              str(tmp_path / "hd.csv"), "--format", "homedepot", "--bootstrap", "100",
+                              "--out", str(tmp_path / "metrics.json"))
+    assert code == 0, err
+    result = json.loads((tmp_path / "metrics.json").read_text())
+    grade = {"Exact": 0, "Partial": 1, "Irrelevant": 2}
+    gold = [r.label for r in load_records(tmp_path / "hd.csv", format="homedepot")]
+    assert result["cohen_kappa"] == pytest.approx(
+        cohen_kappa_score([grade[g] for g in gold], [grade[p["label"]] for p in predictions]))
+    assert result["spearman_against"] == "raw_score" and result["ndcg_queries"] == 14
+    split = result["by_rater_agreement"]
+    assert split["agreed"]["n"] == 30 and split["disagreed"]["n"] == 40  # 3 of the 7 means are whole numbers
+    low, high = result["ci95"]["quadratic_weighted_kappa"]
+    assert re.search(rf"quadratic-weighted κ │ {result['quadratic_weighted_kappa']:.3f} │ +\[{low:.3f}, {high:.3f}\]",
+                     out)
+    assert f"NDCG@10              │ {result['ndcg@10']:.3f}" in out
+    assert "By rater agreement" in out and f"disagreed │    40 │    {split['disagreed']['accuracy']:.3f}" in out

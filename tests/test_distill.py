@@ -297,6 +297,37 @@ def test_distill_writes_a_loadable_student_and_caches_teacher_scores(tmp_path, t
     assert info["teacher_cache"]["hits"] == total and info["teacher_cache"]["scored"] == 0
 
 
+def test_distill_learns_from_a_labels_file_without_running_a_teacher(tmp_path, tiny_encoder, monkeypatch):
+    from lref.predictions import Prediction, write_predictions
+    from lref.stages.distill import labels_from_file
+
+    records = pool_records(6)
+    probs = [{"Exact": 0.6, "Partial": 0.3, "Irrelevant": 0.1}, {"exact": 2.0, "partial": 1.0, "irrelevant": 1.0}]
+    labels = tmp_path / "committee.jsonl"
+    write_predictions(labels, [Prediction(r.id, "Exact", probs[i % 2]) for i, r in enumerate(records)])
+    targets, stats = labels_from_file(labels, records, SCHEME)
+    assert np.allclose(targets[0], [0.6, 0.3, 0.1]) and np.allclose(targets[1], [0.5, 0.25, 0.25])  # renormalised
+    assert stats["scored"] == 0 and len(stats["sha256"]) == 64
+
+    def no_teacher(*args, **kwargs):
+        raise AssertionError("a teacher model was loaded although the labels were given")
+
+    monkeypatch.setattr("lref.models.loading.load_causal_lm", no_teacher)
+    config = distill_config(tmp_path, "", tiny_encoder, teacher_labels=str(labels))
+    folder = distill(config, records)
+    info = json.loads((folder / MANIFEST_NAME).read_text())["distill"]
+    assert info["teacher"] == {"labels_file": str(labels), "sha256": stats["sha256"]} and info["teacher_bias"] is None
+    assert info["teacher_label_shares"] == {"Exact": 1.0, "Partial": 0.0, "Irrelevant": 0.0}
+
+    with pytest.raises(DataError, match=r"1 of 7 pool pairs have no probabilities here \('extra'\)"):
+        labels_from_file(labels, [*records, Record(id="extra", query="q", title="t", label="Exact")], SCHEME)
+    write_predictions(labels, [Prediction(r.id, "Exact", {"Exact": 0.0}) for r in records])
+    with pytest.raises(DataError, match="positive sum"):
+        labels_from_file(labels, records, SCHEME)
+    with pytest.raises(ValueError, match="teacher_labels"):
+        DistillConfig(teacher="", teacher_labels="")
+
+
 def test_calibrated_probs_add_the_bias_to_the_log_probabilities():
     probs = np.array([[0.5, 0.3, 0.2], [0.1, 0.1, 0.8]])
     assert np.allclose(calibrated_probs(probs, [0.0, 0.0, 0.0]), probs)

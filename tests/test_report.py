@@ -33,6 +33,10 @@ def run_dir(tmp_path):
     rng = random.Random(0)
     gold = [Record(str(i), f"query {i // 4}", f"title {i}", rng.choice(LABELS), raw_score=rng.uniform(1, 3))
             for i in range(120)]
+    for i, record in enumerate(gold):  # per-rater labels and the agreed/disagreed flag, as Home Depot-like data
+        rating = 3 - LABELS.index(record.label)
+        record.meta["rater_labels"] = [rating, rating if i % 3 else max(1, rating - 1)]
+        record.meta["rater_disagreement"] = i % 3 == 0
     dpo = fake_system("dpo", "+ DPO", gold, 0.7, 2)
     dpo["metrics"]["calibration"] = {"bias": {"Exact": 0.0, "Partial": -0.3, "Irrelevant": 0.2},
                                      "uncalibrated": {"weighted_f1": 0.4321}}
@@ -62,6 +66,22 @@ def test_report_writes_html_with_the_table_and_embedded_pngs(run_dir):
     assert len(rows) == 1 + 4 and "skipped: qwen not installed" in rows[-1]
     assert re.search(r"<td>\+ DPO</td><td>100</td><td>0\.\d{3} <small>\[0\.\d{3}, 0\.\d{3}\]</small>", text)
     assert "<br><small>uncalibrated 0.432</small>" in rows[3] and "uncalibrated" not in rows[1]
+    results = json.loads((run_dir / "results.json").read_text())
+    dpo = results["systems"][2]["metrics"]
+    agreement = re.findall(r"<tr.*?</tr>", re.search(r'<table id="agreement">.*?</table>', text).group(0))
+    assert len(agreement) == 1 + 3  # the skipped system has no row
+    assert f"Krippendorff's α among the raters alone: {dpo['krippendorff_alpha_raters']:.3f}." in text
+    split = dpo["by_rater_agreement"]
+
+    def cell(key):
+        low, high = dpo["ci95"][key]
+        return f"<td>{dpo[key]:.3f} <small>[{low:.3f}, {high:.3f}]</small></td>"
+
+    assert agreement[3] == (
+        "<tr><td>+ DPO</td>" + "".join(cell(key) for key in ("cohen_kappa", "quadratic_weighted_kappa", "spearman",
+                                                             "ndcg@5", "ndcg@10"))
+        + f"<td>{dpo['krippendorff_alpha_with_judge']:.3f}</td>"
+        f"<td>{split['agreed']['cohen_kappa']:.3f} / {split['disagreed']['cohen_kappa']:.3f}</td></tr>")
 
 
 def test_report_needs_results(tmp_path, monkeypatch, capsys):
@@ -89,16 +109,17 @@ window.addEventListener("load", () => {
   const images = [...document.images];
   const decoded = images.filter(i => i.complete && i.naturalWidth > 0 && i.naturalHeight > 0).length;
   const cells = document.querySelectorAll("#results td").length;
-  document.body.setAttribute("data-probe", `images ${decoded}/${images.length} cells ${cells}`);
+  const agreement = document.querySelectorAll("#agreement td").length;
+  document.body.setAttribute("data-probe", `images ${decoded}/${images.length} cells ${cells} ${agreement}`);
 });
 </script></body>"""))
     flags = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
              "--virtual-time-budget=10000", "--window-size=1200,2400"]
     dom = subprocess.run([*flags, "--dump-dom", probe.as_uri()], capture_output=True, text=True, timeout=120)
-    found = re.search(r'data-probe="images (\d+)/(\d+) cells (\d+)"', dom.stdout)
+    found = re.search(r'data-probe="images (\d+)/(\d+) cells (\d+) (\d+)"', dom.stdout)
     assert found, dom.stderr[-2000:]
-    decoded, total, cells = map(int, found.groups())
-    assert total == 7 and decoded == total and cells == 3 * 8 + 2
+    decoded, total, cells, agreement = map(int, found.groups())
+    assert total == 7 and decoded == total and cells == 3 * 8 + 2 and agreement == 3 * 8
     shot = run_dir / "screenshot.png"
     subprocess.run([*flags, f"--screenshot={shot}", page.as_uri()], capture_output=True, timeout=120, check=True)
     from matplotlib.image import imread

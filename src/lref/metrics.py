@@ -7,6 +7,11 @@ not count as an F1 of 0; `per_class` still lists every label of the scheme.
 Grade errors use scheme indices (0 = most relevant): a prediction *over-estimates* relevance when its index is smaller
 than the gold index. `rmse` compares the expected rating Σ p(label)·rating(label) with the gold `raw_score`.
 
+Agreement with the raters (`lref.agreement`): Cohen's κ and quadratic-weighted κ over grade indices, Spearman's ρ of
+the expected rating against the gold `raw_score` (or the gold label's rating where a record lacks one), NDCG@5/10 per
+query ranking pairs by expected rating, Krippendorff's α where records carry `meta["rater_labels"]`, and every figure
+split by whether the raters agreed (`meta["rater_disagreement"]` or `meta["relevance_variance"]`).
+
 Confidence intervals are percentile bootstraps over **queries**: each resample draws as many queries as there are, with
 replacement, and keeps all pairs of each drawn query (queries compared in their `normalise_query` form), because
 pairs of one query are not independent.
@@ -14,6 +19,7 @@ pairs of one query are not independent.
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,6 +32,17 @@ from sklearn.metrics import (
     precision_recall_fscore_support,
 )
 
+from lref.agreement import (
+    KAPPA_WEIGHTS,
+    NDCG_CUTOFFS,
+    cohen_kappa,
+    integer_gains,
+    kappa_from_confusion,
+    krippendorff_alphas,
+    ndcg_per_query,
+    resampled_spearman,
+    spearman,
+)
 from lref.data.records import DataError, Record
 from lref.data.splits import normalise_query
 from lref.labels import LabelError, LabelScheme, get_scheme
@@ -143,10 +160,14 @@ def _query_draws(query_index: np.ndarray, resamples: int, seed: int) -> np.ndarr
 
 def _resampled_scores(query_index: np.ndarray, gold: np.ndarray, pred: np.ndarray, n_labels: int,
                       draws: np.ndarray) -> dict[str, np.ndarray]:
-    """`scores_from_confusion` of every resample in `draws` (one confusion matrix per resample)."""
+    """`scores_from_confusion` and both κ of every resample in `draws` (one confusion matrix per resample)."""
     cells = np.zeros((draws.shape[1], n_labels * n_labels))
     np.add.at(cells, (query_index, gold * n_labels + pred), 1.0)
-    return scores_from_confusion((draws @ cells).reshape(len(draws), n_labels, n_labels))
+    matrices = (draws @ cells).reshape(len(draws), n_labels, n_labels)
+    scores = scores_from_confusion(matrices)
+    for name, weights in KAPPA_WEIGHTS.items():
+        scores[name] = kappa_from_confusion(matrices, weights)
+    return scores
 
 
 def _query_index(records: list[Record]) -> np.ndarray:
@@ -162,7 +183,12 @@ def _bootstrap(
     squared_errors: np.ndarray | None,
     resamples: int,
     seed: int,
+    expected: np.ndarray | None = None,
+    target: np.ndarray | None = None,
+    ndcg: dict[str, dict[int, float]] | None = None,
 ) -> dict[str, list[float]]:
+    """Percentile intervals of every metric over the same query resamples; `expected`/`target` add Spearman's ρ,
+    `ndcg` (name -> {query: value}) the mean of the per-query values over the drawn queries."""
     n_queries = int(query_index.max()) + 1
     draws = _query_draws(query_index, resamples, seed)
     samples = _resampled_scores(query_index, gold, pred, n_labels, draws)
@@ -170,7 +196,67 @@ def _bootstrap(
         per_query_sse = np.bincount(query_index, weights=squared_errors, minlength=n_queries)
         per_query_n = np.bincount(query_index, minlength=n_queries).astype(float)
         samples["rmse"] = np.sqrt((draws @ per_query_sse) / (draws @ per_query_n))
-    return {name: [float(v) for v in np.percentile(values, [2.5, 97.5])] for name, values in samples.items()}
+    if expected is not None and target is not None:
+        chunk = 128  # (chunk, pairs) weights at a time
+        samples["spearman"] = np.concatenate([
+            resampled_spearman(expected, target, draws[begin:begin + chunk][:, query_index])
+            for begin in range(0, len(draws), chunk)])
+    for name, per_query in (ndcg or {}).items():
+        if per_query:
+            queries = np.fromiter(per_query, dtype=int)
+            drawn = draws[:, queries]
+            with np.errstate(divide="ignore", invalid="ignore"):
+                samples[name] = (drawn @ np.fromiter(per_query.values(), dtype=float)) / drawn.sum(axis=1)
+    intervals = {}
+    for name, values in samples.items():
+        values = values[~np.isnan(values)]  # a resample where a κ or ρ is undefined gives no value
+        if len(values):
+            intervals[name] = [float(v) for v in np.percentile(values, [2.5, 97.5])]
+    return intervals
+
+
+def _rater_labels(record: Record) -> list[float] | None:
+    labels = record.meta.get("rater_labels")
+    if labels is None:
+        return None
+    values = []
+    if isinstance(labels, list | tuple):
+        for value in labels:
+            if isinstance(value, int | float) and not isinstance(value, bool):
+                try:
+                    values.append(float(value))
+                except OverflowError:  # an integer too large for a float
+                    break
+    if not values or len(values) != len(labels) or not all(math.isfinite(v) for v in values):
+        raise DataError(f"gold record {record.id!r}: meta['rater_labels'] must be a non-empty list of numeric "
+                        f"ratings, one per rater, got {str(labels)[:200]}")
+    return values
+
+
+def _raters_disagreed(record: Record) -> bool | None:
+    """True/False where the record says whether its raters disagreed, None where it does not say."""
+    if "rater_disagreement" in record.meta:
+        return bool(record.meta["rater_disagreement"])
+    variance = record.meta.get("relevance_variance")
+    if variance is None:
+        return None
+    try:
+        return float(variance) > 0
+    except (TypeError, ValueError):
+        raise DataError(f"gold record {record.id!r}: meta['relevance_variance'] must be a number, "
+                        f"got {variance!r}") from None
+
+
+def _agreement_subset(y_true: np.ndarray, y_pred: np.ndarray, expected: np.ndarray, target: np.ndarray,
+                      n_labels: int) -> dict[str, Any]:
+    return {
+        "n": len(y_true),
+        "accuracy": float(accuracy_score(y_true, y_pred)),
+        "weighted_f1": float(f1_score(y_true, y_pred, labels=list(range(n_labels)), average="weighted",
+                                      zero_division=0)),
+        **{name: cohen_kappa(y_true, y_pred, n_labels, weights) for name, weights in KAPPA_WEIGHTS.items()},
+        "spearman": spearman(expected, target),
+    }
 
 
 def evaluate(
@@ -229,11 +315,45 @@ def evaluate(
     }
 
     squared_errors = None
+    expected = np.array([_expected_rating(p, scheme, int(i)) for (_, p), i in zip(pairs, y_pred, strict=True)])
+    ratings = np.array(scheme.ratings, dtype=float)
     if all(r.raw_score is not None for r, _ in pairs):
-        expected = np.array([_expected_rating(p, scheme, int(i)) for (_, p), i in zip(pairs, y_pred, strict=True)])
-        raw = np.array([float(r.raw_score) for r, _ in pairs])  # type: ignore[arg-type]
-        squared_errors = (expected - raw) ** 2
+        target = np.array([float(r.raw_score) for r, _ in pairs])  # type: ignore[arg-type]
+        squared_errors = (expected - target) ** 2
         result["rmse"] = float(np.sqrt(squared_errors.mean()))
+        result["spearman_against"] = "raw_score"
+    else:
+        target = ratings[y_true]
+        result["spearman_against"] = "label_rating"
+
+    for name, weights in KAPPA_WEIGHTS.items():
+        result[name] = cohen_kappa(y_true, y_pred, k, weights)
+    result["spearman"] = spearman(expected, target)
+    query_index = _query_index([r for r, _ in pairs])
+    per_query_ndcg = ndcg_per_query(query_index, [r.id for r, _ in pairs], expected,
+                                    integer_gains(target, float(ratings.min())))
+    ndcg = {f"ndcg@{cutoff}": values for cutoff, values in per_query_ndcg.items()}
+    for name, values in ndcg.items():
+        result[name] = float(np.mean(list(values.values()))) if values else None
+    result["ndcg_queries"] = len(per_query_ndcg[NDCG_CUTOFFS[0]])
+
+    rater_labels = [_rater_labels(r) for r, _ in pairs]
+    rated = [i for i, labels in enumerate(rater_labels) if labels is not None]
+    result["n_rater_labelled"] = len(rated)
+    result["krippendorff_alpha_raters"] = result["krippendorff_alpha_with_judge"] = None
+    if rated:
+        alphas = krippendorff_alphas([rater_labels[i] for i in rated], ratings[y_pred[rated]], ratings)
+        result["krippendorff_alpha_raters"] = alphas["raters"]
+        result["krippendorff_alpha_with_judge"] = alphas["with_judge"]
+
+    disagreed = [_raters_disagreed(r) for r, _ in pairs]
+    if any(flag is not None for flag in disagreed):
+        result["by_rater_agreement"] = {}
+        for subset, wanted in (("agreed", False), ("disagreed", True)):
+            mask = np.array([flag is wanted for flag in disagreed])
+            if mask.any():
+                result["by_rater_agreement"][subset] = _agreement_subset(
+                    y_true[mask], y_pred[mask], expected[mask], target[mask], k)
 
     bands = [r.meta.get("query_band") for r, _ in pairs]
     if all(b in BANDS for b in bands):
@@ -256,8 +376,8 @@ def evaluate(
     result["bootstrap"] = config.bootstrap
     result["ci95"] = {}
     if config.bootstrap > 0:
-        query_index = _query_index([r for r, _ in pairs])
-        result["ci95"] = _bootstrap(query_index, y_true, y_pred, k, squared_errors, config.bootstrap, config.seed)
+        result["ci95"] = _bootstrap(query_index, y_true, y_pred, k, squared_errors, config.bootstrap, config.seed,
+                                    expected=expected, target=target, ndcg=ndcg)
     return result
 
 
@@ -334,6 +454,20 @@ def format_report(result: dict[str, Any], scheme: LabelScheme | str | None = Non
     )
     if result.get("rmse") is not None:
         headline.add_row("RMSE", f"{result['rmse']:.3f}", interval("rmse"), "expected rating vs raw score")
+    against = {"raw_score": "raw score", "label_rating": "gold label's rating"}.get(result.get("spearman_against"), "")
+    agreement = [
+        ("Cohen's κ", "cohen_kappa", "agreement beyond chance"),
+        ("quadratic-weighted κ", "quadratic_weighted_kappa", "far grade errors cost more"),
+        ("Spearman ρ", "spearman", f"expected rating vs {against}"),
+        ("NDCG@5", "ndcg@5", f"per query, mean over {result.get('ndcg_queries')} queries"),
+        ("NDCG@10", "ndcg@10", "ranked by expected rating, gains from gold"),
+        ("Krippendorff α raters", "krippendorff_alpha_raters",
+         f"ordinal, {result.get('n_rater_labelled')} pairs with rater labels"),
+        ("Krippendorff α + judge", "krippendorff_alpha_with_judge", "the judge's label as one more rater"),
+    ]
+    for title, name, note in agreement:
+        if result.get(name) is not None:
+            headline.add_row(title, f"{result[name]:.3f}", interval(name), note)
 
     per_class = Table(title="Per class")
     for name in ("label", "precision", "recall", "F1", "support"):
@@ -359,4 +493,17 @@ def format_report(result: dict[str, Any], scheme: LabelScheme | str | None = Non
         for band, row in result["by_band"].items():
             bands.add_row(band, str(row["n"]), f"{row['accuracy']:.3f}", f"{row['macro_f1']:.3f}")
         parts.append(bands)
+    if result.get("by_rater_agreement"):
+        split = Table(title="By rater agreement",
+                      caption="agreed: pairs the raters agreed on, the ceiling to compare a judge with")
+
+        def cell(value: float | None) -> str:
+            return "–" if value is None else f"{value:.3f}"
+
+        for name in ("raters", "pairs", "accuracy", "weighted F1", "κ", "QWK", "Spearman ρ"):
+            split.add_column(name, justify="left" if name == "raters" else "right")
+        for subset, row in result["by_rater_agreement"].items():
+            split.add_row(subset, str(row["n"]), *(cell(row[key]) for key in (
+                "accuracy", "weighted_f1", "cohen_kappa", "quadratic_weighted_kappa", "spearman")))
+        parts.append(split)
     return Group(*parts)

@@ -2,8 +2,9 @@
 
 It reads `results.json` of a run directory (`lref.pipeline`) and draws, with matplotlib's Agg backend:
 the selection funnel, the results table (accuracy, macro-F1, weighted-F1 with 95% bootstrap intervals, RMSE,
-over-estimate share, pairs/s), per-class precision and recall before and after DPO, one confusion matrix per
-system, the over-estimate share per system and the scoring speed per system.
+over-estimate share, pairs/s), the agreement table (Cohen's κ, quadratic-weighted κ, Spearman's ρ, NDCG@5/10,
+Krippendorff's α, κ on agreed and disagreed pairs), per-class precision and recall before and after DPO, one
+confusion matrix per system, the over-estimate share per system and the scoring speed per system.
 """
 
 from __future__ import annotations
@@ -146,6 +147,25 @@ def results_table(results: dict[str, Any]) -> str:
     return '<table id="results">' + "".join(rows) + "</table>"
 
 
+def agreement_table(results: dict[str, Any]) -> str:
+    """Agreement with the gold labels as HTML, one row per evaluated system: Cohen's κ, quadratic-weighted κ and
+    Spearman's ρ with 95% intervals, NDCG@5/10, Krippendorff's α with the judge (where the data has per-rater labels)
+    and κ on the pairs the raters agreed and disagreed on (where the data says which)."""
+    head = ("system", "Cohen's κ", "quadratic-weighted κ", "Spearman ρ", "NDCG@5", "NDCG@10", "α raters + judge",
+            "κ agreed / disagreed")
+    rows = ["<tr>" + "".join(f"<th>{h}</th>" for h in head) + "</tr>"]
+    for system in _evaluated(results):
+        m = system["metrics"]
+        split = m.get("by_rater_agreement") or {}
+        kappas = [(split.get(subset) or {}).get("cohen_kappa") for subset in ("agreed", "disagreed")]
+        cells = [html.escape(system["title"]), _cell(m, "cohen_kappa"), _cell(m, "quadratic_weighted_kappa"),
+                 _cell(m, "spearman"), _cell(m, "ndcg@5"), _cell(m, "ndcg@10"),
+                 _cell(m, "krippendorff_alpha_with_judge"),
+                 " / ".join("–" if k is None else f"{k:.3f}" for k in kappas) if split else "–"]
+        rows.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
+    return '<table id="agreement">' + "".join(rows) + "</table>"
+
+
 def build_figures(results: dict[str, Any]) -> dict[str, tuple[str, bytes]]:
     """name -> (caption, PNG bytes), in page order."""
     systems = _evaluated(results)
@@ -192,7 +212,13 @@ def render_html(results: dict[str, Any], figures: dict[str, tuple[str, bytes]]) 
     if evaluation:
         parts.append(f"<p>{evaluation.get('pairs')} held-out pairs ({html.escape(str(evaluation.get('scheme')))}), "
                      f"{evaluation.get('train_pairs')} training pairs. Intervals: 95% bootstrap over queries.</p>")
-    parts += ["<h2>Results</h2>", results_table(results), "<h2>Figures</h2>"]
+    raters = next((s["metrics"].get("krippendorff_alpha_raters") for s in _evaluated(results)
+                   if s["metrics"].get("krippendorff_alpha_raters") is not None), None)
+    among = f" Krippendorff's α among the raters alone: {raters:.3f}." if raters is not None else ""
+    parts += ["<h2>Results</h2>", results_table(results), "<h2>Agreement with the gold labels</h2>",
+              "<p>Spearman ρ: expected rating against the gold rating; NDCG: each query's pairs ranked by expected "
+              "rating; agreed pairs (raters in agreement) are the ceiling to compare a judge with "
+              f"(docs/metrics.md).{among}</p>", agreement_table(results), "<h2>Figures</h2>"]
     for name, (caption, png) in figures.items():
         data = base64.b64encode(png).decode("ascii")
         parts.append(f'<figure id="{name}"><img alt="{html.escape(caption)}" src="data:image/png;base64,{data}">'
@@ -216,4 +242,4 @@ def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
     return out
 
 
-__all__ = ["build_figures", "load_results", "render_html", "results_table", "write_report"]
+__all__ = ["agreement_table", "build_figures", "load_results", "render_html", "results_table", "write_report"]

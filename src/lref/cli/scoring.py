@@ -176,7 +176,9 @@ def evaluate_command(
         "query-level 95% CI (in --out as `paired`).",
     ),
 ) -> None:
-    """Compare predictions with gold labels: accuracy beside the majority floor, F1s, confusion, query-level CIs."""
+    """Compare predictions with gold labels: accuracy beside the majority floor, F1s, confusion, agreement with the
+    raters (Cohen's κ, quadratic-weighted κ, Spearman's ρ, NDCG@5/10, Krippendorff's α, agreed/disagreed pairs),
+    query-level CIs."""
     from rich.console import Console
 
     from lref.data import default_scheme

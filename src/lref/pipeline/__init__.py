@@ -63,11 +63,11 @@ from lref.pipeline.config import (
     parse_config,
 )
 from lref.pipeline.data import RunData, load_data, sample
-from lref.pipeline.evaluation import evaluate_system
+from lref.pipeline.evaluation import evaluate_system, score_calibrated
 from lref.pipeline.run import Pipeline, read_manifest, run_pipeline
 
 __all__ = [
     "CHAIN", "ConfigError", "DataConfig", "EvalSettings", "Pipeline", "PipelineConfig", "RunData", "STAGES",
     "ZeroShotConfig", "config_reference", "evaluate_system", "load_config", "load_data", "parse_config",
-    "read_manifest", "run_pipeline", "sample",
+    "read_manifest", "run_pipeline", "sample", "score_calibrated",
 ]

@@ -4,6 +4,7 @@ the run holds out calibration pairs, write predictions and metrics."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -43,6 +44,19 @@ def system_calibration_path(system: str, ref: str, out_dir: Path) -> Path:
     if folder.is_dir() and folder.is_relative_to(out_dir.resolve()):
         return calibration_path(folder)
     return out_dir / f"calibration_{system}.json"
+
+
+def score_calibrated(system: str, kind: str, ref: str, records: list, scheme: str, settings: EvalSettings,
+                     out_dir: Path) -> ScoreResult:
+    """Score `records` (labels not needed) with a finished system, applying the calibration its evaluation stored
+    (`system_calibration_path`), exactly as its held-out predictions were made; raw scores when it stored none."""
+    scorer = make_scorer(ref, kind=kind, scheme=scheme, config=scorer_config(kind, settings), calibrated=False)
+    result = scorer.score(records)
+    stored = system_calibration_path(system, ref, out_dir)
+    if stored.is_file():
+        bias = list(json.loads(stored.read_text(encoding="utf-8"))["bias"].values())
+        result = ScoreResult(result.ids, result.labels, result.logits, result.top_k, bias)
+    return result
 
 
 def evaluate_system(system: str, kind: str, ref: str, data: RunData, settings: EvalSettings, out_dir: Path,
@@ -88,4 +102,4 @@ def evaluate_system(system: str, kind: str, ref: str, data: RunData, settings: E
     return metrics
 
 
-__all__ = ["CALIBRATION_KEYS", "evaluate_system", "scorer_config", "system_calibration_path"]
+__all__ = ["CALIBRATION_KEYS", "evaluate_system", "score_calibrated", "scorer_config", "system_calibration_path"]

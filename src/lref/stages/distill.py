@@ -51,7 +51,7 @@ from lref.models.cross_encoder import has_label, pair_texts
 from lref.models.loading import load_causal_lm, read_manifest
 from lref.models.scorer import LabelScorer, ScorerConfig, scheme_for_model
 from lref.models.zoo import resolve_model, stored_model_reference
-from lref.predictions import softmax
+from lref.predictions import read_predictions, softmax
 from lref.prompts import product_fields, records_for_model
 from lref.teachers.base import TeacherRefusal
 from lref.teachers.cache import (
@@ -81,12 +81,20 @@ class DistillConfig(TrainingSettings):
     """Settings of distillation. Every field's help text feeds `lref distill` (`lref.config.field_help`)."""
 
     FINGERPRINT_ADDED_FIELDS: ClassVar[tuple[str, ...]] = ("grad_accum", "weight_decay", "save_total_limit", "bf16",
-                                                           "teacher_max_skips", "allow_collapsed_teacher")
+                                                           "teacher_max_skips", "allow_collapsed_teacher",
+                                                           "teacher_labels")
     """Training settings this config gained with the shared `TrainingSettings` (`lref.fingerprint.ADDED_FIELDS`)."""
 
     teacher: str = field(
         default="",
         metadata={"help": "Teacher LLM: an lref adapter folder (e.g. from SFT or DPO), an HF folder or a zoo name."},
+    )
+    teacher_labels: str = field(
+        default="",
+        metadata={"help": "A prediction file (lref judge / lref predict output: id and probs per pair) holding the "
+                  "soft labels of every pool pair, used instead of scoring with `teacher`: a committee of judges "
+                  "(lref judge --model A --model B), or shards labelled apart and joined with lref merge. Its "
+                  "probabilities are used as they are (already calibrated by the command that wrote them)."},
     )
     student: str = field(
         default="minilm-l6",
@@ -149,8 +157,9 @@ class DistillConfig(TrainingSettings):
     logging_steps: int = with_default("logging_steps", 20)
 
     def __post_init__(self) -> None:
-        if not str(self.teacher).strip():
-            raise ValueError("teacher must name an LLM (adapter folder, HF folder or zoo name)")
+        if not str(self.teacher).strip() and not str(self.teacher_labels).strip():
+            raise ValueError("teacher must name an LLM (adapter folder, HF folder or zoo name), or teacher_labels a "
+                             "prediction file")
         if not str(self.student).strip():
             raise ValueError("student must name an encoder (zoo name or HF folder)")
         get_scheme(self.scheme)
@@ -359,12 +368,34 @@ def teacher_targets(
                         logger.warning("teacher refused pair %r (%s): skipped", row["id"], row["error"])
                 bar.update(len(index))
         stats["wall_time_s"] = round(time.perf_counter() - started, 2)
+        stats["pairs_per_s"] = round(len(missing) / stats["wall_time_s"], 2) if stats["wall_time_s"] > 0 else None
         del model, scorer
     n_skipped = sum(key not in cache for key in keys)
     stats["scored"] -= sum(skip_keys[i] in skipped for i in missing)
     stats.update(skipped=n_skipped, skipped_file=str(skip_file) if n_skipped else None)
     nan = [float("nan")] * len(scheme)
     return np.asarray([cache.get(key, nan) for key in keys], dtype=np.float32), stats
+
+
+def labels_from_file(path: str | Path, pool: Sequence[Record], scheme: LabelScheme) -> tuple[np.ndarray, dict]:
+    """N x K teacher probabilities for `pool` from a prediction file (`teacher_labels`), renormalised per pair; a
+    DataError names the file and the first pool ids it has no probabilities for."""
+    started = time.perf_counter()
+    by_id = {p.id: p.probs for p in read_predictions(path, scheme)}
+    missing = [r.id for r in pool if not by_id.get(r.id)]
+    if missing:
+        shown = ", ".join(repr(i) for i in missing[:5]) + (", ..." if len(missing) > 5 else "")
+        raise DataError(f"{len(missing)} of {len(pool)} pool pairs have no probabilities here ({shown}); label the "
+                        "whole pool (lref judge --data POOL, or lref predict) first", path=str(path))
+    probs = np.asarray([[by_id[r.id].get(label, 0.0) for label in scheme.labels] for r in pool], dtype=np.float64)
+    totals = probs.sum(axis=1, keepdims=True)
+    if (probs < 0).any() or (totals <= 0).any():
+        row = int(np.flatnonzero((probs < 0).any(axis=1) | (totals[:, 0] <= 0))[0])
+        raise DataError(f"pair {pool[row].id!r}: probabilities must be >= 0 with a positive sum", path=str(path),
+                        column="probs")
+    stats = {"file": str(path), "sha256": hashlib.sha256(Path(path).read_bytes()).hexdigest(), "hits": len(pool),
+             "scored": 0, "skipped": 0, "wall_time_s": round(time.perf_counter() - started, 2)}
+    return (probs / totals).astype(np.float32), stats
 
 
 def calibrated_probs(probs: np.ndarray, bias: Sequence[float]) -> np.ndarray:
@@ -385,15 +416,19 @@ def distill(config: DistillConfig, records: Sequence[Record], unlabeled: Sequenc
     output_dir = Path(config.output_dir)
     if not config.resume:  # refuse a folder holding a run before any scoring (its teacher cache stays)
         RunGuard(output_dir, resume=False)
-    teacher_manifest = read_manifest(resolve_model(config.teacher))
+    teacher_manifest = read_manifest(resolve_model(config.teacher)) if config.teacher else None
     scheme_for_model(teacher_manifest, scheme)  # LabelError if the teacher learnt another
     pool, counts = build_pool(records, unlabeled, scheme, config.candidates_per_query, config.seed)
     pool = records_for_model(pool, teacher_manifest)  # the student learns (and serves) from what the teacher read
     if counts["labelled"] == 0 and config.ce_weight > 0:
         logger.info("no pair has a human label: the student learns from the teacher alone (no CE term)")
     use_cpu = prepare_device(config)
-    identity = teacher_identity(config)
-    targets, cache_stats = teacher_targets(config, pool, scheme, identity, use_cpu, teacher_cache)
+    if config.teacher_labels:
+        targets, cache_stats = labels_from_file(config.teacher_labels, pool, scheme)
+        identity = {"labels_file": cache_stats["file"], "sha256": cache_stats["sha256"]}
+    else:
+        identity = teacher_identity(config)
+        targets, cache_stats = teacher_targets(config, pool, scheme, identity, use_cpu, teacher_cache)
     if cache_stats["skipped"]:  # pairs the teacher refused have no soft label: the student does not see them
         keep = ~np.isnan(targets).any(axis=1)
         pool, targets = [r for r, k in zip(pool, keep) if k], targets[keep]
@@ -401,7 +436,8 @@ def distill(config: DistillConfig, records: Sequence[Record], unlabeled: Sequenc
             raise DataError("the teacher refused every pair of the distillation pool")
     counts["teacher_skipped"] = cache_stats["skipped"]
     # The one place the teacher's label bias is applied: the cached scores are raw.
-    bias = label_bias_for(resolve_model(config.teacher), scheme) if config.teacher_calibration else None
+    bias = (label_bias_for(resolve_model(config.teacher), scheme)
+            if config.teacher_calibration and not config.teacher_labels else None)
     if bias is not None:
         targets = calibrated_probs(targets, bias)
 
@@ -438,6 +474,7 @@ __all__ = [
     "calibrated_probs",
     "candidate_pairs",
     "distill",
+    "labels_from_file",
     "pair_hash",
     "read_teacher_cache",
     "scores_path",
