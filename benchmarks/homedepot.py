@@ -30,8 +30,9 @@ from lref.io import atomic_write, write_json, write_jsonl
 if TYPE_CHECKING:
     from lref.pipeline import Pipeline
 
-NAMES = {"lexical": "lexical", "zero-shot": "zero_shot", "bert": "bert", "llm-base": "llm_base", "sft": "lref_select",
-         "cot-ee": "lref_ee", "cot-ra": "lref_ra", "cot-dr": "lref_dr", "dpo": "lref_dpo", "distill": "student"}
+NAMES = {"lexical": "lexical", "zero-shot": "zero_shot", "bert": "bert", "mpnet-base": "mpnet_base",
+         "llm-base": "llm_base", "sft": "lref_select", "cot-ee": "lref_ee", "cot-ra": "lref_ra", "cot-dr": "lref_dr",
+         "dpo": "lref_dpo", "distill": "student"}
 CHAIN = ("lref_select", "lref_ee", "lref_ra", "lref_dr", "lref_dpo")
 BLIND_SYSTEMS = ("lexical", "bert", "mpnet_base", "llm_base", "lref_dpo", "student", "student_hybrid")
 """The finished systems scored on the blind test set (those of a run that has them)."""

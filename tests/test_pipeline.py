@@ -209,6 +209,23 @@ def test_config_change_reruns_the_stage_and_everything_downstream(full_run, tmp_
     assert state["dpo"] == "unchanged," and state["distill"] == "running"
 
 
+def test_mpnet_base_is_a_second_encoder_baseline_skipped_when_not_installed(models, tmp_path, monkeypatch):
+    from lref.models import zoo
+
+    config = make_config(models, tmp_path / "run")
+    config["stages"] = {"mpnet-base": {}}
+    parsed = parse_config(config)
+    assert parsed.stages["mpnet-base"].model == "mpnet-base"  # its own default, not bert's minilm-l6
+    monkeypatch.setattr(zoo, "is_installed", lambda name: False)
+    lines = run(config, tmp_path)
+    assert any(line.startswith("[1/1] mpnet-base: skipped (mpnet-base is not installed (pip install") for line in lines)
+    assert json.loads((tmp_path / "run/stages/mpnet-base/manifest.json").read_text())["status"] == "skipped"
+    config["stages"] = {"mpnet-base": {"model": models["encoder"], "pairs": 24, "max_length": 64, **TRAIN}}
+    results = run_pipeline(parse_config(config), echo=lambda line: None)
+    assert [s["name"] for s in results["systems"]] == ["mpnet-base"]
+    assert results["systems"][0]["metrics"]["n"] == 40
+
+
 def test_distill_refuses_a_collapsed_teacher_unless_forced(full_run, tmp_path):
     run_dir, config, _, lines = full_run
     dpo = json.loads((run_dir / "stages/dpo/metrics_dpo.json").read_text())["collapse"]

@@ -19,8 +19,9 @@ from typing import Any
 DEMO_RECORD = "demo.json"
 """The demo's own record in its run dir: machine, precision, stage times, total."""
 SHORT_TITLES = {
-    "lexical": "lexical", "zero-shot": "zero-shot LLM", "bert": "BERT", "llm-base": "LLM SFT, all",
-    "sft": "+ selection", "cot-ee": "+ EE", "cot-ra": "+ RA", "cot-dr": "+ DR", "dpo": "+ DPO", "distill": "student",
+    "lexical": "lexical", "zero-shot": "zero-shot LLM", "bert": "BERT", "mpnet-base": "MPNet",
+    "llm-base": "LLM SFT, all", "sft": "+ selection", "cot-ee": "+ EE", "cot-ra": "+ RA", "cot-dr": "+ DR",
+    "dpo": "+ DPO", "distill": "student",
 }
 """System names short enough for the results table to fit an 80-column terminal."""
 

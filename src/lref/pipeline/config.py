@@ -19,7 +19,7 @@ from lref.data.records import DataError
 from lref.data.synthetic import SyntheticCatalogConfig
 from lref.labels import get_scheme
 
-STAGES = ("lexical", "zero-shot", "bert", "llm-base", "select", "sft", "cot", "dpo", "distill")
+STAGES = ("lexical", "zero-shot", "bert", "mpnet-base", "llm-base", "select", "sft", "cot", "dpo", "distill")
 CHAIN = ("sft", "cot", "dpo", "distill")
 CHAIN_STARTS = ("model", "llm-base")
 
@@ -150,7 +150,7 @@ def stage_class(name: str) -> type:
         return LexicalConfig
     if name == "zero-shot":
         return ZeroShotConfig
-    if name == "bert":
+    if name in ("bert", "mpnet-base"):
         from lref.training.cross_encoder import CrossEncoderConfig
 
         return CrossEncoderConfig
@@ -344,6 +344,8 @@ def parse_config(raw: dict[str, Any], source: str | Path | None = None) -> Pipel
             values.setdefault("seed", seed)
         if name == "llm-base":
             values.setdefault("model", model)
+        if name == "mpnet-base":
+            values.setdefault("model", "mpnet-base")
         owned = {"scheme": scheme, "output_dir": UNSET, "model": UNSET, "teacher": UNSET}
         stages[name] = build_config(cls, values, path, **{k: owned[k] for k in owned_fields(name) if k in owned})
     stages = {name: stages[name] for name in STAGES if name in stages}

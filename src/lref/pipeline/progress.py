@@ -45,6 +45,10 @@ def _epochs(config: Any, default: float = 1.0) -> float:
     return float(epochs) if isinstance(epochs, (int, float)) and epochs > 0 else default
 
 
+MPNET_SIZE = 109.5 / 22.7
+"""MPNet-base's cost against MiniLM-L6's, taken as the ratio of their parameter counts."""
+
+
 def stage_work(name: str, config: Any, n_train: int, n_scored: int) -> float:
     """Estimated work of stage `name` in LLM scorings: `n_train` its training pairs, `n_scored` the pairs each of its
     systems is scored on (held-out plus calibration)."""
@@ -53,9 +57,10 @@ def stage_work(name: str, config: Any, n_train: int, n_scored: int) -> float:
         return LEXICAL_PAIR * (n_train + n_scored)
     if name == "zero-shot":
         return float(n_scored)
-    if name in ("bert", "distill"):
+    if name in ("bert", "mpnet-base", "distill"):
         teacher = n_train if name == "distill" else 0  # distillation first labels its pairs with the LLM teacher
-        return teacher + ENCODER_EXAMPLE * n_train * epochs + ENCODER_SCORING * n_scored
+        size = MPNET_SIZE if name == "mpnet-base" else 1.0
+        return teacher + size * (ENCODER_EXAMPLE * n_train * epochs + ENCODER_SCORING * n_scored)
     if name in ("llm-base", "sft"):
         return LLM_TRAIN_EXAMPLE * n_train * epochs + n_scored
     if name == "select":

@@ -55,11 +55,16 @@ def _run_zero_shot(ctx: StageContext) -> dict[str, Any]:
     return {"outputs": {"model": name}, "systems": {"zero-shot": {"kind": "llm", "ref": name}}}
 
 
-def _run_bert(ctx: StageContext) -> dict[str, Any]:
+def _run_encoder_baseline(ctx: StageContext) -> dict[str, Any]:
+    """`bert` and `mpnet-base`: a cross-encoder fine-tuned on the human labels; skipped when its zoo model is an
+    optional one that is not installed."""
     from lref.training.cross_encoder import train_cross_encoder
 
+    name = ctx.config.model
+    if name in zoo.MODELS and not zoo.is_installed(name):
+        return {"skipped": f"{name} is not installed ({zoo.install_command(name)}; or `make models`)"}
     folder = train_cross_encoder(ctx.config, ctx.records)
-    return {"outputs": {"model": str(folder)}, "systems": {"bert": {"kind": "encoder", "ref": str(folder)}}}
+    return {"outputs": {"model": str(folder)}, "systems": {ctx.name: {"kind": "encoder", "ref": str(folder)}}}
 
 
 def _run_sft(ctx: StageContext) -> dict[str, Any]:
@@ -126,11 +131,13 @@ def _run_distill(ctx: StageContext) -> dict[str, Any]:
 
 
 RUNNERS: dict[str, Callable[[StageContext], dict[str, Any]]] = {
-    "lexical": _run_lexical, "zero-shot": _run_zero_shot, "bert": _run_bert, "llm-base": _run_sft,
+    "lexical": _run_lexical, "zero-shot": _run_zero_shot, "bert": _run_encoder_baseline,
+    "mpnet-base": _run_encoder_baseline, "llm-base": _run_sft,
     "select": _run_select, "sft": _run_sft, "cot": _run_cot, "dpo": _run_dpo, "distill": _run_distill,
 }
 SYSTEM_TITLES = {
     "lexical": "lexical (features + GBDT)", "zero-shot": "zero-shot LLM", "bert": "BERT cross-encoder",
+    "mpnet-base": "MPNet cross-encoder (110M)",
     "llm-base": "LLM SFT, all data", "sft": "+ selection (SFT)", "cot-ee": "+ EE", "cot-ra": "+ RA", "cot-dr": "+ DR",
     "dpo": "+ DPO", "distill": "distilled student",
 }
