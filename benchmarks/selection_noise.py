@@ -2,7 +2,8 @@
 
 A synthetic catalog with `--noise` (default 15%) of its labels replaced (`meta["label_noise"]` marks them, the rule
 label is in `meta["true_label"]`) goes through `lref.stages.select.select` with the encoder backbone (real
-all-MiniLM-L6-v2 by default). Reported against the ground truth:
+all-MiniLM-L6-v2 by default) and `--ms-method` (default `supervisor`: this script audits the Mislabeled Supervisor;
+benchmarks/noise_audit.py sets it against cleanlab and random flags). Reported against the ground truth:
 
 * precision: share of the pairs MS drops (fail the MS condition) that are truly noisy; a random drop of the same
   size would score the noise rate;
@@ -40,7 +41,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--sample", type=int, default=1800, help="training sample of each selector (IM, CI, MS)")
     parser.add_argument("--confusion-slice", type=int, default=1000)
     parser.add_argument("--confusion-source", default="im_confusion", choices=["im_confusion", "neighbour"])
-    parser.add_argument("--backbone", default="encoder", choices=["encoder", "llm"])
+    parser.add_argument("--backbone", default="encoder", choices=["encoder", "llm", "lexical"])
+    parser.add_argument("--ms-method", default="supervisor", choices=["supervisor", "cleanlab"],
+                        help="SelectConfig.ms_method whose flags are audited (benchmarks/noise_audit.py compares both)")
     parser.add_argument("--model", default=None, help="selector base model (default: the backbone's default)")
     parser.add_argument("--epochs", type=float, default=1.0)
     parser.add_argument("--lr", type=float, default=None)
@@ -68,6 +71,7 @@ def main() -> None:
         im_sample=args.sample, ci_sample=args.sample, ms_sample=args.sample, confusion_slice=args.confusion_slice,
         confusion_source=args.confusion_source, folds=args.folds, epochs=args.epochs, learning_rate=args.lr,
         batch_size=args.batch_size, seed=args.seed, threads=args.threads, score_batch_size=64,
+        ms_method=args.ms_method,
     )
     started = time.perf_counter()
     try:
@@ -99,6 +103,7 @@ def main() -> None:
             "folds": args.folds,
             "epochs": args.epochs,
             "confusion_source": args.confusion_source,
+            "ms_method": args.ms_method,
             "confusion_map": report["confusion"].get("map"),
             "selector_pool_accuracy": report["selector_pool_accuracy"],
             "timings": report["timings"],

@@ -15,6 +15,7 @@ from lref.cli import app
 from lref.config import field_default
 from lref.data.synthetic import SyntheticCatalogConfig
 from lref.demo import DemoConfig
+from lref.judge import JudgeConfig
 from lref.models.generation import generate_predictions
 from lref.models.onnx import ExportConfig
 from lref.models.scorer import ScorerConfig
@@ -41,11 +42,13 @@ COMMANDS = [
     (("calibrate",), CalibrationConfig, set()),
     (("demo",), DemoConfig, set()),
     (("predict",), ScorerConfig, set()),
+    (("judge",), JudgeConfig, set()),
     # --noise 0.1: the command writes a benchmark-like file with noisy labels; the generator's own default is clean
     (("data", "synth"), SyntheticCatalogConfig, {"noise"}),
 ]
 FIELD_ALIASES = {
     ("predict",): {"threads": "num_threads"},
+    ("judge",): {"model": "models", "weight": "weights"},
     ("data", "synth"): {"pairs": "n_pairs", "noise": "label_noise", "queries": "n_queries", "products": "n_products",
                         "out": None},
 }

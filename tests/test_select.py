@@ -1,5 +1,6 @@
-"""Stage 1 data selection: bands, confusion, the rule, out-of-fold scoring, the funnel report, checkpoint reuse,
-bad input, both real backbones on tiny models, the cross-encoder module and `lref select`."""
+"""Stage 1 data selection: bands, confusion, the rule, out-of-fold scoring, the funnel report, the flagged pairs,
+the cleanlab method, checkpoint reuse, bad input, both real backbones on tiny models, the cross-encoder module and
+`lref select`."""
 
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ from lref.labels import get_scheme  # noqa: E402
 from lref.models.scorer import ScoreResult  # noqa: E402
 from lref.prompts import MATCH_HINT  # noqa: E402
 from lref.stages.select import (  # noqa: E402
+    FLAGGED_NAME,
     REPORT_NAME,
     SCORES_NAME,
     SELECTED_NAME,
@@ -32,6 +34,7 @@ from lref.stages.select import (  # noqa: E402
     apply_rule,
     balanced_sample,
     clean_mask,
+    confident_learning_flags,
     confusion_map,
     fill_to_fraction,
     floor_labels,
@@ -371,6 +374,98 @@ def test_teacher_hook_supplies_confusable_labels_and_is_checked(tmp_path, pool):
                teacher=lambda records, scheme: [r.label for r in records])
 
 
+# -- flagged pairs and the cleanlab method ----------------------------------------------------------------------------
+
+
+def test_confident_learning_flags_an_obviously_flipped_label():
+    """30 pairs whose out-of-sample model is sure of their label; one is relabelled against it: cleanlab flags that
+    pair alone, and nothing when no label is flipped."""
+    true = [E, P, I] * 10
+    probs = np.array([[0.9 if label == name else 0.05 for name in SCHEME.labels] for label in true])
+    given = list(true)
+    given[4] = I  # the model gives Partial 0.9, Irrelevant 0.05
+    assert np.flatnonzero(confident_learning_flags(given, probs, SCHEME)).tolist() == [4]
+    assert not confident_learning_flags(true, probs, SCHEME).any()
+    with pytest.raises(ValueError, match=r"expected \(30, 3\)"):
+        confident_learning_flags(given, probs[:, :2], SCHEME)
+
+
+def test_ms_method_is_validated_and_defaults_to_the_supervisor():
+    assert SelectConfig().ms_method == "supervisor"
+    with pytest.raises(ValueError, match="ms_method must be one of supervisor, cleanlab, not 'oracle'"):
+        SelectConfig(ms_method="oracle")
+
+
+def test_flagged_jsonl_holds_the_pairs_ms_flags_even_when_nothing_is_kept(tmp_path, pool):
+    """MS names each pair's neighbour of the true label; a pair whose human label is that neighbour fails
+    MS(x) ≠ L(x) and is flagged, in pool order, with its gold label and meta kept and MS's answer added."""
+    out = tmp_path / "select"
+    with pytest.raises(SelectionError, match="kept nothing"):
+        select(small_config(tmp_path), pool, backbone=FakeBackbone(truthful))
+    neighbour = ordinal_neighbour(SCHEME)
+    expected = [r for r in pool if r.label == neighbour[r.meta["true_label"]]]
+    flagged = load_records(out / FLAGGED_NAME)
+    assert expected and [r.id for r in flagged] == [r.id for r in expected]
+    for record, original in zip(flagged, expected):
+        assert (record.label, record.query, record.title) == (original.label, original.query, original.title)
+        assert record.meta == {**original.meta, "ms_label": original.label, "flagged_by": "mislabeled_supervisor"}
+    rows = [json.loads(line) for line in (out / SCORES_NAME).read_text().splitlines()]
+    assert [row["id"] for row in rows if not row["pass_ms"]] == [r.id for r in expected]
+    assert json.loads((out / REPORT_NAME).read_text())["flagged"] == len(expected)
+
+    # the 'agrees' reading flags the pairs whose label MS does not name; ms_label is MS's other answer
+    with pytest.raises(SelectionError):
+        select(small_config(tmp_path, ms_rule="agrees"), pool, backbone=FakeBackbone(truthful))
+    flagged = load_records(out / FLAGGED_NAME)
+    assert [r.id for r in flagged] == [r.id for r in pool if r.label != neighbour[r.meta["true_label"]]]
+    assert all(r.meta["ms_label"] == neighbour[r.meta["true_label"]] != r.label for r in flagged)
+
+    # MS off: the file is still written, empty, replacing the last run's
+    with pytest.raises(SelectionError):
+        select(small_config(tmp_path, use_ms=False), pool, backbone=FakeBackbone(truthful))
+    assert (out / FLAGGED_NAME).read_text() == "" and load_records(out / FLAGGED_NAME) == []
+
+
+def test_cleanlab_method_flags_the_flipped_labels_and_trains_no_ms(tmp_path, pool):
+    """IM answers the true label with confidence: confident learning on its out-of-fold probabilities flags
+    exactly the pairs whose human label was replaced, and no MS model is trained."""
+
+    def predict(role, record, trained):
+        return record.meta["true_label"] if role == "im" else record.label  # CI fits every human label
+
+    backbone = FakeBackbone(predict)
+    result = select(small_config(tmp_path, ms_method="cleanlab", use_im=False), pool, backbone=backbone)
+    noisy = [r for r in pool if r.label != r.meta["true_label"]]
+    assert noisy and [r.id for r in result.flagged] == [r.id for r in noisy]
+    assert all(r.meta["ms_label"] == r.meta["true_label"] and r.meta["flagged_by"] == "cleanlab"
+               for r in result.flagged)
+    assert [r.id for r in result.selected] == [r.id for r in pool if r.label == r.meta["true_label"]]
+    assert [r.id for r in load_records(tmp_path / "select" / FLAGGED_NAME)] == [r.id for r in noisy]
+    assert {d.parent.name for d in backbone.fits} == {"im", "ci"}  # IM trained for cleanlab alone, no MS
+    report = result.report
+    assert report["ms_method"] == "cleanlab" and report["conditions"]["ms"]["rule"] == "cleanlab keeps L(x)"
+    assert report["confusion"]["probs"] == "im" and report["confusion"]["out_of_sample"] is True
+    assert report["noise_audit"]["precision"] == 1.0 and report["noise_audit"]["recall"] == 1.0
+    assert result.probs["im"].shape == (len(pool), 3) and "ms" not in result.probs
+
+
+def test_pipeline_select_runner_copies_the_flagged_pairs(tmp_path, pool, monkeypatch):
+    import lref.stages.select as select_module
+    from lref.pipeline.runners import RUNNERS, StageContext
+
+    monkeypatch.setattr(select_module, "make_backbone", lambda config: FakeBackbone(truthful))
+    config = small_config(tmp_path, use_im=False)  # CI passes the clean pairs, MS flags those labelled its answer
+    stage_dir = tmp_path / "stage"
+    stage_dir.mkdir()
+    outputs = RUNNERS["select"](StageContext("select", config, None, stage_dir, pool, {}, False))["outputs"]
+    copied = load_records(outputs["flagged"])
+    assert Path(outputs["flagged"]) == stage_dir / FLAGGED_NAME and outputs["flagged_pairs"] == len(copied) > 0
+    assert copied == load_records(tmp_path / "select" / FLAGGED_NAME)
+    neighbour = ordinal_neighbour(SCHEME)
+    assert [r.id for r in copied] == [r.id for r in pool if r.label == neighbour[r.meta["true_label"]]]
+    assert load_records(outputs["records"]) == load_records(tmp_path / "select" / SELECTED_NAME)
+
+
 # -- real backbones on tiny models ------------------------------------------------------------------------------------
 
 
@@ -515,8 +610,11 @@ def test_cli_select(tmp_path, tiny_encoder, pool):
     assert set(report["conditions"]) == {"ci", "im"}
     taught = CliRunner().invoke(app, common + ["--confusion-source", "teacher"])
     assert taught.exit_code == 0 or isinstance(taught.exception, SelectionError)
-    confusion = json.loads((out / REPORT_NAME).read_text())["confusion"]
+    report = json.loads((out / REPORT_NAME).read_text())
+    confusion = report["confusion"]
     assert confusion["source"] == "teacher" and sum(confusion["teacher_pairs"].values()) == 120  # the MS sample
+    flagged = load_records(out / FLAGGED_NAME)  # written beside the report
+    assert len(flagged) == report["flagged"] and all(r.meta["flagged_by"] == "mislabeled_supervisor" for r in flagged)
 
     # --match-hints: the selectors read the hint line, and the selected pairs keep it for the SFT stage after them.
     hinted = CliRunner().invoke(app, common + ["--match-hints", "--min-fraction", "0.2"])

@@ -16,11 +16,12 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 import click
 import typer
 
+import lref.cli.judge  # noqa: F401  (registers `lref judge`)
 from lref.cli import data, models, run, scoring, serve, stages, train  # noqa: F401  (importing registers the commands)
 from lref.cli.common import app
 
-COMMAND_ORDER = ("predict", "merge", "calibrate", "eval", "select", "distill", "export", "cot", "cot-predict", "teach",
-                 "run", "report", "demo")
+COMMAND_ORDER = ("predict", "merge", "calibrate", "eval", "judge", "select", "distill", "export", "cot", "cot-predict",
+                 "teach", "run", "report", "demo")
 """The order `lref --help` lists the top-level commands in (the groups data, models, train and serve follow)."""
 app.registered_commands.sort(key=lambda command: COMMAND_ORDER.index(command.name))
 

@@ -97,8 +97,8 @@ def _distill_help(name: str) -> str:
 
 @app.command("distill")
 def distill_command(
-    teacher: str | None = typer.Option(None, "--teacher", "-t", help=_distill_help("teacher")),
-    teacher_labels: str | None = typer.Option(None, "--teacher-labels", help=_distill_help("teacher_labels")),
+    teacher: str = typer.Option("", "--teacher", "-t", help=_distill_help("teacher")),
+    teacher_labels: str = typer.Option("", "--teacher-labels", help=_distill_help("teacher_labels")),
     train: str | None = typer.Option(None, "--train", help="Labelled training pairs (a data file or dataset folder)."),
     unlabeled: str | None = typer.Option(None, "--unlabeled", help="Pairs without human labels (labels ignored)."),
     out: str = typer.Option(..., "--output-dir", "-o", help=_distill_help("output_dir")),
@@ -146,7 +146,7 @@ def distill_command(
     label_scheme = scheme_for_model(manifest, scheme, default=default_scheme(fmt))
     try:
         config = DistillConfig(
-            teacher=teacher or "", teacher_labels=teacher_labels or "", student=student, scheme=label_scheme.name,
+            teacher=teacher, teacher_labels=teacher_labels, student=student, scheme=label_scheme.name,
             output_dir=out, temperature=temperature,
             ce_weight=ce_weight, teacher_calibration=teacher_calibration, candidates_per_query=candidates_per_query,
             epochs=epochs, max_steps=max_steps, learning_rate=lr, batch_size=batch_size, max_length=max_length,

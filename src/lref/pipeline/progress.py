@@ -65,7 +65,8 @@ def stage_work(name: str, config: Any, n_train: int, n_scored: int) -> float:
         return LLM_TRAIN_EXAMPLE * n_train * epochs + n_scored
     if name == "select":
         backbone = getattr(config, "backbone", "llm")
-        samples = sum(getattr(config, f"{role}_sample", 0) or 0 for role in ("im", "ci", "ms"))
+        roles = ("im", "ci") if getattr(config, "ms_method", "supervisor") == "cleanlab" else ("im", "ci", "ms")
+        samples = sum(getattr(config, f"{role}_sample", 0) or 0 for role in roles)  # cleanlab trains no MS model
         if backbone == "lexical":
             return LEXICAL_PAIR * (samples + 3 * n_train)
         if backbone == "encoder":

@@ -75,18 +75,21 @@ def _run_sft(ctx: StageContext) -> dict[str, Any]:
 
 
 def _run_select(ctx: StageContext) -> dict[str, Any]:
-    from lref.stages.select import REPORT_NAME, select
+    from lref.stages.select import FLAGGED_NAME, REPORT_NAME, SELECTED_NAME, select
 
     teacher = None
-    if ctx.config.use_ms and ctx.config.confusion_source == "teacher":
+    if ctx.config.use_ms and ctx.config.ms_method == "supervisor" and ctx.config.confusion_source == "teacher":
         from lref.teachers.rules import RulesTeacher
 
         teacher = RulesTeacher().fit(ctx.records).confusable
     result = select(ctx.config, ctx.records, teacher=teacher)
-    selected = ctx.stage_dir / "selected.jsonl"
+    selected = ctx.stage_dir / SELECTED_NAME
     write_records(selected, result.selected)
+    flagged = ctx.stage_dir / FLAGGED_NAME
+    write_records(flagged, result.flagged)
     return {"outputs": {"records": str(selected), "report": str(Path(ctx.config.output_dir) / REPORT_NAME),
-                        "selected": len(result.selected)}, "systems": {}}
+                        "selected": len(result.selected), "flagged": str(flagged),
+                        "flagged_pairs": len(result.flagged)}, "systems": {}}
 
 
 def teacher_cache_root(ctx: StageContext) -> Path:

@@ -8,7 +8,12 @@ label L(x) is kept iff
     MS(x) ≠ L(x)    not a likely mislabel: a model trained to name each pair's *confusable* label does not name L(x)
 
 `ms_rule="agrees"` reads the last condition as MS(x) = L(x) (one review's reading of the paper); `use_im`,
-`use_ci`, `use_ms` turn conditions off for ablations.
+`use_ci`, `use_ms` turn conditions off for ablations. `ms_method` says how the last condition finds likely
+mislabels: "supervisor" (the default, the paper's method) trains MS as below; "cleanlab" replaces it by confident
+learning (`cleanlab.filter.find_label_issues`) on IM's out-of-fold pool probabilities, so the condition reads
+"cleanlab does not flag L(x)" and no MS model is trained. docs/selection.md's noise audit compares the two: cleanlab
+flags injected noise better over the whole pool, MS better among the pairs that pass CI and IM, where the condition
+acts, so MS stays the default.
 
 Samples
     IM: `im_sample` pairs drawn at random. CI: `ci_sample` pairs, a third from each of head, torso and tail queries
@@ -16,7 +21,8 @@ Samples
     head while the traffic of the busier queries before it is below `head_share` of the total, torso below
     `head_share + torso_share`, tail after: the synthetic catalog's rule). Head bands are often small in pairs (a
     few queries carry the traffic); `ci_oversample` then repeats a short band's pairs to keep the parts equal.
-    MS: `ms_sample` random pairs relabelled with their confusable label, from `confusion_source`:
+    MS (`ms_method="supervisor"`): `ms_sample` random pairs relabelled with their confusable label, from
+    `confusion_source`:
       * `im_confusion` (default): IM's confusion matrix on a held-out slice (`confusion_slice` random pairs outside
         IM's sample); each gold class maps to its most frequent wrong prediction, or to its ordinal neighbour when
         IM made no error on that class;
@@ -38,10 +44,11 @@ Checkpoints
     and settings (and resumed from its last checkpoint when interrupted); each role's pool scores are cached in
     `scores.npz` under a key of settings, training data and pool.
 
-Outputs in `output_dir`: `selected.jsonl` (the kept pairs, pool order), `selection_report.json` (the funnel),
-`selector_scores.jsonl` (per pair: label, band, each selector's prediction, which conditions pass, kept). If nothing
-is kept, the report is still written, no selected file is, and `SelectionError` names the condition that removed
-the last pairs.
+Outputs in `output_dir`: `selected.jsonl` (the kept pairs, pool order), `flagged.jsonl` (the pairs failing the MS
+condition, pool order, gold label unchanged, `meta["ms_label"]` and `meta["flagged_by"]` added; empty when MS is
+off), `selection_report.json` (the funnel), `selector_scores.jsonl` (per pair: label, band, each selector's
+prediction, which conditions pass, kept). If nothing is kept, the report and flagged pairs are still written, no
+selected file is, and `SelectionError` names the condition that removed the last pairs.
 
     >>> from lref.stages.select import SelectConfig
     >>> SelectConfig(output_dir="runs/select").confusion_source
@@ -81,11 +88,15 @@ logger = logging.getLogger(__name__)
 BACKBONES = ("llm", "encoder", "lexical")
 CONFUSION_SOURCES = ("im_confusion", "neighbour", "teacher")
 MS_RULES = ("differs", "agrees")
+MS_METHODS = ("supervisor", "cleanlab")
+FLAGGED_BY = {"supervisor": "mislabeled_supervisor", "cleanlab": "cleanlab"}
+"""ms_method -> the `meta["flagged_by"]` value of its flagged pairs."""
 BANDS = ("head", "torso", "tail")
 ROLES = ("im", "ci", "ms")
 REPORT_NAME = "selection_report.json"
 SELECTED_NAME = "selected.jsonl"
 SCORES_NAME = "selector_scores.jsonl"
+FLAGGED_NAME = "flagged.jsonl"
 
 ConfusionTeacher = Callable[[Sequence[Record], LabelScheme], list[str]]
 """teacher(records, scheme) -> for each record, the label its human label is most easily confused with."""
@@ -147,6 +158,13 @@ class SelectConfig:
         default="differs",
         metadata={"help": "'differs': keep MS(x) != L(x) (paper); 'agrees': keep MS(x) = L(x) (other reading)."},
     )
+    ms_method: str = field(
+        default="supervisor",
+        metadata={"help": "How likely mislabels are found: 'supervisor' (the paper's Mislabeled Supervisor model) or "
+                  "'cleanlab' (confident learning, cleanlab.filter.find_label_issues, on IM's out-of-fold pool "
+                  "probabilities; trains no MS model, so ms_sample, confusion_source and ms_rule do not apply). "
+                  "docs/selection.md's noise audit compares them."},
+    )
     folds: int = field(
         default=2,
         metadata={"help": "Out-of-fold scoring: K models per selector, model k trained on its sample minus fold k "
@@ -194,7 +212,8 @@ class SelectConfig:
     progress: bool = neutral_field(True, "Show progress bars.")
 
     def __post_init__(self) -> None:
-        for name, allowed in (("backbone", BACKBONES), ("confusion_source", CONFUSION_SOURCES), ("ms_rule", MS_RULES)):
+        for name, allowed in (("backbone", BACKBONES), ("confusion_source", CONFUSION_SOURCES), ("ms_rule", MS_RULES),
+                              ("ms_method", MS_METHODS)):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {', '.join(allowed)}, not {getattr(self, name)!r}")
         for name in ("im_sample", "ci_sample", "ms_sample", "confusion_slice", "folds", "batch_size",
@@ -232,6 +251,10 @@ class SelectionResult:
     kept: np.ndarray
     bands: list[str]
     output_dir: Path
+    flagged: list[Record] = field(default_factory=list)
+    """The pairs failing the MS condition (as written to flagged.jsonl)."""
+    probs: dict[str, np.ndarray] = field(default_factory=dict)
+    """role -> the selector's out-of-fold pool probabilities (N x labels, scheme order), for the selectors that ran."""
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -315,6 +338,21 @@ def apply_rule(
     for mask in passes.values():
         kept &= mask
     return passes, kept
+
+
+def confident_learning_flags(labels: Sequence[str], probs: np.ndarray, scheme: LabelScheme) -> np.ndarray:
+    """Boolean mask of the pairs whose gold label confident learning flags as an issue:
+    `cleanlab.filter.find_label_issues` (its default `prune_by_noise_rate`) on the labels and `probs` (N x labels,
+    scheme order). `probs` must be out of sample (a model that trained on a pair repeats its label), e.g. the
+    selectors' out-of-fold pool probabilities."""
+    from cleanlab.filter import find_label_issues  # lazy: importing cleanlab takes seconds
+
+    probs = np.asarray(probs, dtype=float)
+    if probs.shape != (len(labels), len(scheme)):
+        raise ValueError(f"probs has shape {probs.shape}, expected ({len(labels)}, {len(scheme)})")
+    given = np.array([scheme.index(label) for label in labels])
+    probs = probs / probs.sum(axis=1, keepdims=True)  # cleanlab wants rows that sum to 1 exactly
+    return np.asarray(find_label_issues(given, probs, n_jobs=1), dtype=bool)
 
 
 def clean_mask(passes: dict[str, np.ndarray], n: int) -> np.ndarray:
@@ -540,9 +578,12 @@ def _shares(values: Sequence[str], order: Sequence[str]) -> dict[str, dict[str, 
 
 
 CONDITION_TEXT = {"ci": "CI(x) = L(x)", "im": "IM(x) ≠ L(x)", "ms": "MS(x) ≠ L(x)"}
+CLEANLAB_TEXT = "cleanlab keeps L(x)"
 
 
-def _condition_text(name: str, ms_rule: str) -> str:
+def _condition_text(name: str, ms_rule: str, ms_method: str = "supervisor") -> str:
+    if name == "ms" and ms_method == "cleanlab":
+        return CLEANLAB_TEXT
     return "MS(x) = L(x)" if name == "ms" and ms_rule == "agrees" else CONDITION_TEXT[name]
 
 
@@ -554,11 +595,14 @@ def select(
     backbone=None,
 ) -> SelectionResult:
     """Run stage 1 on a labelled pool: train IM, CI and MS, score the pool out of fold, keep the pairs that pass
-    the enabled conditions, and write `selected.jsonl`, `selection_report.json` and `selector_scores.jsonl` to
-    `config.output_dir`. `backbone` overrides the one `config.backbone` names (any `SelectorBackbone`)."""
+    the enabled conditions, and write `selected.jsonl`, `flagged.jsonl`, `selection_report.json` and
+    `selector_scores.jsonl` to `config.output_dir`. `backbone` overrides the one `config.backbone` names (any
+    `SelectorBackbone`)."""
 
     scheme = get_scheme(config.scheme)
-    if config.use_ms and config.confusion_source == "teacher" and teacher is None:
+    supervisor = config.use_ms and config.ms_method == "supervisor"
+    use_cleanlab = config.use_ms and config.ms_method == "cleanlab"
+    if supervisor and config.confusion_source == "teacher" and teacher is None:
         raise SelectionError(
             "confusion source 'teacher' is not configured: pass a teacher (a callable records, scheme -> confusable "
             "labels, e.g. an OpenAI-compatible client) or choose confusion_source 'im_confusion' or 'neighbour'"
@@ -571,13 +615,13 @@ def select(
     n = len(pool)
     started_all = time.perf_counter()
 
-    need_im = config.use_im or (config.use_ms and config.confusion_source == "im_confusion")
+    need_im = config.use_im or use_cleanlab or (supervisor and config.confusion_source == "im_confusion")
     samples: dict[str, list[int]] = {}
     if need_im:
         samples["im"] = _sample(range(n), config.im_sample, _rng(config.seed, "im"), "IM sample", "the pool")
     if config.use_ci:
         samples["ci"] = balanced_sample(bands, config.ci_sample, _rng(config.seed, "ci"), config.ci_oversample)
-    if config.use_ms:
+    if supervisor:
         samples["ms"] = _sample(range(n), config.ms_sample, _rng(config.seed, "ms"), "MS sample", "the pool")
     for role, sample in samples.items():
         if len(set(sample)) < 2 * config.folds:
@@ -606,7 +650,7 @@ def select(
             predictions[role] = [scheme.labels[j] for j in probs[role].argmax(axis=1)]
 
     confusion: dict[str, Any] = {}
-    if config.use_ms:
+    if supervisor:
         ms_sample = samples["ms"]
         if config.confusion_source == "im_confusion":
             outside = sorted(set(range(n)) - set(samples["im"]))
@@ -648,8 +692,17 @@ def select(
         predictions["ms"] = [scheme.labels[j] for j in probs["ms"].argmax(axis=1)]
 
     passes, kept = apply_rule(
-        labels, predictions, use_im=config.use_im, use_ci=config.use_ci, use_ms=config.use_ms, ms_rule=config.ms_rule
+        labels, predictions, use_im=config.use_im, use_ci=config.use_ci, use_ms=supervisor, ms_rule=config.ms_rule
     )
+    ms_named = predictions.get("ms")
+    if use_cleanlab:
+        if config.folds == 1:
+            logger.warning("folds=1: IM scored its own training pairs, so cleanlab sees in-sample probabilities there")
+        passes["ms"] = ~confident_learning_flags(labels, probs["im"], scheme)
+        kept &= passes["ms"]
+        ms_named = predictions["im"]  # the label the out-of-sample model finds most probable
+        confusion = {"method": "cleanlab", "probs": "im", "filter_by": "prune_by_noise_rate",
+                     "out_of_sample": config.folds > 1, "flagged": int((~passes["ms"]).sum())}
     clean = clean_mask(passes, len(pool))
     added = floor_labels(labels, kept, config.label_floor, clean, probs.get("im"), scheme)
     kept |= added
@@ -670,6 +723,8 @@ def select(
     report["wall_time_s"] = round(time.perf_counter() - started_all, 2)
 
     write_json(output_dir / REPORT_NAME, report)
+    flagged = flagged_records(pool, passes, ms_named, config.ms_method)
+    write_records(output_dir / FLAGGED_NAME, flagged)
     write_jsonl(
         output_dir / SCORES_NAME,
         (
@@ -687,7 +742,17 @@ def select(
         selected_path.unlink(missing_ok=True)  # a stale file from an earlier run must not pass for this one
         raise EmptySelectionError(explain_empty(report) + f" (report: {output_dir / REPORT_NAME})")
     write_records(selected_path, selected)
-    return SelectionResult(selected, report, predictions, passes, kept, bands, output_dir)
+    return SelectionResult(selected, report, predictions, passes, kept, bands, output_dir, flagged, probs)
+
+
+def flagged_records(pool: Sequence[Record], passes: dict[str, np.ndarray], ms_named: Sequence[str] | None,
+                    ms_method: str) -> list[Record]:
+    """The pool pairs failing the MS condition, in pool order, gold label unchanged, with `meta["ms_label"]` (the
+    label MS, or for cleanlab the out-of-sample model, names) and `meta["flagged_by"]`; none when MS is off."""
+    if "ms" not in passes:
+        return []
+    return [replace(pool[i], meta={**pool[i].meta, "ms_label": ms_named[i], "flagged_by": FLAGGED_BY[ms_method]})
+            for i in np.flatnonzero(~passes["ms"])]
 
 
 def build_report(config, pool, labels, bands, band_source, samples, predictions, passes, kept, confusion, timings,
@@ -697,14 +762,15 @@ def build_report(config, pool, labels, bands, band_source, samples, predictions,
     kept_idx = [i for i in range(n) if kept[i]]
     conditions = {}
     for name, mask in passes.items():
-        conditions[name] = {"rule": _condition_text(name, config.ms_rule), "passed": int(mask.sum()),
+        conditions[name] = {"rule": _condition_text(name, config.ms_rule, config.ms_method), "passed": int(mask.sum()),
                             "share": round(float(mask.mean()), 4)}
     funnel = [{"step": "pool", "remaining": n}]
     running = np.ones(n, dtype=bool)
     for name in ("ci", "im", "ms"):
         if name in passes:
             running &= passes[name]
-            funnel.append({"step": f"+ {_condition_text(name, config.ms_rule)}", "remaining": int(running.sum())})
+            funnel.append({"step": f"+ {_condition_text(name, config.ms_rule, config.ms_method)}",
+                           "remaining": int(running.sum())})
     accuracy = {role: round(float(np.mean(np.asarray(pred, dtype=object) == np.asarray(labels, dtype=object))), 4)
                 for role, pred in predictions.items() if role != "ms"}
     rng = _rng(config.seed, "examples")
@@ -726,7 +792,8 @@ def build_report(config, pool, labels, bands, band_source, samples, predictions,
         "pool_size": n,
         "selected": len(kept_idx),
         "selected_fraction": round(len(kept_idx) / n, 4),
-        "rule": " ∧ ".join(_condition_text(name, config.ms_rule) for name in ("ci", "im", "ms") if name in passes),
+        "rule": " ∧ ".join(_condition_text(name, config.ms_rule, config.ms_method) for name in ("ci", "im", "ms")
+                          if name in passes),
         "conditions": conditions,
         "funnel": funnel,
         "label_distribution": {"pool": _shares(labels, scheme.labels),
@@ -744,6 +811,8 @@ def build_report(config, pool, labels, bands, band_source, samples, predictions,
                                     "selected": selected_summary and selected_summary["rater_disagreement_rate"]},
         "label_noise_rate": {"pool": pool_summary["label_noise_rate"],
                              "selected": selected_summary and selected_summary["label_noise_rate"]},
+        "ms_method": config.ms_method if config.use_ms else None,
+        "flagged": int((~passes["ms"]).sum()) if "ms" in passes else 0,
         "config": asdict(config),
         "backbone": config.backbone,
         "model": config.model_name,
@@ -805,19 +874,23 @@ def funnel_table(report: dict[str, Any]):
     if "noise_audit" in report:
         audit = report["noise_audit"]
         fmt = lambda v: "–" if v is None else f"{v:.3f}"  # noqa: E731
-        table.add_row("MS noise precision / recall", "", f"{fmt(audit['precision'])} / {fmt(audit['recall'])}")
+        finder = "cleanlab" if report.get("ms_method") == "cleanlab" else "MS"
+        table.add_row(f"{finder} noise precision / recall", "", f"{fmt(audit['precision'])} / {fmt(audit['recall'])}")
     return table
 
 
 __all__ = [
     "ConfusionTeacher",
     "EmptySelectionError",
+    "FLAGGED_NAME",
     "SelectConfig",
     "SelectionError",
     "SelectionResult",
     "apply_rule",
     "balanced_sample",
     "confusion_map",
+    "confident_learning_flags",
+    "flagged_records",
     "floor_labels",
     "funnel_table",
     "make_backbone",
