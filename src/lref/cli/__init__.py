@@ -17,6 +17,7 @@ import click
 import typer
 
 import lref.cli.judge  # noqa: F401  (registers `lref judge`)
+import lref.cli.review  # noqa: F401  (registers `lref review`)
 from lref.cli import data, models, run, scoring, serve, stages, train  # noqa: F401  (importing registers the commands)
 from lref.cli.common import app
 

@@ -16,13 +16,23 @@ def run_command(
         None, "--only", help="Run only these stages (repeatable or comma-separated)."
     ),
     run_dir: str | None = typer.Option(None, "--run-dir", help="Run directory (default: the config's run_dir)."),
+    corrections: str | None = typer.Option(
+        None, "--corrections", help="Label corrections (`lref review import`); replaces the config's data.corrections."
+    ),
 ) -> None:
     """Run baselines and the LREF chain from one YAML config into a resumable run directory."""
-    from lref.pipeline import ConfigError, run_pipeline
+    from pathlib import Path
+
+    from lref.pipeline import ConfigError, load_config, run_pipeline
 
     stages = [name.strip() for item in only or [] for name in item.split(",") if name.strip()]
     try:
-        results = run_pipeline(config, run_dir=run_dir, from_stage=from_stage, only=stages or None, echo=typer.echo)
+        loaded = load_config(config)
+        if corrections:
+            if not Path(corrections).is_file():
+                raise ConfigError(f"--corrections: no such file: {corrections}")
+            loaded.data.corrections = str(Path(corrections).resolve())
+        results = run_pipeline(loaded, run_dir=run_dir, from_stage=from_stage, only=stages or None, echo=typer.echo)
     except ConfigError as error:
         typer.secho(f"error: {error}", err=True, fg=typer.colors.RED)
         raise SystemExit(2) from None

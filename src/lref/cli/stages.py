@@ -6,6 +6,7 @@ from __future__ import annotations
 import typer
 
 from lref.cli.common import FORMAT_HELP, MATCH_HINTS_HELP, OPTION_HELP, SCHEME_HELP, app, read_pairs
+from lref.cli.review import CORRECTIONS_HELP, corrected
 from lref.config import field_help
 
 
@@ -32,6 +33,7 @@ def select_command(
     confusion_source: str = typer.Option("im_confusion", "--confusion-source", help=_select_help("confusion_source")),
     confusion_slice: int = typer.Option(1000, "--confusion-slice", min=1, help=_select_help("confusion_slice")),
     ms_rule: str = typer.Option("differs", "--ms-rule", help=_select_help("ms_rule")),
+    ms_method: str = typer.Option("supervisor", "--ms-method", help=_select_help("ms_method")),
     use_im: bool = typer.Option(True, "--im/--no-im", help=_select_help("use_im")),
     use_ci: bool = typer.Option(True, "--ci/--no-ci", help=_select_help("use_ci")),
     use_ms: bool = typer.Option(True, "--ms/--no-ms", help=_select_help("use_ms")),
@@ -51,12 +53,14 @@ def select_command(
     threads: int | None = typer.Option(None, "--threads", min=1, help=_select_help("threads")),
     match_hints: bool = typer.Option(False, "--match-hints", help=MATCH_HINTS_HELP),
     option: list[str] | None = typer.Option(None, "--option", help=OPTION_HELP),
+    corrections: str | None = typer.Option(None, "--corrections", help=CORRECTIONS_HELP),
 ) -> None:
     """Stage 1: keep the pairs that are learnable (CI), not easy (IM) and not likely mislabelled (MS)."""
     from rich.console import Console
 
     from lref.data import default_scheme
     from lref.stages.select import (
+        FLAGGED_NAME,
         REPORT_NAME,
         SELECTED_NAME,
         SelectConfig,
@@ -70,6 +74,7 @@ def select_command(
             output_dir=out_dir, scheme=scheme_name, backbone=backbone, model=model, im_sample=im_sample,
             ci_sample=ci_sample, ci_oversample=ci_oversample, ms_sample=ms_sample, confusion_source=confusion_source,
             confusion_slice=confusion_slice, use_im=use_im, use_ci=use_ci, use_ms=use_ms, ms_rule=ms_rule,
+            ms_method=ms_method,
             label_floor=label_floor, min_fraction=min_fraction, folds=folds, ensemble_rest=ensemble_rest,
             head_share=head_share, torso_share=torso_share, epochs=epochs, max_steps=max_steps, learning_rate=lr,
             batch_size=batch_size, max_length=max_length, score_batch_size=score_batch_size, seed=seed,
@@ -77,16 +82,17 @@ def select_command(
         )
     except ValueError as error:
         raise typer.BadParameter(str(error)) from None
-    records = read_pairs(pool, fmt, scheme_name, None, option, match_hints)
+    [records] = corrected(corrections, [read_pairs(pool, fmt, scheme_name, None, option, match_hints)], scheme_name)
     teacher = None
-    if confusion_source == "teacher":  # the offline rules teacher; other teachers are reachable from Python
+    if confusion_source == "teacher" and ms_method == "supervisor":  # the offline rules teacher; others via Python
         from lref.teachers.rules import RulesTeacher
 
         teacher = RulesTeacher().fit(records).confusable
     result = select(config, records, teacher=teacher)
     console = Console()
     console.print(funnel_table(result.report))
-    console.print(f"selected pairs: {result.output_dir / SELECTED_NAME}; report: {result.output_dir / REPORT_NAME}")
+    console.print(f"selected pairs: {result.output_dir / SELECTED_NAME}; report: {result.output_dir / REPORT_NAME}; "
+                  f"pairs flagged as likely mislabelled ({len(result.flagged)}): {result.output_dir / FLAGGED_NAME}")
 
 
 def _distill_help(name: str) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from lref.cli.common import FORMAT_HELP, MATCH_HINTS_HELP, OPTION_HELP, SCHEME_HELP, read_pairs, train_app
+from lref.cli.review import CORRECTIONS_HELP, corrected
 from lref.config import field_help
 
 
@@ -39,6 +40,7 @@ def train_sft_command(
     resume: bool = typer.Option(False, "--resume", help=_sft_help("resume")),
     match_hints: bool = typer.Option(False, "--match-hints", help=MATCH_HINTS_HELP),
     option: list[str] | None = typer.Option(None, "--option", help=OPTION_HELP),
+    corrections: str | None = typer.Option(None, "--corrections", help=CORRECTIONS_HELP),
 ) -> None:
     """LoRA SFT on the direct prompt; writes the adapter, tokenizer and lref_manifest.json to --out."""
     from lref.data import default_scheme
@@ -56,6 +58,9 @@ def train_sft_command(
         raise typer.BadParameter(str(error)) from None
     train_records = read_pairs(train, fmt, scheme_name, None, option, match_hints)
     eval_records = read_pairs(eval_path, fmt, scheme_name, None, option, match_hints) if eval_path else None
+    train_records, *rest = corrected(corrections, [train_records, *([eval_records] if eval_records else [])],
+                                     scheme_name)
+    eval_records = rest[0] if rest else None
     folder = train_sft(config, train_records, eval_records)
     typer.echo(str(folder))
 

@@ -70,6 +70,12 @@ class DataConfig:
                   "pair (`lref.data.hints.match_hint`), for every system but lexical; the models record it and "
                   "`lref predict` / `lref serve student` add it too."},
     )
+    corrections: str | None = field(
+        default=None,
+        metadata={"help": "Label corrections from human review (`lref review import`; path relative to the config "
+                  "file): each listed id's gold label is replaced before anything reads the pairs; an id not in the "
+                  "data is an error. Its sha256 enters the data fingerprints (docs/review.md)."},
+    )
 
     def __post_init__(self) -> None:
         if self.format != "synthetic" and not self.train:
@@ -139,6 +145,10 @@ class PipelineConfig:
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Stage settings: which dataclass, which fields the pipeline owns
+
+
+STAGE_DEFAULTS = {"stages.mpnet-base": {"model": "mpnet-base"}}
+"""Defaults a stage has that differ from its config class's (mpnet-base shares bert's CrossEncoderConfig)."""
 
 
 def stage_class(name: str) -> type:
@@ -283,7 +293,7 @@ def parse_config(raw: dict[str, Any], source: str | Path | None = None) -> Pipel
     if not isinstance(data_raw, dict):
         raise ConfigError("data: expected a mapping with at least `train` (or format: synthetic)")
     data = build_config(DataConfig, data_raw, "data")
-    for key in ("train", "eval"):
+    for key in ("train", "eval", "corrections"):
         value = getattr(data, key)
         if value is not None and not Path(value).is_absolute():
             setattr(data, key, str((base / value).resolve()))
@@ -297,6 +307,8 @@ def parse_config(raw: dict[str, Any], source: str | Path | None = None) -> Pipel
         value = getattr(data, key)
         if value is not None and data.format != "synthetic" and not Path(value).exists():
             raise ConfigError(f"data.{key}: no such file or folder: {value}")
+    if data.corrections is not None and not Path(data.corrections).is_file():
+        raise ConfigError(f"data.corrections: no such file: {data.corrections}")
     eval_raw = raw.get("eval") or {}
     if not isinstance(eval_raw, dict):
         raise ConfigError("eval: expected a mapping")
@@ -344,8 +356,8 @@ def parse_config(raw: dict[str, Any], source: str | Path | None = None) -> Pipel
             values.setdefault("seed", seed)
         if name == "llm-base":
             values.setdefault("model", model)
-        if name == "mpnet-base":
-            values.setdefault("model", "mpnet-base")
+        for key, value in STAGE_DEFAULTS.get(path, {}).items():
+            values.setdefault(key, value)
         owned = {"scheme": scheme, "output_dir": UNSET, "model": UNSET, "teacher": UNSET}
         stages[name] = build_config(cls, values, path, **{k: owned[k] for k in owned_fields(name) if k in owned})
     stages = {name: stages[name] for name in STAGES if name in stages}
@@ -428,7 +440,7 @@ def config_reference() -> str:
             if f.name in owned:
                 continue
             try:
-                default = json.dumps(field_default(cls, f.name))
+                default = json.dumps(STAGE_DEFAULTS.get(title, {}).get(f.name, field_default(cls, f.name)))
             except KeyError:
                 default = "(required)"
             text = f.metadata.get("help", "").replace("|", "\\|")

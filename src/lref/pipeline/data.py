@@ -7,10 +7,12 @@ import random
 from dataclasses import dataclass, field
 
 from lref.data import load_records, split_by_query
+from lref.data.corrections import CorrectionSummary, load_and_apply
 from lref.data.hints import with_match_hints
 from lref.data.records import DataError, Record
 from lref.data.synthetic import SyntheticCatalogConfig, generate_catalog
 from lref.fingerprint import data_hash, sha256_json
+from lref.labels import get_scheme
 from lref.pipeline.config import PipelineConfig, scheme_name
 
 
@@ -25,6 +27,8 @@ class RunData:
     eval_hash: str
     calibration: list[Record] = field(default_factory=list)
     calibration_hash: str | None = None
+    corrections: CorrectionSummary | None = None
+    """The `data.corrections` file applied (path, sha256, rows, labels changed), or None."""
 
 
 def sample(records: list[Record], n: int | None, seed: int, tag: str) -> list[Record]:
@@ -46,7 +50,14 @@ def load_data(config: PipelineConfig) -> RunData:
         train = load_records(data.train, data.format, scheme=scheme, **data.options)
     if data.eval:
         held_out = load_records(data.eval, data.format, scheme=scheme, **data.options)
-    else:
+    corrections = None
+    if data.corrections:  # before the split and the samples, so they see the corrected labels
+        parts, corrections = load_and_apply(data.corrections, [train, held_out] if data.eval else [train],
+                                            get_scheme(scheme))
+        train = parts[0]
+        if data.eval:
+            held_out = parts[1]
+    if not data.eval:
         split = split_by_query(train, {"train": 1 - data.eval_fraction, "eval": data.eval_fraction}, seed=config.seed)
         train, held_out = split["train"], split["eval"]
     calibration: list[Record] = []
@@ -73,10 +84,12 @@ def load_data(config: PipelineConfig) -> RunData:
 
     def digest(records: list[Record]) -> str:
         # The hint changes every input text, so it changes every downstream fingerprint; off, hashes stay as before.
-        return sha256_json([data_hash(records), "match-hints"]) if data.match_hints else data_hash(records)
+        value = sha256_json([data_hash(records), "match-hints"]) if data.match_hints else data_hash(records)
+        # A changed corrections file re-runs everything downstream, even where no label it touches was sampled.
+        return sha256_json([value, {"corrections": corrections.sha256}]) if corrections else value
 
     return RunData(train, held_out, scheme, digest(train), digest(held_out), calibration,
-                   digest(calibration) if calibration else None)
+                   digest(calibration) if calibration else None, corrections)
 
 
 def hold_out_calibration(train: list[Record], n: int, seed: int) -> tuple[list[Record], list[Record]]:

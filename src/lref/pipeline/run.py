@@ -128,7 +128,9 @@ class Pipeline:
                         data.scheme)
             self.echo(f"data: {len(data.train)} training pairs, {len(data.eval)} held-out pairs"
                       + (f", {len(data.calibration)} calibration pairs" if data.calibration else "")
-                      + f" ({data.scheme})")
+                      + f" ({data.scheme})"
+                      + (f"; {data.corrections.changed} labels corrected by {Path(data.corrections.path).name}"
+                         if data.corrections else ""))
             done: dict[str, dict[str, Any]] = {}
             self.clock = RunClock(self.expected_work(selected, data))
             for index, name in enumerate(names, start=1):
@@ -169,6 +171,8 @@ class Pipeline:
         """The stage's training records, the upstream outputs it starts from, and the hashes of its inputs."""
         upstream: dict[str, Any] = {}
         inputs: dict[str, Any] = {"train": data.train_hash}
+        if data.corrections:  # recorded (count, sha256, labels changed); the path stays out of the fingerprint
+            inputs["corrections"] = {k: v for k, v in data.corrections.to_dict().items() if k != "path"}
         records = data.train
         if name in CHAIN:
             before = [n for n in CHAIN[: CHAIN.index(name)] if n in self.config.stages]
