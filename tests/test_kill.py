@@ -107,9 +107,11 @@ def make_config(models: dict[str, str], run_dir: Path) -> dict:
             "sft": {"pairs": 24, "max_length": 256, **TRAIN},
             "cot": {"stages": ["ee", "dr"], "ee_samples": 4, "dr_samples": 4, "max_length": 1024, **TRAIN},
             "dpo": {"pairs": 24, "min_pairs": 1, "top_k": 3, "max_length": 256, "scorer_batch_size": 8, **TRAIN},
-            # one pair per teacher batch: the teacher labels in chunks of 8, appended one chunk at a time
+            # one pair per teacher batch: the teacher labels in chunks of 8, appended one chunk at a time; the tiny
+            # random teacher is collapsed (lref.collapse), so distilling from it has to be forced
             "distill": {"student": models["encoder"], "pairs": 24, "max_length": 64, "max_steps": 2, "batch_size": 8,
-                        "save_steps": 1, "teacher_batch_size": 1, "progress": False, "threads": 1},
+                        "save_steps": 1, "teacher_batch_size": 1, "progress": False, "threads": 1,
+                        "allow_collapsed_teacher": True},
         },
     }
 
