@@ -34,3 +34,19 @@ def wait_until_up(process, url: str, timeout: float = 90) -> None:
             pass
         assert time.time() < deadline, f"{url} did not come up within {timeout} s"
         time.sleep(0.2)
+
+
+def other_label(label: str) -> str:
+    """A graded3 label that is not `label`: what a reviewer's correction changes it to in the review tests."""
+    return "Irrelevant" if label != "Irrelevant" else "Exact"
+
+
+def write_train_eval(tmp_path, n_pairs: int, seed: int, n_train: int) -> list:
+    """A synthetic catalog written as tmp_path/train.jsonl (the first n_train pairs) and eval.jsonl (the rest)."""
+    from lref.data import write_records
+    from lref.data.synthetic import SyntheticCatalogConfig, generate_catalog
+
+    catalog = generate_catalog(SyntheticCatalogConfig(n_pairs=n_pairs, seed=seed))
+    write_records(tmp_path / "train.jsonl", catalog[:n_train])
+    write_records(tmp_path / "eval.jsonl", catalog[n_train:])
+    return catalog

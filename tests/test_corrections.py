@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 import yaml
-from helpers import run_lref
+from helpers import other_label, run_lref, write_train_eval
 
-from lref.data import Record, load_records, write_records
+from lref.data import Record, load_records
 from lref.data.corrections import (
     CORRECTED_FROM,
     Correction,
@@ -20,7 +20,6 @@ from lref.data.corrections import (
     write_corrections,
 )
 from lref.data.records import DataError
-from lref.data.synthetic import SyntheticCatalogConfig, generate_catalog
 from lref.fingerprint import data_hash
 from lref.labels import get_scheme
 from lref.pipeline import ConfigError, load_data, parse_config
@@ -100,14 +99,8 @@ def test_load_and_apply_spans_several_record_lists(tmp_path):
 # ------------------------------------------------------------------------------------------- pipeline and CLI
 @pytest.fixture
 def pool(tmp_path):
-    catalog = generate_catalog(SyntheticCatalogConfig(n_pairs=200, seed=3))
-    write_records(tmp_path / "train.jsonl", catalog[:150])
-    write_records(tmp_path / "eval.jsonl", catalog[150:])
-    return catalog
+    return write_train_eval(tmp_path, 200, 3, 150)
 
-
-def other_label(label: str) -> str:
-    return "Irrelevant" if label != "Irrelevant" else "Exact"
 
 
 def pipeline_config(tmp_path, **data) -> dict:

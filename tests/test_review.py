@@ -13,12 +13,11 @@ from pathlib import Path
 
 import httpx
 import pytest
-from helpers import run_lref
+from helpers import other_label, run_lref, write_train_eval
 
 from lref.data import Record, write_records
 from lref.data.hints import match_hint
 from lref.data.records import DataError
-from lref.data.synthetic import SyntheticCatalogConfig, generate_catalog
 from lref.labels import get_scheme
 from lref.pipeline import load_data, parse_config
 from lref.review import LabelStudioClient, corrections_from_export, import_review, label_config
@@ -28,16 +27,10 @@ REVIEW_VENV = ROOT / ".review-venv"
 TEMPLATE = REVIEW_VENV / "lref-template" / "label_studio.sqlite3"
 
 
-def other_label(label: str) -> str:
-    return "Irrelevant" if label != "Irrelevant" else "Exact"
-
 
 @pytest.fixture
 def pool(tmp_path):
-    catalog = generate_catalog(SyntheticCatalogConfig(n_pairs=60, seed=1))
-    write_records(tmp_path / "train.jsonl", catalog[:45])
-    write_records(tmp_path / "eval.jsonl", catalog[45:])
-    return catalog
+    return write_train_eval(tmp_path, 60, 1, 45)
 
 
 def write_flagged(path: Path, records: list[Record]) -> Path:

@@ -52,8 +52,9 @@ from lref.data.corrections import (
     write_corrections,
 )
 from lref.data.hints import MATCH_HINT, match_hint
+from lref.data.readers import read_jsonl_rows
 from lref.data.records import DataError, Record
-from lref.io import atomic_write, read_jsonl_lines, write_json
+from lref.io import atomic_write, write_json
 from lref.labels import PRESETS, LabelError, LabelScheme, get_scheme
 from lref.net import is_loopback_host
 from lref.predictions import read_predictions
@@ -204,16 +205,7 @@ def scheme_of_labels(labels: Sequence[str]) -> LabelScheme | None:
 def read_rows(path: str) -> list[tuple[int, dict[str, Any]]]:
     if not Path(path).is_file():
         raise FileNotFoundError(f"no such file: {path}")
-    rows = []
-    for row, line in read_jsonl_lines(path):
-        try:
-            item = json.loads(line)
-        except ValueError as error:
-            raise DataError(f"invalid JSON: {error}", path=path, row=row) from None
-        if not isinstance(item, dict):
-            raise DataError("expected a JSON object", path=path, row=row)
-        rows.append((row, item))
-    return rows
+    return read_jsonl_rows(path)
 
 
 def detect_kind(path: str) -> str:

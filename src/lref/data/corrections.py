@@ -26,7 +26,6 @@ Merging
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -34,8 +33,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from lref.data.readers import read_jsonl_rows
 from lref.data.records import DataError, Record
-from lref.io import read_jsonl_lines, write_jsonl
+from lref.io import write_jsonl
 from lref.labels import LabelError, LabelScheme
 
 CORRECTED_FROM = "corrected_from"
@@ -97,17 +97,7 @@ def read_corrections(path: str | os.PathLike, scheme: LabelScheme | None = None)
         raise FileNotFoundError(f"no such corrections file: {path}")
     corrections: list[Correction] = []
     seen: dict[str, int] = {}
-    try:
-        lines = read_jsonl_lines(path)
-    except UnicodeDecodeError as error:
-        raise DataError(f"not valid UTF-8 ({error.reason} at byte {error.start})", path=path) from None
-    for row, line in lines:
-        try:
-            item = json.loads(line)
-        except ValueError as error:
-            raise DataError(f"invalid JSON: {error}", path=path, row=row) from None
-        if not isinstance(item, dict):
-            raise DataError("expected a JSON object", path=path, row=row)
+    for row, item in read_jsonl_rows(path):
         for key in ("id", "new_label"):
             if not isinstance(item.get(key), str) or not item[key].strip():
                 raise DataError("missing, empty or not a string", path=path, row=row, column=key)
