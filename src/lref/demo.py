@@ -80,8 +80,8 @@ def closing_notes(results: dict[str, Any], run_dir: str | Path) -> list[str]:
         "  lref data inspect pairs.csv          columns, labels, majority floor",
         "  cp configs/homedepot.yaml my.yaml    then point data.train, data.eval at yours",
         "  lref run my.yaml                     every baseline and the chain, resumable",
-        f"  lref predict -m {run_dir}/stages/dpo/model -d new.csv -o labels.jsonl",
-        "                                       label pairs no human has judged",
+        f"  lref judge -m {run_dir}/stages/dpo/model -d new.csv -o labels.jsonl --budget 50",
+        "                                       label pairs no human has judged; the 50 to review",
         f"  lref export {run_dir}/stages/distill/model -o student",
         "  lref serve student student           the distilled student over HTTP",
     ]
