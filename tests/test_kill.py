@@ -16,6 +16,7 @@ import json
 import os
 import random
 import signal
+import threading
 import time
 import traceback
 from collections import Counter
@@ -23,6 +24,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import tqdm.std
 
 torch = pytest.importorskip("torch")
 
@@ -61,6 +63,9 @@ def in_child(work: Callable[[], None], kill_when: Callable[[], bool] | None = No
     if pid == 0:  # the child: never returns into pytest
         code = 0
         try:
+            # tqdm's default lock is a multiprocessing semaphore shared with this test process: a child killed while
+            # holding it would leave every later progress bar of the test process waiting forever
+            tqdm.std.tqdm.set_lock(threading.RLock())
             torch.set_num_threads(1)
             work()
         except BaseException:
@@ -82,6 +87,26 @@ def in_child(work: Callable[[], None], kill_when: Callable[[], bool] | None = No
     os.kill(pid, signal.SIGKILL)
     os.waitpid(pid, 0)
     raise AssertionError(f"the run did not finish within {timeout} s")
+
+
+def test_a_child_killed_inside_a_progress_bar_leaves_the_test_process_free_to_draw_bars():
+    import io
+
+    tqdm.std.tqdm.get_lock()  # the test process's lock exists before the fork, as it does after any earlier bar
+
+    def hold_the_lock() -> None:
+        tqdm.std.tqdm.get_lock().acquire()
+        time.sleep(60)
+
+    assert in_child(hold_the_lock, kill_when=lambda: True, delay=1.0) == "killed"
+    drawn = threading.Event()
+
+    def draw() -> None:
+        list(tqdm.std.tqdm(range(3), file=io.StringIO()))
+        drawn.set()
+
+    threading.Thread(target=draw, daemon=True).start()
+    assert drawn.wait(10), "a progress bar of the test process waited on the lock the killed child held"
 
 
 def make_models(root: Path) -> dict[str, str]:
