@@ -9,6 +9,7 @@ import subprocess
 import pytest
 from helpers import run_lref
 
+from lref.collapse import check_collapse
 from lref.data.records import Record
 from lref.metrics import evaluate
 from lref.predictions import Prediction
@@ -40,8 +41,11 @@ def run_dir(tmp_path):
     dpo = fake_system("dpo", "+ DPO", gold, 0.7, 2)
     dpo["metrics"]["calibration"] = {"bias": {"Exact": 0.0, "Partial": -0.3, "Irrelevant": 0.2},
                                      "uncalibrated": {"weighted_f1": 0.4321}}
-    systems = [fake_system("lexical", "lexical", gold, 0.6, 0), fake_system("sft", "+ selection (SFT)", gold, 0.5, 1),
-               dpo,
+    sft = fake_system("sft", "+ selection (SFT)", gold, 0.5, 1)
+    sft["metrics"]["collapse"] = check_collapse([r.label for r in gold], ["Exact"] * len(gold), "graded3")
+    lexical = fake_system("lexical", "lexical", gold, 0.6, 0)
+    lexical["metrics"]["collapse"] = {"collapsed": False, "silent_labels": ["Irrelevant"], "reasons": []}
+    systems = [lexical, sft, dpo,
                {"name": "zero-shot", "title": "zero-shot LLM", "stage": "zero-shot", "skipped": "qwen not installed"}]
     results = {
         "run_dir": str(tmp_path), "systems": systems,
@@ -66,6 +70,8 @@ def test_report_writes_html_with_the_table_and_embedded_pngs(run_dir):
     assert len(rows) == 1 + 4 and "skipped: qwen not installed" in rows[-1]
     assert re.search(r"<td>\+ DPO</td><td>100</td><td>0\.\d{3} <small>\[0\.\d{3}, 0\.\d{3}\]</small>", text)
     assert "<br><small>uncalibrated 0.432</small>" in rows[3] and "uncalibrated" not in rows[1]
+    assert '<strong class="collapsed">COLLAPSED</strong> <small>macro-F1' in rows[2] and "COLLAPSED" not in rows[3]
+    assert "<br><small>never answers Irrelevant</small>" in rows[1]
     results = json.loads((run_dir / "results.json").read_text())
     dpo = results["systems"][2]["metrics"]
     agreement = re.findall(r"<tr.*?</tr>", re.search(r'<table id="agreement">.*?</table>', text).group(0))

@@ -141,6 +141,12 @@ def results_table(results: dict[str, Any]) -> str:
         weighted = _cell(m, "weighted_f1")
         if m.get("calibration"):  # the figures are calibrated; show what the raw scores gave
             weighted += f"<br><small>uncalibrated {m['calibration']['uncalibrated']['weighted_f1']:.3f}</small>"
+        check = m.get("collapse") or {}
+        if check.get("collapsed"):  # lref.collapse: the judge answers (nearly) one grade
+            name += ('<br><strong class="collapsed">COLLAPSED</strong> <small>'
+                     + html.escape("; ".join(check["reasons"])) + "</small>")
+        elif check.get("silent_labels"):
+            name += f"<br><small>never answers {html.escape(', '.join(check['silent_labels']))}</small>"
         cells = [name, str(system.get("n_train") or "–"), _cell(m, "accuracy"), _cell(m, "macro_f1"),
                  weighted, _cell(m, "rmse"), f"{m['over_estimate_share']:.3f}", speed]
         rows.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
@@ -197,6 +203,7 @@ table { border-collapse: collapse; margin: 1em 0; }
 th, td { border: 1px solid #ccc; padding: 4px 8px; text-align: right; }
 th:first-child, td:first-child { text-align: left; }
 tr.skipped td { color: #888; }
+.collapsed { color: #b00; }
 figure { display: inline-block; margin: 0.5em; vertical-align: top; }
 img { max-width: 100%; }
 """
