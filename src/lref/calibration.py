@@ -114,7 +114,13 @@ def calibration_path(folder: str | Path) -> Path:
 def label_bias_for(folder: str | Path, scheme: LabelScheme | str) -> tuple[float, ...] | None:
     """The stored bias of a model folder in `scheme`'s label order, or None when the folder has no calibration.
     LabelError when the stored labels are not the scheme's."""
-    path = calibration_path(folder)
+    return read_label_bias(calibration_path(folder), scheme)
+
+
+def read_label_bias(path: str | Path, scheme: LabelScheme | str) -> tuple[float, ...] | None:
+    """The bias of calibration file `path` in `scheme`'s label order, or None when there is no such file; LabelError
+    when it is not a calibration of the scheme's labels or holds a value that is not a finite number."""
+    path = Path(path)
     if not path.is_file():
         return None
     scheme = get_scheme(scheme)
@@ -162,4 +168,5 @@ def calibrate_scores(logits: np.ndarray, records: Sequence[Record], scheme: Labe
 
 
 __all__ = ["CALIBRATION_FILE", "FIT_VERSION", "CalibrationConfig", "OBJECTIVES", "calibrate_scores",
-           "calibration_path", "fit_label_bias", "label_bias_for"]
+           "calibration_path", "fit_label_bias", "label_bias_for",
+           "read_label_bias"]

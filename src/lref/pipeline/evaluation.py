@@ -4,17 +4,13 @@ the run holds out calibration pairs, write predictions and metrics."""
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from lref.calibration import calibrate_scores, calibration_path
+from lref.calibration import calibrate_scores, calibration_path, read_label_bias
 from lref.collapse import check_collapse
 from lref.io import write_json
-from lref.labels import get_scheme
 from lref.metrics import evaluate
 from lref.models.factory import make_scorer
 from lref.models.scorer import ScorerConfig
@@ -52,10 +48,9 @@ def score_calibrated(system: str, kind: str, ref: str, records: list, scheme: st
     (`system_calibration_path`), exactly as its held-out predictions were made; raw scores when it stored none."""
     scorer = make_scorer(ref, kind=kind, scheme=scheme, config=scorer_config(kind, settings), calibrated=False)
     result = scorer.score(records)
-    stored = system_calibration_path(system, ref, out_dir)
-    if stored.is_file():
-        bias = list(json.loads(stored.read_text(encoding="utf-8"))["bias"].values())
-        result = ScoreResult(result.ids, result.labels, result.logits, result.top_k, bias)
+    bias = read_label_bias(system_calibration_path(system, ref, out_dir), scheme)
+    if bias is not None:
+        result = ScoreResult(result.ids, result.labels, result.logits, result.top_k, list(bias))
     return result
 
 
@@ -74,13 +69,12 @@ def evaluate_system(system: str, kind: str, ref: str, data: RunData, settings: E
     stored = system_calibration_path(system, ref, out_dir)
     document = None
     if calibration is not None and data.calibration:
-        logits = scorer.score(data.calibration).logits
-        document = calibrate_scores(logits, data.calibration, data.scheme, calibration)
+        raw_calibration = scorer.score(data.calibration)
+        document = calibrate_scores(raw_calibration.logits, data.calibration, data.scheme, calibration)
         write_json(stored, document)
-        bias = np.array(list(document["bias"].values()))
-        scheme = get_scheme(data.scheme)
-        check = check_collapse([r.label for r in data.calibration],
-                               [scheme.labels[i] for i in (np.asarray(logits) + bias).argmax(1)], scheme)
+        calibrated = ScoreResult(raw_calibration.ids, raw_calibration.labels, raw_calibration.logits,
+                                 raw_calibration.top_k, list(document["bias"].values()))
+        check = check_collapse([r.label for r in data.calibration], calibrated.predicted, data.scheme)
         check["checked_on"] = "calibration"
         raw = evaluate(data.eval, result.predictions(), data.scheme, bootstrap=0)
         document = {**document, "path": str(stored), "uncalibrated": {k: raw[k] for k in CALIBRATION_KEYS}}
