@@ -1,5 +1,6 @@
-"""Does a gradient-boosting stack over a cross-encoder student's logits and the lexical match features beat either
-alone on Home Depot dev (issue 28, "hybrid student")? A probe, before any serving code is built for it.
+"""The two hybrid designs of issue 28 on Home Depot dev: does a gradient-boosting stack over a cross-encoder student's
+logits and the lexical match features, or the hybrid student (the same features joined with the encoder inside one
+model, `lref.models.hybrid`), beat either part alone?
 
     python benchmarks/stack_probe.py --train-pairs 8000 --calibration-pairs 2000
 
@@ -10,7 +11,9 @@ alone on Home Depot dev (issue 28, "hybrid student")? A probe, before any servin
    stacks (scikit-learn's HistGradientBoostingClassifier) are fitted: `stack` on the student's 3 logits and the 25
    lexical features, `stack_on_lexical` on the student's logits and the lexical model's 3 log-probabilities.
    Nothing is fitted on dev.
-5. All of dev: weighted-F1 and the paired differences (query bootstrap), and the per-pair cost of each part.
+5. With `--hybrid`: a hybrid student learns from the same `train-pairs` pairs with the same settings, and its label
+   bias is fitted on the held-out pairs like the student's.
+6. All of dev: weighted-F1 and the paired differences (query bootstrap), and the per-pair cost of each part.
 
 Writes benchmarks/results/stack_probe.json. Needs ../shared/datasets/homedepot (train.csv, dev.csv).
 """
@@ -32,7 +35,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--max-length", type=int, default=64)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--work-dir", default="runs/stack_probe", help="the student is kept here (resumable)")
+    parser.add_argument("--hybrid", action="store_true", help="also train and score the hybrid student")
+    parser.add_argument("--feature-learning-rate", type=float, default=1e-3, help="the hybrid's feature-head rate")
+    parser.add_argument("--work-dir", default="runs/stack_probe", help="the students are kept here (resumable)")
     parser.add_argument("--out", default=str(RESULTS / "stack_probe.json"))
     return parser.parse_args()
 
@@ -65,15 +70,21 @@ def main() -> None:
     student_train = sample(train, args.train_pairs, args.seed, "student")
     timings: dict[str, float] = {}
 
-    folder = Path(args.work_dir) / f"student_{args.train_pairs}"
-    if not (folder / "lref_manifest.json").is_file():
-        started = time.perf_counter()
-        train_cross_encoder(CrossEncoderConfig(
-            model="minilm-l6", output_dir=str(folder), epochs=args.epochs, batch_size=args.batch_size,
-            max_length=args.max_length, seed=args.seed, threads=args.threads, progress=True), student_train)
-        timings["student_train_s"] = round(time.perf_counter() - started, 1)
-    student = CrossEncoderScorer.from_pretrained(
-        folder, config=ScorerConfig(batch_size=64, max_length=args.max_length, num_threads=args.threads))
+    def trained(name: str, **options) -> CrossEncoderScorer:
+        folder = Path(args.work_dir) / f"{name}_{args.train_pairs}"
+        if not (folder / "lref_manifest.json").is_file():
+            started = time.perf_counter()
+            train_cross_encoder(CrossEncoderConfig(
+                model="minilm-l6", output_dir=str(folder), epochs=args.epochs, batch_size=args.batch_size,
+                max_length=args.max_length, seed=args.seed, threads=args.threads, progress=True,
+                resume=(folder / "checkpoints").is_dir(), **options), student_train)
+            timings[f"{name}_train_s"] = round(time.perf_counter() - started, 1)
+        return CrossEncoderScorer.from_pretrained(
+            folder, config=ScorerConfig(batch_size=64, max_length=args.max_length, num_threads=args.threads))
+
+    student = trained("student")
+    hybrid = (trained("hybrid", lexical_features=True, feature_learning_rate=args.feature_learning_rate)
+              if args.hybrid else None)
     started = time.perf_counter()
     lexical = LexicalModel().fit(train)
     timings["lexical_fit_s"] = round(time.perf_counter() - started, 1)
@@ -117,16 +128,22 @@ def main() -> None:
         "stack_calibrated": calibrated(stack_held, stack_logits).predictions(),
         "stack_on_lexical": ScoreResult(ids, scheme.labels, blend_logits, 3).predictions(),
     }
+    pairs = [("stack", "student"), ("stack", "lexical"), ("student", "lexical"), ("stack_calibrated", "stack"),
+             ("stack_on_lexical", "lexical"), ("stack_on_lexical", "student")]
+    if hybrid is not None:
+        hybrid_held = hybrid.score(held_out).logits
+        hybrid_dev = timed("hybrid", lambda r: hybrid.score(r).logits, dev)
+        systems["hybrid"] = calibrated(hybrid_held, hybrid_dev).predictions()
+        pairs += [("hybrid", "student"), ("hybrid", "lexical"), ("hybrid", "stack_on_lexical")]
     results = {name: {k: evaluate(dev, predictions, scheme, bootstrap=1000, seed=args.seed)[k]
                       for k in ("weighted_f1", "macro_f1", "accuracy", "quadratic_weighted_kappa", "ci95")}
                for name, predictions in systems.items()}
     paired = {f"{a} - {b}": paired_difference(dev, systems[a], systems[b], scheme, bootstrap=1000, seed=args.seed)
-              for a, b in (("stack", "student"), ("stack", "lexical"), ("student", "lexical"),
-                           ("stack_calibrated", "stack"), ("stack_on_lexical", "lexical"),
-                           ("stack_on_lexical", "student"))}
+              for a, b in pairs}
     write_json(args.out, {
         "command": "python benchmarks/stack_probe.py " + " ".join(
-            f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if k != "out"),
+            f"--{k.replace('_', '-')}" + ("" if v is True else f" {v}") for k, v in vars(args).items()
+            if k != "out" and v is not False),
         "machine": machine(), "date": utc_now(),
         "sizes": {"student_train": len(student_train), "lexical_train": len(train), "held_out": len(held_out),
                   "dev": len(dev)},

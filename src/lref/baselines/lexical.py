@@ -219,6 +219,27 @@ class LexicalFeatures:
         )
         return self
 
+    def state(self) -> dict:
+        """The fitted statistics as plain data (arrays, numbers, strings): what `from_state` rebuilds from."""
+        if not hasattr(self, "word_idf_"):
+            raise RuntimeError("LexicalFeatures.state before fit")
+        return {
+            "k1": self.k1, "b": self.b, "query_context": self.query_context,
+            "word_idf": self.word_idf_, "char_idf": self.char_idf_, "bm25_idf": self.bm25_idf_,
+            "avg_title_words": self.avg_title_words_, "known_brands": sorted(self.known_brands_),
+        }
+
+    @classmethod
+    def from_state(cls, state: dict) -> "LexicalFeatures":
+        """Fitted features from `state()`'s data."""
+        features = cls(float(state["k1"]), float(state["b"]), bool(state["query_context"]))
+        features.word_idf_ = np.asarray(state["word_idf"], dtype=np.float32)
+        features.char_idf_ = np.asarray(state["char_idf"], dtype=np.float32)
+        features.bm25_idf_ = np.asarray(state["bm25_idf"], dtype=np.float32)
+        features.avg_title_words_ = float(state["avg_title_words"])
+        features.known_brands_ = frozenset(str(b) for b in state["known_brands"])
+        return features
+
     def transform(self, records: Sequence[Record]) -> np.ndarray:
         if not hasattr(self, "word_idf_"):
             raise RuntimeError("LexicalFeatures.transform before fit")
@@ -395,15 +416,10 @@ class LexicalModel:
         if not hasattr(self, "classifier_"):
             raise RuntimeError("LexicalModel.save before fit")
         folder = Path(folder)
-        features = self.features_
         state = {
             "format": STATE_FORMAT,
             "config": asdict(self.config),
-            "features": {
-                "k1": features.k1, "b": features.b, "query_context": features.query_context,
-                "word_idf": features.word_idf_, "char_idf": features.char_idf_, "bm25_idf": features.bm25_idf_,
-                "avg_title_words": features.avg_title_words_, "known_brands": sorted(features.known_brands_),
-            },
+            "features": self.features_.state(),
             "classifier": self.classifier_,
             "train_info": self.train_info_,
         }
@@ -467,12 +483,7 @@ class LexicalModel:
         if isinstance(saved, LexicalFeatures):  # the legacy pickle stored the object itself
             features = saved
         else:
-            features = LexicalFeatures(saved["k1"], saved["b"], saved["query_context"])
-            features.word_idf_ = np.asarray(saved["word_idf"], dtype=np.float32)
-            features.char_idf_ = np.asarray(saved["char_idf"], dtype=np.float32)
-            features.bm25_idf_ = np.asarray(saved["bm25_idf"], dtype=np.float32)
-            features.avg_title_words_ = float(saved["avg_title_words"])
-            features.known_brands_ = frozenset(saved["known_brands"])
+            features = LexicalFeatures.from_state(saved)
         model.features_, model.classifier_, model.train_info_ = features, state["classifier"], state["train_info"]
         return model
 

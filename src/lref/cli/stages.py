@@ -115,6 +115,10 @@ def distill_command(
     student: str = typer.Option("minilm-l6", "--student", "-s", help=_distill_help("student")),
     temperature: float = typer.Option(2.0, "--temperature", help=_distill_help("temperature")),
     ce_weight: float = typer.Option(0.5, "--ce-weight", help=_distill_help("ce_weight")),
+    lexical_features: bool = typer.Option(False, "--lexical-features", help=_distill_help("lexical_features")),
+    feature_learning_rate: float = typer.Option(
+        1e-3, "--feature-lr", min=0.0, help=_distill_help("feature_learning_rate")
+    ),
     teacher_calibration: bool = typer.Option(
         True, "--teacher-calibration/--raw-teacher", help=_distill_help("teacher_calibration")
     ),
@@ -153,8 +157,9 @@ def distill_command(
     try:
         config = DistillConfig(
             teacher=teacher, teacher_labels=teacher_labels, student=student, scheme=label_scheme.name,
-            output_dir=out, temperature=temperature,
-            ce_weight=ce_weight, teacher_calibration=teacher_calibration, candidates_per_query=candidates_per_query,
+            output_dir=out, temperature=temperature, lexical_features=lexical_features,
+            feature_learning_rate=feature_learning_rate, ce_weight=ce_weight, teacher_calibration=teacher_calibration,
+            candidates_per_query=candidates_per_query,
             epochs=epochs, max_steps=max_steps, learning_rate=lr, batch_size=batch_size, max_length=max_length,
             teacher_batch_size=teacher_batch_size, teacher_max_length=teacher_max_length, save_steps=save_steps,
             seed=seed, threads=threads, resume=resume,

@@ -19,6 +19,7 @@ import numpy as np
 from lref.data.records import Record
 from lref.device import use_bf16
 from lref.labels import LabelScheme, get_scheme
+from lref.models.hybrid import FEATURE_INPUT, is_hybrid, load_hybrid
 from lref.models.loading import read_manifest
 from lref.models.scorer import ScorerConfig, for_model, scheme_for_model
 from lref.models.zoo import resolve_model
@@ -40,7 +41,8 @@ def has_label(record: Record) -> bool:
 
 
 class EncoderCollator:
-    """Pads the token fields with the tokenizer and stacks `labels`, `weights` and (when present) `targets`."""
+    """Pads the token fields with the tokenizer and stacks `labels`, `weights` and (when present) `targets` and the
+    hybrid student's match `features`."""
 
     TOKEN_KEYS = ("input_ids", "attention_mask", "token_type_ids")
 
@@ -56,6 +58,8 @@ class EncoderCollator:
         out["weights"] = torch.tensor([float(example.get("weight", 1.0)) for example in batch])
         if all("targets" in example for example in batch):
             out["targets"] = torch.tensor([example["targets"] for example in batch], dtype=torch.float32)
+        if all(FEATURE_INPUT in example for example in batch):
+            out[FEATURE_INPUT] = torch.tensor(np.stack([example[FEATURE_INPUT] for example in batch]))
         return out
 
 
@@ -83,12 +87,15 @@ def tokenize_pairs(tokenizer, records: Sequence[Record], scheme: LabelScheme, ma
 
 
 def load_cross_encoder(name_or_path: str | Path):
-    """Return (model, tokenizer, manifest) of a trained cross-encoder folder."""
+    """Return (model, tokenizer, manifest) of a trained cross-encoder folder; a hybrid student's folder
+    (`lref.models.hybrid`) gives its hybrid model, whose `match_features` computes the features it needs."""
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     folder = resolve_model(name_or_path)
     model = AutoModelForSequenceClassification.from_pretrained(str(folder), dtype=torch.float32)
+    if is_hybrid(folder):
+        model = load_hybrid(folder, model)
     tokenizer = AutoTokenizer.from_pretrained(str(folder))
     model.eval()
     return model, tokenizer, read_manifest(folder)
@@ -100,11 +107,13 @@ def score_pairs(
     tokenizer,
     config: ScorerConfig,
     forward: Callable[[dict[str, Any]], np.ndarray],
+    match_features=None,
 ) -> ScoreResult:
     """Tokenise the pairs, batch them longest first and gather `forward(batch) -> logits (B x K)` in input order.
 
     Every encoder backend (PyTorch, ONNX) scores through this, so they all read exactly the same tokens; `batch` holds
-    the padded token tensors (torch) under `EncoderCollator.TOKEN_KEYS`."""
+    the padded token tensors (torch) under `EncoderCollator.TOKEN_KEYS`, and, for a hybrid student
+    (`match_features`, a fitted `lref.models.hybrid.MatchFeatures`), the pairs' features under `FEATURE_INPUT`."""
     from tqdm.auto import tqdm
 
     ids = [r.id for r in records]
@@ -113,6 +122,9 @@ def score_pairs(
         return ScoreResult(ids, scheme.labels, logits, config.top_k, config.label_bias)
     examples = tokenize_pairs(tokenizer, with_match_hints(records) if config.match_hints else records, scheme,
                          config.max_length or 512)
+    if match_features is not None:
+        for example, row in zip(examples, match_features.transform(records)):
+            example[FEATURE_INPUT] = row
     order = sorted(range(len(examples)), key=lambda i: -len(examples[i]["input_ids"]))
     collate = EncoderCollator(tokenizer)
     size = config.batch_size
@@ -156,13 +168,15 @@ class CrossEncoderScorer:
         bf16 = use_bf16(self.config.bf16, use_cpu=device == "cpu")
         try:
             with torch.inference_mode(), torch.autocast(device, torch.bfloat16, enabled=bf16):
-                return score_pairs(records, self.scheme, self.tokenizer, self.config, self._logits)
+                return score_pairs(records, self.scheme, self.tokenizer, self.config, self._logits,
+                                   getattr(self.model, "match_features", None))
         finally:
             if was_training:
                 self.model.train()
 
     def _logits(self, batch: dict[str, Any]) -> np.ndarray:
-        inputs = {k: batch[k].to(self.model.device) for k in EncoderCollator.TOKEN_KEYS if k in batch}
+        keys = (*EncoderCollator.TOKEN_KEYS, FEATURE_INPUT)
+        inputs = {k: batch[k].to(self.model.device) for k in keys if k in batch}
         return self.model(**inputs).logits.float().cpu().numpy()
 
     def predict(self, records: Sequence[Record]):

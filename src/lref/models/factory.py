@@ -127,10 +127,12 @@ def build_scorer(spec: ScorerSpec, *, backend: str = "torch", variant: str | Non
     if spec.kind == "onnx":
         from transformers import AutoTokenizer
 
+        from lref.models.hybrid import MatchFeatures, is_hybrid
         from lref.models.onnx import OnnxScorer, onnx_session
 
         session = onnx_session(folder, variant or _exported_variant(folder), config.num_threads)
-        return OnnxScorer(session, AutoTokenizer.from_pretrained(str(folder)), spec.scheme, config)
+        match_features = MatchFeatures.from_pretrained(folder) if is_hybrid(folder) else None
+        return OnnxScorer(session, AutoTokenizer.from_pretrained(str(folder)), spec.scheme, config, match_features)
     from lref.models.vllm_backend import VLLMScorer, resolve_backend
 
     if resolve_backend(backend) == "vllm":

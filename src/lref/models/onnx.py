@@ -6,7 +6,9 @@
 * ``model.int8.onnx``: the same graph with dynamically quantised per-channel int8 weights (onnxruntime
   ``quantize_dynamic``);
 * the tokenizer, and ``lref_manifest.json``: the student's manifest plus an ``export`` section (files, opset,
-  the agreement measured with PyTorch on a probe batch, library versions).
+  the agreement measured with PyTorch on a probe batch, library versions);
+* for a hybrid student (`lref.models.hybrid`), its match-feature files: the graph then takes a fourth input,
+  ``features`` (batch x F, float32), which `OnnxScorer` computes with them.
 
 `OnnxScorer` has the interface of `CrossEncoderScorer` (`.scheme`, `.score`, `.predict`) and reads exactly the same
 tokens (both go through `lref.models.cross_encoder.score_pairs`). Build it with `lref.models.factory.make_scorer`
@@ -35,6 +37,7 @@ from lref.calibration import calibration_path
 from lref.data.records import Record
 from lref.labels import LabelScheme, get_scheme
 from lref.models.cross_encoder import EncoderCollator, encode_pairs, score_pairs
+from lref.models.hybrid import FEATURE_INPUT, HYBRID_FILE, MATCH_FEATURES_FILE, MatchFeatures
 from lref.models.scorer import ScorerConfig, scheme_for_model
 from lref.models.zoo import ModelFileError
 from lref.predictions import ScoreResult
@@ -97,11 +100,18 @@ def _logits_module(model, input_names: Sequence[str]):
     return LogitsOnly().eval()
 
 
-def _probe_batch(tokenizer, max_length: int) -> dict[str, Any]:
-    """Two pairs of different lengths (so padding and the attention mask are exercised)."""
+def _probe_batch(tokenizer, max_length: int, match_features: MatchFeatures | None = None) -> dict[str, Any]:
+    """Two pairs of different lengths (so padding and the attention mask are exercised), with their match features
+    for a hybrid student."""
+    import torch
+
     queries = ["cordless drill", "garden hose 50 ft with brass fittings"]
     products = ["DeWalt 20V MAX cordless drill driver kit with two batteries and a charger", "hose"]
-    return dict(encode_pairs(tokenizer, queries, products, max_length, padding=True, return_tensors="pt"))
+    batch = dict(encode_pairs(tokenizer, queries, products, max_length, padding=True, return_tensors="pt"))
+    if match_features is not None:
+        pairs = [Record(id=f"probe-{i}", query=q, title=t) for i, (q, t) in enumerate(zip(queries, products))]
+        batch[FEATURE_INPUT] = torch.from_numpy(match_features.transform(pairs))
+    return batch
 
 
 def _onnx_logits(path: Path, batch: dict[str, Any]) -> np.ndarray:
@@ -130,8 +140,9 @@ def export_student(config: ExportConfig) -> Path:
     output_dir = Path(config.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
 
-    probe = _probe_batch(tokenizer, max_length)
-    input_names = [k for k in EncoderCollator.TOKEN_KEYS if k in probe]
+    match_features = getattr(model, "match_features", None)
+    probe = _probe_batch(tokenizer, max_length, match_features)
+    input_names = [k for k in (*EncoderCollator.TOKEN_KEYS, FEATURE_INPUT) if k in probe]
     wrapper = _logits_module(model, input_names)
     fp32_path = output_dir / ONNX_FILES["fp32"]
     with atomic_write(fp32_path, "wb") as handle, warnings.catch_warnings():
@@ -145,7 +156,8 @@ def export_student(config: ExportConfig) -> Path:
             handle,
             input_names=input_names,
             output_names=["logits"],
-            dynamic_axes={**{name: {0: "batch", 1: "sequence"} for name in input_names}, "logits": {0: "batch"}},
+            dynamic_axes={**{name: {0: "batch"} if name == FEATURE_INPUT else {0: "batch", 1: "sequence"}
+                             for name in input_names}, "logits": {0: "batch"}},
             opset_version=config.opset,
             dynamo=False,
         )
@@ -171,6 +183,11 @@ def export_student(config: ExportConfig) -> Path:
         (output_dir / ONNX_FILES["int8"]).unlink(missing_ok=True)  # never leave a stale int8 beside a new fp32
 
     tokenizer.save_pretrained(str(output_dir))
+    for name in (HYBRID_FILE, MATCH_FEATURES_FILE):  # the hybrid's features are computed beside the graph
+        if match_features is not None:
+            shutil.copyfile(source / name, output_dir / name)
+        else:
+            (output_dir / name).unlink(missing_ok=True)
     calibration = calibration_path(source)
     if calibration.is_file():  # the export serves what the trained folder serves
         shutil.copyfile(calibration, calibration_path(output_dir))
@@ -204,21 +221,27 @@ def export_student(config: ExportConfig) -> Path:
 class OnnxScorer:
     """Scores pairs with an exported student through onnxruntime: the same `ScoreResult` as `CrossEncoderScorer`.
 
-    Uses `ScorerConfig`'s batch_size, top_k, max_length, progress and num_threads (onnxruntime's intra-op threads)."""
+    Uses `ScorerConfig`'s batch_size, top_k, max_length, progress and num_threads (onnxruntime's intra-op threads).
+    A hybrid student's graph also takes the pairs' match features, computed with `match_features`."""
 
-    def __init__(self, session, tokenizer, scheme: LabelScheme | str, config: ScorerConfig | None = None):
+    def __init__(self, session, tokenizer, scheme: LabelScheme | str, config: ScorerConfig | None = None,
+                 match_features: MatchFeatures | None = None):
         self.session = session
         self.tokenizer = tokenizer
         self.scheme = get_scheme(scheme)
         self.config = config or ScorerConfig(max_length=DEFAULT_MAX_LENGTH)
         self.input_names = [i.name for i in session.get_inputs()]
+        self.match_features = match_features
+        if FEATURE_INPUT in self.input_names and match_features is None:
+            raise ModelFileError(f"the ONNX graph takes match features (a hybrid student) but its folder has no "
+                                 f"{HYBRID_FILE}; export the student again with `lref export`")
         outputs = session.get_outputs()
         width = outputs[0].shape[-1] if outputs and outputs[0].shape else None
         if isinstance(width, int) and width != len(self.scheme):
             raise ValueError(f"the ONNX model has {width} outputs, scheme {self.scheme.name!r} has {len(self.scheme)}")
 
     def score(self, records: Sequence[Record]) -> ScoreResult:
-        return score_pairs(records, self.scheme, self.tokenizer, self.config, self._logits)
+        return score_pairs(records, self.scheme, self.tokenizer, self.config, self._logits, self.match_features)
 
     def _logits(self, batch: dict[str, Any]) -> np.ndarray:
         return self.session.run(["logits"], {name: batch[name].numpy() for name in self.input_names})[0]

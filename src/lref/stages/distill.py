@@ -82,7 +82,8 @@ class DistillConfig(TrainingSettings):
 
     FINGERPRINT_ADDED_FIELDS: ClassVar[tuple[str, ...]] = ("grad_accum", "weight_decay", "save_total_limit", "bf16",
                                                            "teacher_max_skips", "allow_collapsed_teacher",
-                                                           "teacher_labels")
+                                                           "teacher_labels", "lexical_features",
+                                                           "feature_learning_rate")
     """Training settings this config gained with the shared `TrainingSettings` (`lref.fingerprint.ADDED_FIELDS`)."""
 
     teacher: str = field(
@@ -99,6 +100,14 @@ class DistillConfig(TrainingSettings):
     student: str = field(
         default="minilm-l6",
         metadata={"help": "Student encoder: minilm-l6 (22.7M), mpnet-base (109M, larger) or any HF encoder folder."},
+    )
+    lexical_features: bool = field(
+        default=False,
+        metadata={"help": "Distil a hybrid student: the encoder's label logits joined with the lexical baseline's "
+                  "match features in one model (lref.models.hybrid), which exports to one ONNX graph."},
+    )
+    feature_learning_rate: float = field(
+        default=1e-3, metadata={"help": "Peak learning rate of the hybrid student's feature head."}
     )
     scheme: str = field(default="graded3", metadata={"help": "Label scheme (preset name); must match the teacher's."})
     output_dir: str = field(
@@ -173,8 +182,9 @@ class DistillConfig(TrainingSettings):
             raise ValueError(f"candidates_per_query must be >= 0, not {self.candidates_per_query}")
         if self.epochs <= 0 and self.max_steps <= 0:
             raise ValueError("train for some epochs (> 0) or set max_steps")
-        if self.learning_rate <= 0:
-            raise ValueError(f"learning_rate must be > 0, not {self.learning_rate}")
+        for name in ("learning_rate", "feature_learning_rate"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be > 0, not {getattr(self, name)}")
         if self.threads is not None and self.threads < 1:
             raise ValueError(f"threads must be >= 1 or None, not {self.threads}")
         check_training_fields(
@@ -443,7 +453,8 @@ def distill(config: DistillConfig, records: Sequence[Record], unlabeled: Sequenc
 
     student_config = CrossEncoderConfig(
         **settings_values(config, TrainingSettings), model=config.student, scheme=scheme.name,
-        output_dir=str(output_dir),
+        output_dir=str(output_dir), lexical_features=config.lexical_features,
+        feature_learning_rate=config.feature_learning_rate,
     )
     loss_fn = functools.partial(soft_label_loss, temperature=config.temperature, ce_weight=config.ce_weight)
     folder = train_cross_encoder(student_config, pool, targets=targets, loss_fn=loss_fn)

@@ -33,6 +33,7 @@ from lref.fingerprint import data_hash, library_versions
 from lref.io import MANIFEST_NAME, write_json
 from lref.labels import CLASS_BALANCE, LabelScheme, class_weights, get_scheme
 from lref.models.cross_encoder import KIND, EncoderCollator, has_label, tokenize_pairs
+from lref.models.hybrid import FEATURE_INPUT, MatchFeatures, hybrid_model_class
 from lref.models.zoo import resolve_model, stored_model_reference
 from lref.prompts import match_hint_manifest
 from lref.training.examples import ExampleDataset, rating_target
@@ -50,7 +51,7 @@ LossFn = Callable[[Any, dict[str, Any]], Any]
 class CrossEncoderConfig(TrainingSettings):
     """Settings of cross-encoder training. Each field's help text can feed a command line (`lref.config.field_help`)."""
 
-    FINGERPRINT_ADDED_FIELDS: ClassVar[tuple[str, ...]] = ("grad_accum",)
+    FINGERPRINT_ADDED_FIELDS: ClassVar[tuple[str, ...]] = ("grad_accum", "lexical_features", "feature_learning_rate")
     """Training settings this config gained with the shared `TrainingSettings` (`lref.fingerprint.ADDED_FIELDS`)."""
 
     model: str = field(
@@ -70,6 +71,16 @@ class CrossEncoderConfig(TrainingSettings):
         metadata={"help": "Train toward the raters' mean where a record carries one (raw_score), shared between the "
                   "two grades that bracket it, as in SFT; records without a raw score keep their label."},
     )
+    lexical_features: bool = field(
+        default=False,
+        metadata={"help": "Train a hybrid: the encoder's label logits plus a small network over the lexical baseline's "
+                  "match features (lref.models.hybrid), in one model that exports to one ONNX graph."},
+    )
+    feature_learning_rate: float = field(
+        default=1e-3,
+        metadata={"help": "Peak learning rate of the hybrid's feature head (trained from scratch, so higher than the "
+                  "encoder's); no effect without lexical_features."},
+    )
     # training settings whose default or meaning differs here
     learning_rate: float = with_default("learning_rate", 5e-5)
     batch_size: int = with_default("batch_size", 16, help="Pairs per optimizer step.")
@@ -87,6 +98,8 @@ class CrossEncoderConfig(TrainingSettings):
         if self.class_balance not in CLASS_BALANCE:
             raise ValueError(f"class_balance must be one of {', '.join(CLASS_BALANCE)}, not {self.class_balance!r}")
         check_training_fields(self, ("batch_size", "grad_accum", "save_steps", "logging_steps", "max_length"))
+        if self.feature_learning_rate <= 0:
+            raise ValueError(f"feature_learning_rate must be > 0, not {self.feature_learning_rate}")
 
 
 @functools.cache
@@ -95,14 +108,30 @@ def cross_encoder_trainer_class():
     from transformers import Trainer
 
     class CrossEncoderTrainer(Trainer):
-        """`Trainer` whose loss is `loss_fn(logits, batch)` (default: `label_loss`)."""
+        """`Trainer` whose loss is `loss_fn(logits, batch)` (default: `label_loss`); a hybrid model's feature head
+        gets its own learning rate (`feature_learning_rate`)."""
 
-        def __init__(self, *args, loss_fn: LossFn = label_loss, **kwargs):
+        def __init__(self, *args, loss_fn: LossFn = label_loss, feature_learning_rate: float | None = None, **kwargs):
             super().__init__(*args, **kwargs)
             self.loss_fn = loss_fn
+            self.feature_learning_rate = feature_learning_rate
+
+        def create_optimizer(self, model=None):
+            optimizer = super().create_optimizer(model)
+            head = getattr(self.model, "feature_head", None)
+            if head is None or self.feature_learning_rate is None or getattr(optimizer, "lref_feature_group", False):
+                return optimizer
+            head_params = {id(p) for p in head.parameters()}
+            moved = [p for group in optimizer.param_groups for p in group["params"] if id(p) in head_params]
+            for group in optimizer.param_groups:
+                group["params"] = [p for p in group["params"] if id(p) not in head_params]
+            optimizer.add_param_group({"params": moved, "lr": self.feature_learning_rate, "weight_decay": 0.0})
+            optimizer.lref_feature_group = True
+            return optimizer
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-            model_inputs = {k: inputs[k] for k in EncoderCollator.TOKEN_KEYS if k in inputs}
+            keys = (*EncoderCollator.TOKEN_KEYS, FEATURE_INPUT)
+            model_inputs = {k: inputs[k] for k in keys if k in inputs}
             outputs = model(**model_inputs)
             loss = self.loss_fn(outputs.logits, inputs)
             return (loss, outputs) if return_outputs else loss
@@ -176,9 +205,16 @@ def train_cross_encoder(
         dtype=torch.float32,
     )
 
+    match_features = None
+    if config.lexical_features:
+        match_features = MatchFeatures().fit(records)
+        model = hybrid_model_class()(model, len(match_features.names), match_features=match_features)
     human_labels = [r.label for r in records if has_label(r)]
     weights = class_weights(human_labels, scheme, config.class_balance)
     examples = tokenize_pairs(tokenizer, records, scheme, config.max_length)
+    if match_features is not None:
+        for example, row in zip(examples, match_features.transform(records)):
+            example[FEATURE_INPUT] = row
     for i, (example, record) in enumerate(zip(examples, records)):
         example["labels"] = scheme.index(record.label) if has_label(record) else IGNORE_LABEL
         example["weight"] = weights[record.label] if has_label(record) else 1.0
@@ -187,6 +223,9 @@ def train_cross_encoder(
     eval_examples = None
     if eval_records:
         eval_examples = tokenize_pairs(tokenizer, eval_records, scheme, config.max_length)
+        if match_features is not None:
+            for example, row in zip(eval_examples, match_features.transform(eval_records)):
+                example[FEATURE_INPUT] = row
         eval_targets = rating_targets(eval_records, scheme) if config.soft_labels else None
         for i, (example, record) in enumerate(zip(eval_examples, eval_records)):
             example["labels"] = scheme.index(record.label)
@@ -213,6 +252,7 @@ def train_cross_encoder(
         processing_class=tokenizer,
         callbacks=callbacks,
         loss_fn=loss_fn,
+        feature_learning_rate=config.feature_learning_rate if match_features is not None else None,
     )
     started = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=guard.resume_from)
@@ -240,6 +280,7 @@ def train_cross_encoder(
             "data_hash": train_hash,
             "n_train": len(records),
             "n_unlabelled": len(records) - len(human_labels),
+            "hybrid": {"features": list(match_features.names)} if match_features is not None else None,
             **match_hint_manifest(records),
             "label_counts": dict(Counter(human_labels)),
             "class_weights": weights,
