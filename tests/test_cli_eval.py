@@ -167,6 +167,8 @@ def test_eval_against_a_baseline_prints_the_paired_margin(catalog, tmp_path, mon
     assert paired["accuracy"] == pytest.approx(-wrong / 400)
     assert paired["ci95"]["weighted_f1"][1] < 0
     assert f"margin over {tmp_path / 'perfect.jsonl'}: weighted_f1 {100 * paired['weighted_f1']:+.1f} pts" in out
+    assert paired["cohen_kappa"] < 0 and paired["ci95"]["cohen_kappa"][1] < 0  # against a perfect judge (κ = 1)
+    assert f"cohen_kappa {paired['cohen_kappa']:+.3f} [paired 95% CI" in out
     code, _, err = run_lref(monkeypatch, capsys, *args, "--allow-missing", "--baseline",
                             str(tmp_path / "perfect.jsonl"))
     assert code == 2 and "--baseline" in err and "every pair predicted" in err

@@ -111,7 +111,8 @@ def test_a_system_against_itself_differs_by_exactly_zero():
     gold, preds = _noisy_set()
     result = paired_difference(gold, preds, preds, "graded3", bootstrap=200)
     assert result["n"] == len(gold)
-    for name in ("accuracy", "macro_f1", "weighted_f1", "over_estimate_share"):
+    for name in ("accuracy", "macro_f1", "weighted_f1", "over_estimate_share", "cohen_kappa",
+                 "quadratic_weighted_kappa"):
         assert result[name] == 0 and result["ci95"][name] == [0, 0]
 
 
@@ -124,7 +125,7 @@ def test_paired_difference_is_the_difference_of_the_evaluations_with_a_narrower_
              else p for g, p in zip(gold, better)]
     first, second = (evaluate(gold, preds, "graded3", bootstrap=500, seed=1) for preds in (better, worse))
     result = paired_difference(gold, better, list(reversed(worse)), "graded3", bootstrap=500, seed=1)  # joined by id
-    for name in ("accuracy", "macro_f1", "weighted_f1"):
+    for name in ("accuracy", "macro_f1", "weighted_f1", "cohen_kappa", "quadratic_weighted_kappa"):
         assert result[name] == pytest.approx(first[name] - second[name])
         low, high = result["ci95"][name]
         assert 0 < low < result[name] < high  # every resample favours `better`

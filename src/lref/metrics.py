@@ -389,10 +389,11 @@ def paired_difference(
     bootstrap: int = 1000,
     seed: int = 0,
 ) -> dict[str, Any]:
-    """Accuracy, macro- and weighted-F1 and over-estimate share of `predictions` minus those of `baseline` on the same
-    gold pairs, with a paired 95% interval: every bootstrap resample of queries scores both systems, so the interval is
-    that of the difference, far narrower than the two systems' own intervals when they err on the same pairs. Both
-    must cover every gold pair."""
+    """Accuracy, macro- and weighted-F1, over-estimate share, Cohen's κ and quadratic-weighted κ of `predictions`
+    minus those of `baseline` on the same gold pairs, with a paired 95% interval: every bootstrap resample of queries
+    scores both systems, so the interval is that of the difference, far narrower than the two systems' own intervals
+    when they err on the same pairs. Both must cover every gold pair. A κ difference is None where a κ is undefined
+    (one label only), and resamples where either κ is undefined give it no value."""
     scheme = get_scheme(scheme)
     if bootstrap < 1:
         raise ValueError(f"bootstrap must be at least 1 for a paired interval, got {bootstrap}")
@@ -408,9 +409,13 @@ def paired_difference(
     result: dict[str, Any] = {"scheme": scheme.name, "n": len(records), "bootstrap": bootstrap, "ci95": {}}
     point = [_resampled_scores(query_index, y_true, pred, k, full) for pred in labels]
     samples = [_resampled_scores(query_index, y_true, pred, k, draws) for pred in labels]
-    for name in ("accuracy", "macro_f1", "weighted_f1", "over_estimate_share"):
-        result[name] = float(point[0][name][0] - point[1][name][0])
-        result["ci95"][name] = [float(v) for v in np.percentile(samples[0][name] - samples[1][name], [2.5, 97.5])]
+    for name in ("accuracy", "macro_f1", "weighted_f1", "over_estimate_share", *KAPPA_WEIGHTS):
+        difference = float(point[0][name][0] - point[1][name][0])
+        result[name] = None if np.isnan(difference) else difference
+        drawn = samples[0][name] - samples[1][name]
+        drawn = drawn[~np.isnan(drawn)]
+        if len(drawn):
+            result["ci95"][name] = [float(v) for v in np.percentile(drawn, [2.5, 97.5])]
     return result
 
 

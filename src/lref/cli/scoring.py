@@ -200,10 +200,13 @@ def evaluate_command(
         result["paired"] = {"baseline": baseline, **paired}
     Console().print(format_report(result, label_scheme))
     if baseline:
-        typer.echo(f"margin over {baseline}: " + "; ".join(
-            f"{name} {100 * paired[name]:+.1f} pts [paired 95% CI {100 * paired['ci95'][name][0]:+.1f}, "
-            f"{100 * paired['ci95'][name][1]:+.1f}]"
-            for name in ("weighted_f1", "macro_f1", "accuracy", "over_estimate_share")))
+        parts = [f"{name} {100 * paired[name]:+.1f} pts [paired 95% CI {100 * paired['ci95'][name][0]:+.1f}, "
+                 f"{100 * paired['ci95'][name][1]:+.1f}]"
+                 for name in ("weighted_f1", "macro_f1", "accuracy", "over_estimate_share")]
+        parts += [f"{name} {paired[name]:+.3f} [paired 95% CI {paired['ci95'][name][0]:+.3f}, "
+                  f"{paired['ci95'][name][1]:+.3f}]"
+                  for name in ("cohen_kappa", "quadratic_weighted_kappa") if name in paired["ci95"]]
+        typer.echo(f"margin over {baseline}: " + "; ".join(parts))
     if out:
         write_json(out, result)
         typer.echo(f"metrics written to {out}")
