@@ -55,8 +55,8 @@ def setup(tmp_path_factory):
 
 
 def config(tmp_path, models, **changes) -> JudgeConfig:
-    return JudgeConfig(models=list(models), out=str(tmp_path / "labels.jsonl"), block_size=4, checkpoint_pairs=8,
-                       progress=False, **changes)
+    settings = dict(block_size=4, checkpoint_pairs=8, progress=False)
+    return JudgeConfig(models=list(models), out=str(tmp_path / "labels.jsonl"), **{**settings, **changes})
 
 
 # ------------------------------------------------------------------------------------- combining and flags
@@ -190,28 +190,28 @@ class Killed(Exception):
 
 
 def test_a_killed_run_resumes_from_its_partial_file_and_equals_an_uninterrupted_one(tmp_path, setup, monkeypatch):
-    import lref.judge
+    from lref.sharding import ScoringWorker
 
     models = [setup["plain"], setup["calibrated"]]
     reference = tmp_path / "reference"
     judge(config(reference, models, budget=5), setup["pool"])
 
-    real_score_blocks, calls = lref.judge.score_blocks, []
+    real_score, calls = ScoringWorker.score, []
 
-    def dies_on_the_seventh_chunk(*args, **kwargs):
+    def dies_on_the_seventh_chunk(block):
         calls.append(1)
         if len(calls) == 13:  # blocks of 4, chunks of 8: 5 chunks for the first model, then the second's second
             raise Killed
-        return real_score_blocks(*args, **kwargs)
+        return real_score(block)
 
-    monkeypatch.setattr(lref.judge, "score_blocks", dies_on_the_seventh_chunk)
+    monkeypatch.setattr(ScoringWorker, "score", dies_on_the_seventh_chunk)
     with pytest.raises(Killed):
         judge(config(tmp_path, models, budget=5), setup["pool"])
     partial = partial_path(tmp_path / "labels.jsonl")
     assert len(partial.read_text().splitlines()) == 1 + 6 and not (tmp_path / "labels.jsonl").exists()
     with open(partial, "a") as handle:
         handle.write('{"model": 1, "start": 8, "logits": [[0.1, ')  # torn by the kill
-    monkeypatch.setattr(lref.judge, "score_blocks", real_score_blocks)
+    monkeypatch.setattr(ScoringWorker, "score", real_score)
     report = judge(config(tmp_path, models, budget=5), setup["pool"])
     assert report.notes == [f"resuming from {partial}: 48 pair scores kept"]
     assert [(m["resumed_pairs"], m["pairs_scored"]) for m in report.cost["models"]] == [(40, 0), (8, 32)]
@@ -220,16 +220,36 @@ def test_a_killed_run_resumes_from_its_partial_file_and_equals_an_uninterrupted_
     assert not partial.exists()
 
     # a partial file from other settings (another block size) is not trusted
-    monkeypatch.setattr(lref.judge, "score_blocks", dies_on_the_seventh_chunk)
+    monkeypatch.setattr(ScoringWorker, "score", dies_on_the_seventh_chunk)
     calls.clear()
     with pytest.raises(Killed):
         judge(config(tmp_path, models), setup["pool"])
-    monkeypatch.setattr(lref.judge, "score_blocks", real_score_blocks)
+    monkeypatch.setattr(ScoringWorker, "score", real_score)
     other = config(tmp_path, models)
     other.block_size = 8
     report = judge(other, setup["pool"])
     assert "comes from another run" in report.notes[0]
     assert [m["resumed_pairs"] for m in report.cost["models"]] == [0, 0]
+
+
+def test_workers_stay_up_across_checkpoints_and_equal_one_worker(tmp_path, setup, monkeypatch):
+    """Two worker processes, 10 chunks per model: one pool per model (not per chunk), the same bytes as one worker."""
+    from lref.sharding import ScoringPool
+
+    models = [setup["plain"], setup["calibrated"]]
+    judge(config(tmp_path / "one", models, budget=5), setup["pool"])
+    real_enter, pools = ScoringPool.__enter__, []
+
+    def counted(pool):
+        pools.append(pool.workers)
+        return real_enter(pool)
+
+    monkeypatch.setattr(ScoringPool, "__enter__", counted)
+    report = judge(config(tmp_path / "two", models, budget=5, workers=2, checkpoint_pairs=2), setup["pool"])
+    assert pools == [2, 2]
+    assert [m["pairs_scored"] for m in report.cost["models"]] == [40, 40]
+    for name in ("labels.jsonl", "labels.review.jsonl"):
+        assert (tmp_path / "two" / name).read_bytes() == (tmp_path / "one" / name).read_bytes()
 
 
 # ------------------------------------------------------------------------------------------------------ errors

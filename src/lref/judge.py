@@ -63,11 +63,9 @@ from lref.labels import PRESETS, LabelError, LabelScheme, get_scheme
 from lref.models.factory import ScorerSpec, build_scorer, scorer_spec
 from lref.sharding import (
     DEFAULT_BLOCK_SIZE,
+    ScoringPool,
     available_cores,
-    iter_blocks,
     parse_shard,
-    score_blocks,
-    score_in_parallel,
     select_shard,
     shard_info_path,
     write_shard_info,
@@ -143,7 +141,7 @@ class JudgeConfig:
     checkpoint_pairs: int = field(
         default=2048,
         metadata={"help": "Pairs scored between two saves to the resume file OUT.partial (rounded up to whole "
-                  "blocks, times --workers; each save with --workers > 1 restarts the worker pool)."},
+                  "blocks, times --workers; the workers stay up across saves)."},
     )
     progress: bool = field(default=True, metadata={"help": "Show a progress bar on stderr."})
 
@@ -385,7 +383,7 @@ class ModelCost:
     pairs_scored: int = 0
     resumed_pairs: int = 0
     wall_s: float = 0.0
-    """Loading the model included (with --workers > 1, each worker pool loads it again)."""
+    """Loading the model included (with --workers > 1, once in each worker)."""
     cpu_s: float = 0.0
     load_s: float | None = None
     """Seconds to load the model in this process (None when it was not loaded here: resumed, or --workers > 1)."""
@@ -499,29 +497,21 @@ def score_committee(config: JudgeConfig, specs: Sequence[ScorerSpec], records: S
         for m, (model, spec) in enumerate(zip(config.models, specs)):
             cost = ModelCost(model, spec.kind, resumed_pairs=checkpoint.done(m))
             wall, cpu = time.perf_counter(), cpu_seconds()
-            scorer = None
             if len(specs) > 1:
                 bar.set_description(f"judging ({m + 1}/{len(specs)} {Path(model).name})")
-            for start in range(checkpoint.done(m), len(records), chunk):
-                part = records[start : start + chunk]
-                if config.workers > 1:
-                    result = score_in_parallel(partial(build_scorer, spec), part, workers=config.workers,
-                                               block_size=config.block_size, threads=spec.config.num_threads)
-                    logits = result.logits
-                    bar.update(len(part))
-                else:
-                    if scorer is None:
-                        loading = time.perf_counter()
-                        scorer = build_scorer(spec)
+            if checkpoint.done(m) < len(records):
+                workers = max(1, min(config.workers, math.ceil((len(records) - checkpoint.done(m))
+                                                                / config.block_size)))
+                loading = time.perf_counter()
+                # one pool per model, kept across the checkpointed chunks: each worker loads the model once
+                with ScoringPool(partial(build_scorer, spec), workers, spec.config.num_threads) as pool:
+                    if workers == 1:
                         cost.load_s = time.perf_counter() - loading
-                    blocks = []
-                    for block in iter_blocks(part, config.block_size):  # block by block, for the progress bar
-                        blocks.append(score_blocks(scorer, block, config.block_size).logits)
-                        bar.update(len(block))
-                    logits = np.concatenate(blocks)
-                checkpoint.append(m, start, logits)
-                cost.pairs_scored += len(part)
-            del scorer
+                    for start in range(checkpoint.done(m), len(records), chunk):
+                        part = records[start : start + chunk]
+                        result = pool.score(part, config.block_size, on_block=bar.update)
+                        checkpoint.append(m, start, result.logits)
+                        cost.pairs_scored += len(part)
             cost.wall_s, cost.cpu_s = time.perf_counter() - wall, cpu_seconds() - cpu
             costs.append(cost)
             parts = checkpoint.logits[m]

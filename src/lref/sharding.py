@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
@@ -267,6 +268,66 @@ class ScoringWorker:
         cls.scorer = None
 
 
+class ScoringPool:
+    """`workers` scoring processes that each build the scorer once (`build_scorer()`) and stay up across `score`
+    calls, so a caller that scores in chunks (checkpointing between them) loads the model once per worker. One worker
+    scores in this process. Use it as a context manager; the processes stop on exit."""
+
+    def __init__(self, build_scorer: Callable[[], Any], workers: int = 1, threads: int | None = None):
+        if workers < 1:
+            raise ValueError(f"workers must be at least 1, got {workers}")
+        self.build_scorer, self.workers, self.threads = build_scorer, workers, threads
+        self.executor = None
+
+    def __enter__(self) -> "ScoringPool":
+        if self.workers == 1:
+            ScoringWorker.start(self.build_scorer, self.threads)
+        else:
+            import multiprocessing
+            from concurrent.futures import ProcessPoolExecutor
+
+            threads = self.threads or max(1, available_cores() // self.workers)
+            # spawn, not fork: a forked copy of a process that has run torch can deadlock in its thread pools.
+            self.executor = ProcessPoolExecutor(self.workers, multiprocessing.get_context("spawn"),
+                                                ScoringWorker.start, (self.build_scorer, threads))
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        if self.executor is not None:
+            self.executor.shutdown()
+            self.executor = None
+        else:
+            ScoringWorker.stop()
+
+    def score(self, records: Sequence[Record], block_size: int = DEFAULT_BLOCK_SIZE, progress: bool = False,
+              on_block: Callable[[int], Any] | None = None) -> ScoreResult:
+        """`records` scored block by block (blocks go to whichever worker is free and come back in input order);
+        `on_block(n)` is called as each block of n pairs is done."""
+        import numpy as np
+        from tqdm.auto import tqdm
+
+        if not records:
+            if self.executor is not None:
+                raise ValueError("no records to score")
+            return score_blocks(ScoringWorker.scorer, records, block_size)
+        blocks = [list(block) for block in iter_blocks(records, block_size)]
+        if self.executor is None:
+            results = (ScoringWorker.score(block) for block in blocks)
+        else:
+            results = self.executor.map(ScoringWorker.score, blocks)
+        parts = []
+        desc = "scoring" if self.executor is None else f"scoring ({self.workers} workers)"
+        with tqdm(total=len(records), unit="pair", desc=desc, file=sys.stderr, disable=not progress) as bar:
+            for block, result in zip(blocks, results):
+                parts.append(result)
+                bar.update(len(block))
+                if on_block is not None:
+                    on_block(len(block))
+        # the blocks' logits already hold the scorer's label bias: no bias here
+        logits = np.concatenate([part.logits for part in parts])
+        return ScoreResult([r.id for r in records], parts[0].labels, logits, parts[0].top_k)
+
+
 def score_in_parallel(
     build_scorer: Callable[[], Any],
     records: Sequence[Record],
@@ -282,33 +343,8 @@ def score_in_parallel(
     `lref.models.factory.make_scorer`); each worker calls it once. Each worker runs `threads` torch threads (default
     ``cores // workers``; with one worker, torch's own); blocks go to whichever worker is free and come back in input
     order. The result is identical to ``workers=1`` (the same blocks, scored the same way)."""
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
-
-    import numpy as np
-    from tqdm.auto import tqdm
-
     if workers < 1:
         raise ValueError(f"workers must be at least 1, got {workers}")
-    blocks = [list(block) for block in iter_blocks(records, block_size)]
-    workers = max(1, min(workers, len(blocks)))
-    if workers == 1:
-        ScoringWorker.start(build_scorer, threads)
-        try:
-            return score_blocks(ScoringWorker.scorer, records, block_size, progress=progress)
-        finally:
-            ScoringWorker.stop()
-    threads = threads or max(1, available_cores() // workers)
-    # spawn, not fork: a forked copy of a process that has run torch can deadlock in its thread pools.
-    context = multiprocessing.get_context("spawn")
-    parts = []
-    with (
-        ProcessPoolExecutor(workers, context, ScoringWorker.start, (build_scorer, threads)) as pool,
-        tqdm(total=len(records), unit="pair", desc=f"scoring ({workers} workers)", file=sys.stderr,
-             disable=not progress) as bar,
-    ):
-        for block, result in zip(blocks, pool.map(ScoringWorker.score, blocks)):
-            parts.append(result)
-            bar.update(len(block))
-    logits = np.concatenate([part.logits for part in parts])
-    return ScoreResult([r.id for r in records], parts[0].labels, logits, parts[0].top_k)
+    blocks = math.ceil(len(records) / block_size) if records else 1
+    with ScoringPool(build_scorer, max(1, min(workers, blocks)), threads) as pool:
+        return pool.score(records, block_size, progress=progress)
