@@ -226,6 +226,31 @@ def test_mpnet_base_is_a_second_encoder_baseline_skipped_when_not_installed(mode
     assert results["systems"][0]["metrics"]["n"] == 40
 
 
+def test_the_hybrid_student_learns_from_the_chain_llm_with_its_cached_labels(full_run, tmp_path):
+    """distill-hybrid, added to a finished run: its teacher is dpo (not the distill student), it draws the same pairs
+    as distill, the two share the teacher's cached labels, and its student is a hybrid folder evaluated like every
+    system."""
+    from lref.models.hybrid import is_hybrid
+
+    run_dir, config, _, _ = full_run
+    with_hybrid = json.loads(json.dumps(config))
+    with_hybrid["stages"]["distill-hybrid"] = dict(config["stages"]["distill"])
+    state = status(run(with_hybrid, tmp_path))
+    assert state["distill"] == "unchanged," and state["distill-hybrid"] == "running"
+    manifest = json.loads((run_dir / "stages/distill-hybrid/manifest.json").read_text())
+    assert manifest["upstream"]["model"].endswith("stages/dpo/model")  # the chain's LLM, not the distill student
+    assert is_hybrid(manifest["outputs"]["model"])
+    results = json.loads((run_dir / "results.json").read_text())
+    assert next(s for s in results["systems"] if s["name"] == "distill-hybrid")["metrics"]["n"] == 40
+    # both students again: each finds every teacher label in the run's cache
+    state = status(run(with_hybrid, tmp_path, from_stage="distill"))
+    assert state["distill"] == "running" and state["distill-hybrid"] == "running"
+    for stage in ("distill", "distill-hybrid"):
+        student = Path(json.loads((run_dir / f"stages/{stage}/manifest.json").read_text())["outputs"]["model"])
+        cache = json.loads((student / "lref_manifest.json").read_text())["distill"]["teacher_cache"]
+        assert (cache["scored"], cache["hits"]) == (0, 40), stage
+
+
 def test_distill_refuses_a_collapsed_teacher_unless_forced(full_run, tmp_path):
     run_dir, config, _, lines = full_run
     dpo = json.loads((run_dir / "stages/dpo/metrics_dpo.json").read_text())["collapse"]

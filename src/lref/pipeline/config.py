@@ -19,8 +19,12 @@ from lref.data.records import DataError
 from lref.data.synthetic import SyntheticCatalogConfig
 from lref.labels import get_scheme
 
-STAGES = ("lexical", "zero-shot", "bert", "mpnet-base", "llm-base", "select", "sft", "cot", "dpo", "distill")
-CHAIN = ("sft", "cot", "dpo", "distill")
+STAGES = ("lexical", "zero-shot", "bert", "mpnet-base", "llm-base", "select", "sft", "cot", "dpo", "distill",
+          "distill-hybrid")
+CHAIN = ("sft", "cot", "dpo", "distill", "distill-hybrid")
+STUDENT_STAGES = ("distill", "distill-hybrid")
+"""Stages that distil the chain's last LLM into a cross-encoder; each learns from that LLM, never from the other
+student (the teacher's labels are cached once for both)."""
 CHAIN_STARTS = ("model", "llm-base")
 
 UNSET = "<set by the pipeline>"
@@ -147,8 +151,9 @@ class PipelineConfig:
 # Stage settings: which dataclass, which fields the pipeline owns
 
 
-STAGE_DEFAULTS = {"stages.mpnet-base": {"model": "mpnet-base"}}
-"""Defaults a stage has that differ from its config class's (mpnet-base shares bert's CrossEncoderConfig)."""
+STAGE_DEFAULTS = {"stages.mpnet-base": {"model": "mpnet-base"}, "stages.distill-hybrid": {"lexical_features": True}}
+"""Defaults a stage has that differ from its config class's (mpnet-base shares bert's CrossEncoderConfig, the hybrid
+student distill's DistillConfig)."""
 
 
 def stage_class(name: str) -> type:
@@ -180,7 +185,7 @@ def stage_class(name: str) -> type:
         from lref.stages.dpo import DPOStageConfig
 
         return DPOStageConfig
-    if name == "distill":
+    if name in STUDENT_STAGES:
         from lref.stages.distill import DistillConfig
 
         return DistillConfig
@@ -192,7 +197,7 @@ def owned_fields(name: str) -> tuple[str, ...]:
     owned = ("scheme", "output_dir", "resume")
     if name in ("sft", "cot", "dpo"):
         owned += ("model",)
-    if name == "distill":
+    if name in STUDENT_STAGES:
         owned += ("teacher",)
     return owned
 
@@ -450,7 +455,8 @@ def config_reference() -> str:
 
 
 __all__ = [
-    "CHAIN", "CHAIN_STARTS", "ConfigError", "DataConfig", "EvalSettings", "PipelineConfig", "STAGES", "UNSET",
+    "CHAIN", "CHAIN_STARTS", "STUDENT_STAGES", "ConfigError", "DataConfig", "EvalSettings", "PipelineConfig",
+    "STAGES", "UNSET",
     "ZeroShotConfig", "build_config", "check_type", "config_reference", "field_names", "load_config", "owned_fields",
     "parse_config", "scheme_name", "stage_class",
 ]

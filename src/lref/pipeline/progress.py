@@ -49,16 +49,18 @@ MPNET_SIZE = 109.5 / 22.7
 """MPNet-base's cost against MiniLM-L6's, taken as the ratio of their parameter counts."""
 
 
-def stage_work(name: str, config: Any, n_train: int, n_scored: int) -> float:
+def stage_work(name: str, config: Any, n_train: int, n_scored: int, cached_teacher: bool = False) -> float:
     """Estimated work of stage `name` in LLM scorings: `n_train` its training pairs, `n_scored` the pairs each of its
-    systems is scored on (held-out plus calibration)."""
+    systems is scored on (held-out plus calibration); `cached_teacher`: a student stage whose teacher labels another
+    student stage of the run scores first."""
     epochs = _epochs(config)
     if name == "lexical":
         return LEXICAL_PAIR * (n_train + n_scored)
     if name == "zero-shot":
         return float(n_scored)
-    if name in ("bert", "mpnet-base", "distill"):
-        teacher = n_train if name == "distill" else 0  # distillation first labels its pairs with the LLM teacher
+    if name in ("bert", "mpnet-base", "distill", "distill-hybrid"):
+        # distillation first labels its pairs with the LLM teacher; a second student finds them cached
+        teacher = n_train if name in ("distill", "distill-hybrid") and not cached_teacher else 0
         size = MPNET_SIZE if name == "mpnet-base" else 1.0
         return teacher + size * (ENCODER_EXAMPLE * n_train * epochs + ENCODER_SCORING * n_scored)
     if name in ("llm-base", "sft"):

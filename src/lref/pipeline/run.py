@@ -23,7 +23,7 @@ from lref.data.records import Record
 from lref.fingerprint import data_hash, library_versions, settings_of, sha256_json
 from lref.io import write_json
 from lref.models.loading import read_manifest as read_model_manifest
-from lref.pipeline.config import CHAIN, STAGES, UNSET, ConfigError, PipelineConfig, load_config
+from lref.pipeline.config import CHAIN, STAGES, STUDENT_STAGES, UNSET, ConfigError, PipelineConfig, load_config
 from lref.pipeline.data import RunData, load_data, sample
 from lref.pipeline.evaluation import evaluate_system
 from lref.pipeline.progress import SELECTED_SHARE, RunClock, stage_work
@@ -162,7 +162,8 @@ class Pipeline:
             if name in ("sft", "cot") and "select" in self.config.stages:
                 n_train = max(1, round(SELECTED_SHARE * select_pool))
             n_train = min(self.config.pairs.get(name) or n_train, n_train)
-            work[name] = stage_work(name, self.config.stages[name], n_train, scored)
+            cached_teacher = name == "distill-hybrid" and "distill" in self.config.stages
+            work[name] = stage_work(name, self.config.stages[name], n_train, scored, cached_teacher)
         return work
 
     # ---------------------------------------------------------------- one stage
@@ -175,7 +176,7 @@ class Pipeline:
             inputs["corrections"] = {k: v for k, v in data.corrections.to_dict().items() if k != "path"}
         records = data.train
         if name in CHAIN:
-            before = [n for n in CHAIN[: CHAIN.index(name)] if n in self.config.stages]
+            before = [n for n in CHAIN[: CHAIN.index(name)] if n in self.config.stages and n not in STUDENT_STAGES]
             if before:
                 previous = before[-1]
                 if previous not in done or done[previous].get("status") != "done":
@@ -195,7 +196,9 @@ class Pipeline:
                     raise ConfigError(f"stage {name} needs select, which has not finished: run it first")
                 records = load_records(done["select"]["outputs"]["records"], "jsonl", scheme=data.scheme)
                 inputs["select"] = done["select"]["fingerprint"]
-        records = sample(records, self.config.pairs.get(name), self.config.seed, name)
+        # both students draw the same pairs: a like-for-like comparison, and the teacher labels them once
+        tag = "distill" if name in STUDENT_STAGES else name
+        records = sample(records, self.config.pairs.get(name), self.config.seed, tag)
         return records, upstream, inputs
 
     def _run_stage(self, name: str, data: RunData, done: dict[str, dict[str, Any]], force: bool,
@@ -203,7 +206,7 @@ class Pipeline:
         stage_dir = self.stage_dir(name)
         records, upstream, inputs = self._inputs(name, data, done)
         inputs["records"] = data_hash(records)
-        model_field = "teacher" if name == "distill" else "model"
+        model_field = "teacher" if name in STUDENT_STAGES else "model"
         config = self.config.stages[name]
         filled = {"output_dir": str(stage_dir / "model")}
         if name in CHAIN:
@@ -313,7 +316,7 @@ class Pipeline:
         """Why the distill stage must not learn from its teacher (the chain model before it collapsed, by the
         `collapse` check of its evaluation), or None: another stage, a sound or unchecked teacher, or
         `allow_collapsed_teacher`."""
-        if name != "distill" or getattr(config, "allow_collapsed_teacher", False) or "model" not in upstream:
+        if name not in STUDENT_STAGES or getattr(config, "allow_collapsed_teacher", False) or "model" not in upstream:
             return None
         for manifest in done.values():
             for system, spec in (manifest.get("systems") or {}).items():
@@ -322,7 +325,7 @@ class Pipeline:
                     return (f"its teacher {system} collapsed on its {check['pairs']} {check['checked_on']} pairs ("
                             + "; ".join(check["reasons"]) + "): a student would learn the collapse. Fix the "
                             "teacher's training (e.g. class_balance: sqrt, more pairs or epochs) or set "
-                            "distill.allow_collapsed_teacher: true to distil from it anyway")
+                            f"{name}.allow_collapsed_teacher: true to distil from it anyway")
         return None
 
     def _evaluate(self, systems: dict[str, dict[str, str]], data: RunData, stage_dir: Path) -> dict[str, Any]:

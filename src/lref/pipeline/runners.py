@@ -130,19 +130,20 @@ def _run_distill(ctx: StageContext) -> dict[str, Any]:
     cache = json.loads((folder / MANIFEST_NAME).read_text(encoding="utf-8"))["distill"]["teacher_cache"]
     return {"outputs": {"model": str(folder), "teacher_cache": str(Path(cache["path"]).parent),
                         "teacher_skipped": cache.get("skipped", 0), "teacher_skipped_file": cache.get("skipped_file")},
-            "systems": {"distill": {"kind": "encoder", "ref": str(folder)}}}
+            "systems": {ctx.name: {"kind": "encoder", "ref": str(folder)}}}
 
 
 RUNNERS: dict[str, Callable[[StageContext], dict[str, Any]]] = {
     "lexical": _run_lexical, "zero-shot": _run_zero_shot, "bert": _run_encoder_baseline,
     "mpnet-base": _run_encoder_baseline, "llm-base": _run_sft,
     "select": _run_select, "sft": _run_sft, "cot": _run_cot, "dpo": _run_dpo, "distill": _run_distill,
+    "distill-hybrid": _run_distill,
 }
 SYSTEM_TITLES = {
     "lexical": "lexical (features + GBDT)", "zero-shot": "zero-shot LLM", "bert": "BERT cross-encoder",
     "mpnet-base": "MPNet cross-encoder (110M)",
     "llm-base": "LLM SFT, all data", "sft": "+ selection (SFT)", "cot-ee": "+ EE", "cot-ra": "+ RA", "cot-dr": "+ DR",
-    "dpo": "+ DPO", "distill": "distilled student",
+    "dpo": "+ DPO", "distill": "distilled student", "distill-hybrid": "hybrid student (+ lexical features)",
 }
 
 
