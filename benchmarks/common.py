@@ -51,6 +51,18 @@ def utc_now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
+def homedepot_with_held_out(calibration_pairs: int, seed: int) -> tuple[list, list, list]:
+    """Home Depot train.csv less `calibration_pairs` pairs held out by whole queries, as the pipeline holds out its
+    calibration pairs; those held-out pairs; and all of dev.csv. blind.csv is never read."""
+    from lref.data import load_records  # lazy: lref loads only after the script has parsed its arguments
+    from lref.pipeline.data import hold_out_calibration
+
+    train_all = load_records(HOMEDEPOT / "train.csv", "homedepot")
+    dev = load_records(HOMEDEPOT / "dev.csv", "homedepot")
+    train, held_out = hold_out_calibration(train_all, calibration_pairs, seed)
+    return train, held_out, dev
+
+
 def sft_training_ids(model: str, train_all: list) -> set[str]:
     """Ids of the train.csv sample a benchmarks/sft_quality.py adapter was trained on, rebuilt from its manifest
     (seeded sample of n_train pairs) and confirmed by the data hash; empty when it cannot be confirmed."""

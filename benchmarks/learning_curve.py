@@ -27,7 +27,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from common import HOMEDEPOT, RESULTS, machine, utc_now
+from common import RESULTS, homedepot_with_held_out, machine, utc_now
 
 
 def parse_args() -> argparse.Namespace:
@@ -81,23 +81,20 @@ def main() -> None:
     import torch
 
     from lref.calibration import fit_label_bias
-    from lref.data import load_records
     from lref.data.hints import with_match_hints
     from lref.io import write_json
     from lref.labels import get_scheme
     from lref.metrics import evaluate, paired_difference
     from lref.models.cross_encoder import CrossEncoderScorer
     from lref.models.scorer import ScorerConfig
-    from lref.pipeline.data import hold_out_calibration, sample
+    from lref.pipeline.data import sample
     from lref.predictions import ScoreResult
     from lref.stages.distill import DistillConfig, distill
     from lref.training.cross_encoder import CrossEncoderConfig, train_cross_encoder
 
     torch.set_num_threads(args.threads)
     scheme = get_scheme("graded3")
-    train_all = load_records(HOMEDEPOT / "train.csv", "homedepot")
-    dev = load_records(HOMEDEPOT / "dev.csv", "homedepot")
-    pool, held_out = hold_out_calibration(train_all, args.calibration_pairs, args.seed)
+    pool, held_out, dev = homedepot_with_held_out(args.calibration_pairs, args.seed)
     if not args.no_match_hints:
         pool, held_out, dev = (with_match_hints(records) for records in (pool, held_out, dev))
     work = Path(args.work_dir)
