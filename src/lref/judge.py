@@ -68,6 +68,7 @@ from lref.sharding import (
     parse_shard,
     select_shard,
     shard_info_path,
+    useful_workers,
     write_shard_info,
 )
 
@@ -500,8 +501,7 @@ def score_committee(config: JudgeConfig, specs: Sequence[ScorerSpec], records: S
             if len(specs) > 1:
                 bar.set_description(f"judging ({m + 1}/{len(specs)} {Path(model).name})")
             if checkpoint.done(m) < len(records):
-                workers = max(1, min(config.workers, math.ceil((len(records) - checkpoint.done(m))
-                                                                / config.block_size)))
+                workers = useful_workers(config.workers, len(records) - checkpoint.done(m), config.block_size)
                 loading = time.perf_counter()
                 # one pool per model, kept across the checkpointed chunks: each worker loads the model once
                 with ScoringPool(partial(build_scorer, spec), workers, spec.config.num_threads) as pool:

@@ -268,6 +268,12 @@ class ScoringWorker:
         cls.scorer = None
 
 
+def useful_workers(workers: int, pairs: int, block_size: int) -> int:
+    """At most `workers`, and no more than the blocks `pairs` pairs make (at least one): a worker without a block
+    would only load the model."""
+    return max(1, min(workers, math.ceil(pairs / block_size)))
+
+
 class ScoringPool:
     """`workers` scoring processes that each build the scorer once (`build_scorer()`) and stay up across `score`
     calls, so a caller that scores in chunks (checkpointing between them) loads the model once per worker. One worker
@@ -345,6 +351,5 @@ def score_in_parallel(
     order. The result is identical to ``workers=1`` (the same blocks, scored the same way)."""
     if workers < 1:
         raise ValueError(f"workers must be at least 1, got {workers}")
-    blocks = math.ceil(len(records) / block_size) if records else 1
-    with ScoringPool(build_scorer, max(1, min(workers, blocks)), threads) as pool:
+    with ScoringPool(build_scorer, useful_workers(workers, len(records), block_size), threads) as pool:
         return pool.score(records, block_size, progress=progress)

@@ -60,16 +60,23 @@ class MatchFeatures:
 
     def fit(self, records: Sequence[Record]) -> "MatchFeatures":
         """Learn the corpus statistics and the standardisation from the training pairs."""
+        self.fit_transform(records)
+        return self
+
+    def fit_transform(self, records: Sequence[Record]) -> np.ndarray:
+        """`fit` on the training pairs and their standardised features, computed once."""
         raw = self.features.fit(records).transform(records)
         self.mean = raw.mean(axis=0)
         spread = raw.std(axis=0)
         self.scale = np.where(spread > 1e-9, spread, 1.0)
-        return self
+        return self.standardise(raw)
 
     def transform(self, records: Sequence[Record]) -> np.ndarray:
         if self.mean is None:
             raise RuntimeError("MatchFeatures.transform before fit")
-        raw = self.features.transform(records)
+        return self.standardise(self.features.transform(records))
+
+    def standardise(self, raw: np.ndarray) -> np.ndarray:
         return np.clip((raw - self.mean) / self.scale, -FEATURE_CLIP, FEATURE_CLIP).astype(np.float32)
 
     def save_pretrained(self, folder: str | Path, hidden_size: int | None = None) -> None:

@@ -205,15 +205,16 @@ def train_cross_encoder(
         dtype=torch.float32,
     )
 
-    match_features = None
+    match_features = feature_rows = None
     if config.lexical_features:
-        match_features = MatchFeatures().fit(records)
+        match_features = MatchFeatures()
+        feature_rows = match_features.fit_transform(records)
         model = hybrid_model_class()(model, len(match_features.names), match_features=match_features)
     human_labels = [r.label for r in records if has_label(r)]
     weights = class_weights(human_labels, scheme, config.class_balance)
     examples = tokenize_pairs(tokenizer, records, scheme, config.max_length)
-    if match_features is not None:
-        for example, row in zip(examples, match_features.transform(records)):
+    if feature_rows is not None:
+        for example, row in zip(examples, feature_rows):
             example[FEATURE_INPUT] = row
     for i, (example, record) in enumerate(zip(examples, records)):
         example["labels"] = scheme.index(record.label) if has_label(record) else IGNORE_LABEL
