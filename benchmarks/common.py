@@ -63,6 +63,24 @@ def homedepot_with_held_out(calibration_pairs: int, seed: int) -> tuple[list, li
     return train, held_out, dev
 
 
+def probe_student(folder: Path, records: list, args, **options) -> tuple[Path, float | None]:
+    """A MiniLM cross-encoder trained on `records` into `folder` with the probe scripts' settings (`args`: epochs,
+    batch_size, max_length, seed, threads) plus `options` (CrossEncoderConfig fields); kept and resumed across runs.
+    Returns the folder and the training seconds (None when an earlier run had finished it)."""
+    import time
+
+    from lref.training.cross_encoder import CrossEncoderConfig, train_cross_encoder
+
+    if (folder / "lref_manifest.json").is_file():
+        return folder, None
+    started = time.perf_counter()
+    train_cross_encoder(CrossEncoderConfig(
+        model="minilm-l6", output_dir=str(folder), epochs=args.epochs, batch_size=args.batch_size,
+        max_length=args.max_length, seed=args.seed, threads=args.threads, progress=True,
+        resume=(folder / "checkpoints").is_dir(), **options), records)
+    return folder, round(time.perf_counter() - started, 1)
+
+
 def sft_training_ids(model: str, train_all: list) -> set[str]:
     """Ids of the train.csv sample a benchmarks/sft_quality.py adapter was trained on, rebuilt from its manifest
     (seeded sample of n_train pairs) and confirmed by the data hash; empty when it cannot be confirmed."""

@@ -23,7 +23,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from common import RESULTS, homedepot_with_held_out, machine, utc_now
+from common import RESULTS, homedepot_with_held_out, machine, probe_student, utc_now
 
 
 def parse_args() -> argparse.Namespace:
@@ -59,7 +59,6 @@ def main() -> None:
     from lref.models.scorer import ScorerConfig
     from lref.pipeline.data import sample
     from lref.predictions import ScoreResult
-    from lref.training.cross_encoder import CrossEncoderConfig, train_cross_encoder
 
     torch.set_num_threads(args.threads)
     scheme = get_scheme("graded3")
@@ -68,14 +67,10 @@ def main() -> None:
     timings: dict[str, float] = {}
 
     def trained(name: str, **options) -> CrossEncoderScorer:
-        folder = Path(args.work_dir) / f"{name}_{args.train_pairs}"
-        if not (folder / "lref_manifest.json").is_file():
-            started = time.perf_counter()
-            train_cross_encoder(CrossEncoderConfig(
-                model="minilm-l6", output_dir=str(folder), epochs=args.epochs, batch_size=args.batch_size,
-                max_length=args.max_length, seed=args.seed, threads=args.threads, progress=True,
-                resume=(folder / "checkpoints").is_dir(), **options), student_train)
-            timings[f"{name}_train_s"] = round(time.perf_counter() - started, 1)
+        folder, seconds = probe_student(Path(args.work_dir) / f"{name}_{args.train_pairs}", student_train, args,
+                                        **options)
+        if seconds is not None:
+            timings[f"{name}_train_s"] = seconds
         return CrossEncoderScorer.from_pretrained(
             folder, config=ScorerConfig(batch_size=64, max_length=args.max_length, num_threads=args.threads))
 

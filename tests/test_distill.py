@@ -162,7 +162,8 @@ def test_config_is_validated():
         DistillConfig()
     for bad, match in [({"temperature": 0}, "temperature"), ({"ce_weight": -0.1}, "ce_weight"),
                        ({"candidates_per_query": -1}, "candidates_per_query"), ({"batch_size": 0}, "batch_size"),
-                       ({"scheme": "nope"}, "nope")]:
+                       ({"scheme": "nope"}, "nope"), ({"encoder_layers": 0}, "encoder_layers"),
+                       ({"encoder_layers": True}, "encoder_layers")]:
         with pytest.raises((ValueError, LabelError), match=match):
             DistillConfig(teacher="t", **bad)
 
@@ -326,6 +327,33 @@ def test_distill_learns_from_a_labels_file_without_running_a_teacher(tmp_path, t
         labels_from_file(labels, records, SCHEME)
     with pytest.raises(ValueError, match="teacher_labels"):
         DistillConfig(teacher="", teacher_labels="")
+
+
+def test_encoder_layers_keeps_the_first_layers_of_the_student(tmp_path, tiny_encoder):
+    """A 1-layer student from the 2-layer encoder: its first layer's weights, half the layers, and it reloads and
+    scores; asking for more layers than the encoder has names both counts."""
+    from safetensors.torch import load_file
+
+    from lref.models.cross_encoder import CrossEncoderScorer
+    from lref.predictions import Prediction, write_predictions
+
+    records = pool_records(6)
+    labels = tmp_path / "labels.jsonl"
+    write_predictions(labels, [Prediction(r.id, "Exact", {"Exact": 0.6, "Partial": 0.3, "Irrelevant": 0.1})
+                               for r in records])
+    folder = distill(distill_config(tmp_path, "", tiny_encoder, teacher_labels=str(labels), encoder_layers=1,
+                                    learning_rate=1e-9), records)
+    assert json.loads((folder / "config.json").read_text())["num_hidden_layers"] == 1
+    assert json.loads((folder / MANIFEST_NAME).read_text())["config"]["encoder_layers"] == 1
+    weights, source = load_file(folder / "model.safetensors"), load_file(tiny_encoder / "model.safetensors")
+    assert not [k for k in weights if ".layer.1." in k]
+    key = next(k for k in weights if k.endswith("encoder.layer.0.attention.self.query.weight"))
+    source_key = next(k for k in source if k.endswith("encoder.layer.0.attention.self.query.weight"))
+    assert torch.allclose(weights[key], source[source_key], atol=1e-5)  # lr 1e-9: the first layer is the encoder's
+    assert CrossEncoderScorer.from_pretrained(folder).score(records).probs.shape == (6, 3)
+    with pytest.raises(ValueError, match="encoder_layers is 3, but the encoder in .* has only 2 layers"):
+        distill(distill_config(tmp_path, "", tiny_encoder, teacher_labels=str(labels), encoder_layers=3,
+                               output_dir=str(tmp_path / "deep")), records)
 
 
 def test_calibrated_probs_add_the_bias_to_the_log_probabilities():

@@ -119,6 +119,9 @@ def distill_command(
     feature_learning_rate: float = typer.Option(
         1e-3, "--feature-lr", min=0.0, help=_distill_help("feature_learning_rate")
     ),
+    encoder_layers: int | None = typer.Option(
+        None, "--encoder-layers", min=1, help=_distill_help("encoder_layers")
+    ),
     teacher_calibration: bool = typer.Option(
         True, "--teacher-calibration/--raw-teacher", help=_distill_help("teacher_calibration")
     ),
@@ -158,7 +161,8 @@ def distill_command(
         config = DistillConfig(
             teacher=teacher, teacher_labels=teacher_labels, student=student, scheme=label_scheme.name,
             output_dir=out, temperature=temperature, lexical_features=lexical_features,
-            feature_learning_rate=feature_learning_rate, ce_weight=ce_weight, teacher_calibration=teacher_calibration,
+            feature_learning_rate=feature_learning_rate, encoder_layers=encoder_layers, ce_weight=ce_weight,
+            teacher_calibration=teacher_calibration,
             candidates_per_query=candidates_per_query,
             epochs=epochs, max_steps=max_steps, learning_rate=lr, batch_size=batch_size, max_length=max_length,
             teacher_batch_size=teacher_batch_size, teacher_max_length=teacher_max_length, save_steps=save_steps,

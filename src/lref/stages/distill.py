@@ -63,7 +63,7 @@ from lref.teachers.cache import (
     skipped_path,
     teacher_dir,
 )
-from lref.training.cross_encoder import CrossEncoderConfig, train_cross_encoder
+from lref.training.cross_encoder import CrossEncoderConfig, check_encoder_layers, train_cross_encoder
 from lref.training.losses import soft_label_loss
 from lref.training.run_guard import RunGuard
 from lref.training.settings import TrainingSettings, check_training_fields, settings_values, with_default
@@ -83,7 +83,7 @@ class DistillConfig(TrainingSettings):
     FINGERPRINT_ADDED_FIELDS: ClassVar[tuple[str, ...]] = ("grad_accum", "weight_decay", "save_total_limit", "bf16",
                                                            "teacher_max_skips", "allow_collapsed_teacher",
                                                            "teacher_labels", "lexical_features",
-                                                           "feature_learning_rate")
+                                                           "feature_learning_rate", "encoder_layers")
     """Training settings this config gained with the shared `TrainingSettings` (`lref.fingerprint.ADDED_FIELDS`)."""
 
     teacher: str = field(
@@ -108,6 +108,11 @@ class DistillConfig(TrainingSettings):
     )
     feature_learning_rate: float = field(
         default=1e-3, metadata={"help": "Peak learning rate of the hybrid student's feature head."}
+    )
+    encoder_layers: int | None = field(
+        default=None,
+        metadata={"help": "Keep only the student encoder's first N transformer layers (a smaller, faster student: its "
+                  "cost per pair falls with N); None keeps them all."},
     )
     scheme: str = field(default="graded3", metadata={"help": "Label scheme (preset name); must match the teacher's."})
     output_dir: str = field(
@@ -191,6 +196,7 @@ class DistillConfig(TrainingSettings):
             self, ("batch_size", "grad_accum", "max_length", "teacher_batch_size", "teacher_max_length", "save_steps",
                    "logging_steps")
         )
+        check_encoder_layers(self.encoder_layers)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -454,7 +460,7 @@ def distill(config: DistillConfig, records: Sequence[Record], unlabeled: Sequenc
     student_config = CrossEncoderConfig(
         **settings_values(config, TrainingSettings), model=config.student, scheme=scheme.name,
         output_dir=str(output_dir), lexical_features=config.lexical_features,
-        feature_learning_rate=config.feature_learning_rate,
+        feature_learning_rate=config.feature_learning_rate, encoder_layers=config.encoder_layers,
     )
     loss_fn = functools.partial(soft_label_loss, temperature=config.temperature, ce_weight=config.ce_weight)
     folder = train_cross_encoder(student_config, pool, targets=targets, loss_fn=loss_fn)

@@ -51,7 +51,8 @@ LossFn = Callable[[Any, dict[str, Any]], Any]
 class CrossEncoderConfig(TrainingSettings):
     """Settings of cross-encoder training. Each field's help text can feed a command line (`lref.config.field_help`)."""
 
-    FINGERPRINT_ADDED_FIELDS: ClassVar[tuple[str, ...]] = ("grad_accum", "lexical_features", "feature_learning_rate")
+    FINGERPRINT_ADDED_FIELDS: ClassVar[tuple[str, ...]] = ("grad_accum", "lexical_features", "feature_learning_rate",
+                                                           "encoder_layers")
     """Training settings this config gained with the shared `TrainingSettings` (`lref.fingerprint.ADDED_FIELDS`)."""
 
     model: str = field(
@@ -81,6 +82,11 @@ class CrossEncoderConfig(TrainingSettings):
         metadata={"help": "Peak learning rate of the hybrid's feature head (trained from scratch, so higher than the "
                   "encoder's); no effect without lexical_features."},
     )
+    encoder_layers: int | None = field(
+        default=None,
+        metadata={"help": "Keep only the encoder's first N transformer layers: a smaller, faster model whose cost per "
+                  "pair falls with N (DistilBERT-style layer dropping); None keeps them all."},
+    )
     # training settings whose default or meaning differs here
     learning_rate: float = with_default("learning_rate", 5e-5)
     batch_size: int = with_default("batch_size", 16, help="Pairs per optimizer step.")
@@ -100,6 +106,30 @@ class CrossEncoderConfig(TrainingSettings):
         check_training_fields(self, ("batch_size", "grad_accum", "save_steps", "logging_steps", "max_length"))
         if self.feature_learning_rate <= 0:
             raise ValueError(f"feature_learning_rate must be > 0, not {self.feature_learning_rate}")
+        check_encoder_layers(self.encoder_layers)
+
+
+def check_encoder_layers(layers: int | None) -> None:
+    """`encoder_layers` is None (all layers) or a positive count."""
+    if layers is not None and (isinstance(layers, bool) or not isinstance(layers, int) or layers < 1):
+        raise ValueError(f"encoder_layers must be a whole number >= 1 or None (all layers), not {layers!r}")
+
+
+def encoder_depth(folder: Path, layers: int | None) -> dict[str, int]:
+    """The `from_pretrained` keyword that keeps the first `layers` transformer layers of the encoder in `folder`
+    (none for all of them); more layers than the encoder has is refused, naming both counts."""
+    if layers is None:
+        return {}
+    from transformers import AutoConfig
+
+    available = getattr(AutoConfig.from_pretrained(str(folder)), "num_hidden_layers", None)
+    if available is None:
+        raise ValueError(f"encoder_layers is set, but the encoder in {folder} does not say how many layers it has "
+                         "(no num_hidden_layers in its config); leave encoder_layers unset")
+    if layers > available:
+        raise ValueError(f"encoder_layers is {layers}, but the encoder in {folder} has only {available} layers; "
+                         f"use 1 to {available}, or leave it unset for all")
+    return {"num_hidden_layers": layers}
 
 
 @functools.cache
@@ -203,6 +233,7 @@ def train_cross_encoder(
         id2label=dict(enumerate(scheme.labels)),
         label2id={label: i for i, label in enumerate(scheme.labels)},
         dtype=torch.float32,
+        **encoder_depth(folder, config.encoder_layers),
     )
 
     match_features = feature_rows = None
@@ -295,4 +326,5 @@ def train_cross_encoder(
     return output_dir
 
 
-__all__ = ["CrossEncoderConfig", "LossFn", "cross_encoder_trainer_class", "rating_targets", "train_cross_encoder"]
+__all__ = ["CrossEncoderConfig", "LossFn", "check_encoder_layers", "cross_encoder_trainer_class", "encoder_depth",
+           "rating_targets", "train_cross_encoder"]
