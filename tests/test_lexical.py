@@ -45,6 +45,27 @@ def test_features_reward_matching_titles():
     assert column["known_brand_missing"].tolist() == [0.0, 1.0]  # "dewalt" is a known brand absent from the saw
 
 
+def test_per_pair_features_equal_the_sparse_path(splits):
+    """The per-pair path (a served request's few pairs) and the sparse path (many pairs) give the same matrix, on the
+    catalog and on awkward text: no query words, repeated words, accents, symbols, a brand field, one character."""
+    train, test = splits["train"], splits["test"][:400]
+    features = LexicalFeatures().fit(train)
+    awkward = [
+        Record("e1", "!!", "Cordless drill"), Record("e2", "drill drill drill", "drill bit drill"),
+        Record("e3", "café façade 12\" pvc", "Café façade PVC pipe 12 in."), Record("e4", "x", "y"),
+        Record("e5", "ryobi saw", "18V circular saw", brand="Ryobi"), Record("e6", "50 ft hose ★", "★★ hose 50-ft"),
+    ]
+    for records in (test, awkward):
+        sparse = features.transform(records, method="sparse")
+        per_pair = features.transform(records, method="per_pair")
+        assert sparse.shape == per_pair.shape == (len(records), len(FEATURE_NAMES))
+        np.testing.assert_allclose(per_pair, sparse, rtol=1e-7, atol=1e-9)
+    assert np.any(features.transform(awkward[1:2])[0] != features.transform(awkward[:1])[0])
+    assert features.transform([], method="per_pair").shape == (0, len(FEATURE_NAMES))
+    with pytest.raises(ValueError, match="method must be one of auto, sparse, per_pair"):
+        features.transform(test, method="fast")
+
+
 @pytest.mark.parametrize("classifier", ["gbdt", "logistic"])
 def test_fit_predict_beats_the_majority_floor(splits, classifier):
     model = LexicalModel(LexicalConfig(classifier=classifier))
