@@ -31,7 +31,7 @@ from common import RESULTS, homedepot_with_held_out, machine, probe_student, utc
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--train-pairs", type=int, default=8000, help="human-labelled pairs each student learns from")
+    parser.add_argument("--train-pairs", type=int, default=8000, help="labelled training pairs (0: all)")
     parser.add_argument("--calibration-pairs", type=int, default=2000, help="held-out pairs for the label bias")
     parser.add_argument("--layers", type=int, nargs="+", default=[6, 3, 2, 1], help="encoder depths to train")
     parser.add_argument("--plain", action="store_true", help="plain cross-encoders instead of hybrids")
@@ -75,7 +75,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     scheme = get_scheme("graded3")
     train, held_out, dev = homedepot_with_held_out(args.calibration_pairs, args.seed)
-    student_train = sample(train, args.train_pairs, args.seed, "student")
+    student_train = sample(train, args.train_pairs or None, args.seed, "student")
     gold_held = np.array([scheme.index(r.label) for r in held_out])
     ids = [r.id for r in dev]
     kind = "student" if args.plain else "hybrid"
@@ -86,7 +86,8 @@ def main() -> None:
 
     systems, depths = {}, {}
     for layers in sorted(set(args.layers), reverse=True):
-        name = f"{kind}_{args.train_pairs}" if layers == 6 else f"{kind}_L{layers}_{args.train_pairs}"
+        size = args.train_pairs or "all"
+        name = f"{kind}_{size}" if layers == 6 else f"{kind}_L{layers}_{size}"
         folder, train_s = probe_student(Path(args.work_dir) / name, student_train, args,
                                         **options, **({} if layers == 6 else {"encoder_layers": layers}))
         export = folder / "onnx"

@@ -2,7 +2,7 @@
 
 Features (one row per pair, `FEATURE_NAMES`), computed on the query and the product text (title, plus brand when
 the record has one), with the token and character n-gram overlaps done on hashed columns (sparse matrices for many
-pairs at once, sets pair by pair for a served request's few: the same figures, 25 times faster for one pair):
+pairs at once, sets pair by pair for a served request's few: the same figures either way):
 
 * word overlap: query coverage, title coverage and Jaccard of the word sets, plain and crudely stemmed;
   IDF-weighted query coverage; TF-IDF cosine;
