@@ -10,7 +10,9 @@ the same human-labelled Home Depot pairs, exported to ONNX and scored on all of 
    pairs (its label bias is fitted there) and all of dev, `batch-size` pairs a call as `lref judge` scores: the dev
    pass is timed (pairs/s), then `latency-pairs` dev pairs are scored one call each (p50/p99 ms, tokenising and
    match features included), as one request to `lref serve student` would be.
-3. Weighted-F1 on all dev with query-bootstrap intervals, and paired differences against the deepest student and
+3. The lexical match features of one pair at a time, on the sparse path and the per-pair path
+   (`LexicalFeatures.transform(method=...)`), p50/p99 ms over the same `latency-pairs` pairs.
+4. Weighted-F1 on all dev with query-bootstrap intervals, and paired differences against the deepest student and
    against lexical, for the graph that serves (int8).
 
 The students are kept in --work-dir and resumed; a depth of 6 with the default settings is the hybrid of
@@ -121,6 +123,15 @@ def main() -> None:
     started = time.perf_counter()
     lexical = LexicalModel().fit(train)
     lexical_fit_s = round(time.perf_counter() - started, 1)
+    features_one_pair = {}
+    for method in ("sparse", "per_pair"):  # what a served request of one pair pays for the hybrid's features
+        latencies = []
+        for record in dev[: args.latency_pairs]:
+            started = time.perf_counter()
+            lexical.features_.transform([record], method=method)
+            latencies.append(1000 * (time.perf_counter() - started))
+        features_one_pair[method] = {"p50_ms": round(float(np.percentile(latencies, 50)), 3),
+                                     "p99_ms": round(float(np.percentile(latencies, 99)), 3)}
     systems["lexical"] = calibrated(lexical.score(held_out).logits, lexical.score(dev).logits)
 
     deepest = f"L{max(args.layers)}_int8"
@@ -137,7 +148,8 @@ def main() -> None:
         "machine": machine(), "date": utc_now(), "threads": args.threads, "kind": kind,
         "sizes": {"student_train": len(student_train), "lexical_train": len(train), "held_out": len(held_out),
                   "dev": len(dev)},
-        "depths": depths, "lexical_fit_s": lexical_fit_s, "systems": results, "paired": paired,
+        "depths": depths, "lexical_fit_s": lexical_fit_s,
+        "match_features_one_pair": features_one_pair, "systems": results, "paired": paired,
     })
     for name, figures in results.items():
         print(f"{name:12s} wF1 {figures['weighted_f1']:.4f}  macro-F1 {figures['macro_f1']:.4f}  "

@@ -264,6 +264,8 @@ def onnx_session(folder: str | Path, variant: str = "int8", threads: int | None 
     options = ort.SessionOptions()
     if threads is not None:
         options.intra_op_num_threads = threads
+    # Idle intra-op threads spin by default; in a server they take the CPU the event loop and the next request need.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return load_session(path, options)
 
 
