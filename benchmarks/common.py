@@ -81,6 +81,25 @@ def probe_student(folder: Path, records: list, args, **options) -> tuple[Path, f
     return folder, round(time.perf_counter() - started, 1)
 
 
+def compare_on_dev(dev: list, systems: dict, pairs: list[tuple[str, str]], scheme, seed: int) -> tuple[dict, dict]:
+    """Each system's headline figures on `dev` (query-bootstrap intervals) and the paired differences `a - b` of
+    `pairs`; both printed, one line each."""
+    from lref.metrics import evaluate, paired_difference  # lazy: lref loads only after the script has parsed its args
+
+    results = {name: {k: evaluate(dev, predictions, scheme, bootstrap=1000, seed=seed)[k]
+                      for k in ("weighted_f1", "macro_f1", "accuracy", "quadratic_weighted_kappa", "ci95")}
+               for name, predictions in systems.items()}
+    paired = {f"{a} - {b}": paired_difference(dev, systems[a], systems[b], scheme, bootstrap=1000, seed=seed)
+              for a, b in pairs}
+    for name, figures in results.items():
+        print(f"{name:18s} wF1 {figures['weighted_f1']:.4f}  macro-F1 {figures['macro_f1']:.4f}  "
+              f"QWK {figures['quadratic_weighted_kappa']:.4f}")
+    for name, difference in paired.items():
+        low, high = difference["ci95"]["weighted_f1"]
+        print(f"{name:28s} {100 * difference['weighted_f1']:+.2f} [{100 * low:+.2f}, {100 * high:+.2f}] points")
+    return results, paired
+
+
 def sft_training_ids(model: str, train_all: list) -> set[str]:
     """Ids of the train.csv sample a benchmarks/sft_quality.py adapter was trained on, rebuilt from its manifest
     (seeded sample of n_train pairs) and confirmed by the data hash; empty when it cannot be confirmed."""

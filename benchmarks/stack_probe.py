@@ -23,7 +23,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from common import RESULTS, homedepot_with_held_out, machine, probe_student, utc_now
+from common import RESULTS, compare_on_dev, homedepot_with_held_out, machine, probe_student, utc_now
 
 
 def parse_args() -> argparse.Namespace:
@@ -54,7 +54,6 @@ def main() -> None:
     from lref.calibration import fit_label_bias
     from lref.io import write_json
     from lref.labels import get_scheme
-    from lref.metrics import evaluate, paired_difference
     from lref.models.cross_encoder import CrossEncoderScorer
     from lref.models.scorer import ScorerConfig
     from lref.pipeline.data import sample
@@ -127,11 +126,7 @@ def main() -> None:
         hybrid_dev = timed("hybrid", lambda r: hybrid.score(r).logits, dev)
         systems["hybrid"] = calibrated(hybrid_held, hybrid_dev).predictions()
         pairs += [("hybrid", "student"), ("hybrid", "lexical"), ("hybrid", "stack_on_lexical")]
-    results = {name: {k: evaluate(dev, predictions, scheme, bootstrap=1000, seed=args.seed)[k]
-                      for k in ("weighted_f1", "macro_f1", "accuracy", "quadratic_weighted_kappa", "ci95")}
-               for name, predictions in systems.items()}
-    paired = {f"{a} - {b}": paired_difference(dev, systems[a], systems[b], scheme, bootstrap=1000, seed=args.seed)
-              for a, b in pairs}
+    results, paired = compare_on_dev(dev, systems, pairs, scheme, args.seed)
     write_json(args.out, {
         "command": "python benchmarks/stack_probe.py " + " ".join(
             f"--{k.replace('_', '-')}" + ("" if v is True else f" {v}") for k, v in vars(args).items()
@@ -141,12 +136,6 @@ def main() -> None:
                   "dev": len(dev)},
         "systems": results, "paired": paired, "timings": timings,
     })
-    for name, figures in results.items():
-        print(f"{name:18s} wF1 {figures['weighted_f1']:.4f}  macro-F1 {figures['macro_f1']:.4f}  "
-              f"QWK {figures['quadratic_weighted_kappa']:.4f}")
-    for name, difference in paired.items():
-        low, high = difference["ci95"]["weighted_f1"]
-        print(f"{name:28s} {100 * difference['weighted_f1']:+.2f} [{100 * low:+.2f}, {100 * high:+.2f}] points")
     print(timings)
 
 

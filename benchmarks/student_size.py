@@ -28,7 +28,7 @@ import os
 import sys
 import time
 
-from common import RESULTS, homedepot_with_held_out, machine, probe_student, utc_now
+from common import RESULTS, compare_on_dev, homedepot_with_held_out, machine, probe_student, utc_now
 
 
 def parse_args() -> argparse.Namespace:
@@ -67,7 +67,6 @@ def main() -> None:
     from lref.calibration import fit_label_bias
     from lref.io import write_json
     from lref.labels import get_scheme
-    from lref.metrics import evaluate, paired_difference
     from lref.models.factory import make_scorer
     from lref.models.onnx import ExportConfig, export_student
     from lref.models.scorer import ScorerConfig
@@ -135,14 +134,10 @@ def main() -> None:
     systems["lexical"] = calibrated(lexical.score(held_out).logits, lexical.score(dev).logits)
 
     deepest = f"L{max(args.layers)}_int8"
-    results = {name: {k: evaluate(dev, predictions, scheme, bootstrap=1000, seed=args.seed)[k]
-                      for k in ("weighted_f1", "macro_f1", "accuracy", "quadratic_weighted_kappa", "ci95")}
-               for name, predictions in systems.items()}
     pairs = [(name, other) for name in systems if name.endswith("_int8")
              for other in (deepest, "lexical") if other != name]
     pairs += [(f"L{n}_int8", f"L{n}_fp32") for n in sorted(set(args.layers), reverse=True)]
-    paired = {f"{a} - {b}": paired_difference(dev, systems[a], systems[b], scheme, bootstrap=1000, seed=args.seed)
-              for a, b in pairs}
+    results, paired = compare_on_dev(dev, systems, pairs, scheme, args.seed)
     write_json(args.out, {
         "command": " ".join(["python benchmarks/student_size.py", *sys.argv[1:]]),
         "machine": machine(), "date": utc_now(), "threads": args.threads, "kind": kind,
@@ -151,12 +146,6 @@ def main() -> None:
         "depths": depths, "lexical_fit_s": lexical_fit_s,
         "match_features_one_pair": features_one_pair, "systems": results, "paired": paired,
     })
-    for name, figures in results.items():
-        print(f"{name:12s} wF1 {figures['weighted_f1']:.4f}  macro-F1 {figures['macro_f1']:.4f}  "
-              f"QWK {figures['quadratic_weighted_kappa']:.4f}")
-    for name, difference in paired.items():
-        low, high = difference["ci95"]["weighted_f1"]
-        print(f"{name:24s} {100 * difference['weighted_f1']:+.2f} [{100 * low:+.2f}, {100 * high:+.2f}] points")
 
 
 def weight_arrays(folder):
