@@ -46,6 +46,14 @@ def machine() -> str:
     return f"{cpu_name()}, {os.cpu_count()} logical CPUs, {platform.system()} {platform.machine()}"
 
 
+def load_average() -> list[float]:
+    """The 1, 5 and 15 minute load averages (other work on the machine slows speed figures); empty where unknown."""
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return []
+
+
 def utc_now() -> str:
     """The current time in UTC, to the second (ISO 8601)."""
     return datetime.now(timezone.utc).isoformat(timespec="seconds")

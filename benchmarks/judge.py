@@ -26,16 +26,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import HOMEDEPOT, RESULTS, utc_now
+from common import HOMEDEPOT, RESULTS, load_average, utc_now
 
 DEFAULT_OUT = RESULTS / "judge.json"
-
-
-def load_average() -> list[float]:
-    try:
-        return [float(x) for x in Path("/proc/loadavg").read_text().split()[:3]]
-    except OSError:
-        return []
 
 
 def scoring_rate(model_cost: dict) -> float | None:

@@ -24,11 +24,19 @@ written with them. Writes benchmarks/results/student_size.json. Needs ../shared/
 from __future__ import annotations
 
 import argparse
-import os
+import functools
 import sys
 import time
 
-from common import RESULTS, compare_on_dev, homedepot_with_held_out, machine, probe_student, utc_now
+from common import (
+    RESULTS,
+    compare_on_dev,
+    homedepot_with_held_out,
+    load_average,
+    machine,
+    probe_student,
+    utc_now,
+)
 
 
 def parse_args() -> argparse.Namespace:
@@ -52,8 +60,17 @@ def parse_args() -> argparse.Namespace:
     return args
 
 
-def load_average() -> list[float]:
-    return [round(x, 2) for x in os.getloadavg()]
+def one_call_latencies(function, records) -> dict[str, float]:
+    """p50 and p99 milliseconds of `function([record])` over `records`, one call each (what one served pair costs)."""
+    import numpy as np
+
+    latencies = []
+    for record in records:
+        started = time.perf_counter()
+        function([record])
+        latencies.append(1000 * (time.perf_counter() - started))
+    return {"p50_ms": round(float(np.percentile(latencies, 50)), 3),
+            "p99_ms": round(float(np.percentile(latencies, 99)), 3)}
 
 
 def main() -> None:
@@ -106,15 +123,9 @@ def main() -> None:
             started = time.perf_counter()
             scored = scorer.score(dev).logits
             seconds = time.perf_counter() - started
-            latencies = []
-            for record in dev[: args.latency_pairs]:
-                started = time.perf_counter()
-                scorer.score([record])
-                latencies.append(1000 * (time.perf_counter() - started))
             systems[f"L{layers}_{variant}"] = calibrated(held, scored)
             entry[variant] = {"pairs_per_s": round(len(dev) / seconds, 1),
-                              "p50_ms": round(float(np.percentile(latencies, 50)), 2),
-                              "p99_ms": round(float(np.percentile(latencies, 99)), 2),
+                              **one_call_latencies(scorer.score, dev[: args.latency_pairs]),
                               "load_average_before_after": [before, load_average()]}
             print(f"L{layers} {variant}: {entry[variant]}", flush=True)
         depths[f"L{layers}"] = entry
@@ -122,15 +133,10 @@ def main() -> None:
     started = time.perf_counter()
     lexical = LexicalModel().fit(train)
     lexical_fit_s = round(time.perf_counter() - started, 1)
-    features_one_pair = {}
-    for method in ("sparse", "per_pair"):  # what a served request of one pair pays for the hybrid's features
-        latencies = []
-        for record in dev[: args.latency_pairs]:
-            started = time.perf_counter()
-            lexical.features_.transform([record], method=method)
-            latencies.append(1000 * (time.perf_counter() - started))
-        features_one_pair[method] = {"p50_ms": round(float(np.percentile(latencies, 50)), 3),
-                                     "p99_ms": round(float(np.percentile(latencies, 99)), 3)}
+    # what a served request of one pair pays for the hybrid's features, on each path
+    features_one_pair = {method: one_call_latencies(functools.partial(lexical.features_.transform, method=method),
+                                                    dev[: args.latency_pairs])
+                         for method in ("sparse", "per_pair")}
     systems["lexical"] = calibrated(lexical.score(held_out).logits, lexical.score(dev).logits)
 
     deepest = f"L{max(args.layers)}_int8"

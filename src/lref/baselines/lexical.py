@@ -67,17 +67,15 @@ TRUSTED_TYPES = ("sklearn.ensemble._hist_gradient_boosting.predictor.TreePredict
 STATE_FORMAT = 1
 KIND = "lexical"
 _HASH_FEATURES = 2**18
-FEATURE_NAMES = (
-    "word_cov_q", "word_cov_t", "word_jaccard", "stem_cov_q", "stem_cov_t", "stem_jaccard", "idf_cov_q",
-    "word_tfidf_cos", "char_cov_q", "char_jaccard", "char_tfidf_cos", "bm25", "bm25_per_term",
-    "last_in_title", "last_prefix_in_title", "n_numbers", "number_cov", "number_missing", "n_units", "unit_cov",
-    "brand_in_query", "known_brand_missing", "query_words", "title_words", "query_chars",
-)
 MATCH_FEATURE_NAMES = (
     "word_cov_q", "word_cov_t", "word_jaccard", "stem_cov_q", "stem_cov_t", "stem_jaccard", "idf_cov_q",
     "word_tfidf_cos", "char_cov_q", "char_jaccard", "char_tfidf_cos", "bm25", "bm25_per_term",
 )
 """The features computed on hashed columns (sparse matrices for many pairs, sets for a few)."""
+FEATURE_NAMES = MATCH_FEATURE_NAMES + (
+    "last_in_title", "last_prefix_in_title", "n_numbers", "number_cov", "number_missing", "n_units", "unit_cov",
+    "brand_in_query", "known_brand_missing", "query_words", "title_words", "query_chars",
+)
 MATCH_METHODS = ("auto", "sparse", "per_pair")
 PER_PAIR_MAX = 32
 """Up to this many pairs, `LexicalFeatures.transform` computes the hashed overlaps pair by pair (faster there)."""
