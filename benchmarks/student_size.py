@@ -1,8 +1,9 @@
 """How small can the served student be? Students with only the first N of MiniLM-L6's transformer layers
-(`encoder_layers`), hybrid by default (the lexical match features joined in, `lref.models.hybrid`), each trained on
+(`encoder_layers`), hybrid by default (the lexical match features joined in, `lref.models.hybrid`; with
+`--lexical-prior` also the lexical model's out-of-fold log-probabilities added to the logits), each trained on
 the same human-labelled Home Depot pairs, exported to ONNX and scored on all of dev as they would serve.
 
-    python benchmarks/student_size.py --train-pairs 8000 --layers 6 3 2 1 [--plain] [--work-dir runs/student_size]
+    python benchmarks/student_size.py --train-pairs 8000 --layers 6 3 2 1 [--plain | --lexical-prior] [--work-dir DIR]
 
 1. `calibration-pairs` training pairs (whole queries) are held out, as the pipeline holds out its calibration pairs;
    the students learn from a seeded sample of `train-pairs` of the rest (one epoch), the lexical model from all of it.
@@ -45,6 +46,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--calibration-pairs", type=int, default=2000, help="held-out pairs for the label bias")
     parser.add_argument("--layers", type=int, nargs="+", default=[6, 3, 2, 1], help="encoder depths to train")
     parser.add_argument("--plain", action="store_true", help="plain cross-encoders instead of hybrids")
+    parser.add_argument("--lexical-prior", action="store_true",
+                        help="hybrids with the lexical prior (CrossEncoderConfig.lexical_prior)")
     parser.add_argument("--epochs", type=float, default=1.0)
     parser.add_argument("--batch-size", type=int, default=32, help="training pairs per step and scoring pairs per call")
     parser.add_argument("--max-length", type=int, default=64)
@@ -57,6 +60,8 @@ def parse_args() -> argparse.Namespace:
     args = parser.parse_args()
     if any(n < 1 for n in args.layers):
         parser.error("--layers takes depths >= 1")
+    if args.plain and args.lexical_prior:
+        parser.error("--lexical-prior is a hybrid's; drop --plain")
     return args
 
 
@@ -96,8 +101,9 @@ def main() -> None:
     student_train = sample(train, args.train_pairs or None, args.seed, "student")
     gold_held = np.array([scheme.index(r.label) for r in held_out])
     ids = [r.id for r in dev]
-    kind = "student" if args.plain else "hybrid"
-    options = {} if args.plain else {"lexical_features": True, "feature_learning_rate": args.feature_learning_rate}
+    kind = "student" if args.plain else "hybrid_prior" if args.lexical_prior else "hybrid"
+    options = {} if args.plain else {"lexical_features": True, "feature_learning_rate": args.feature_learning_rate,
+                                     "lexical_prior": args.lexical_prior}
 
     def calibrated(held: np.ndarray, scored: np.ndarray):
         return ScoreResult(ids, scheme.labels, scored, 3, list(fit_label_bias(held, gold_held))).predictions()

@@ -20,8 +20,8 @@ pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning", "ignore::UserWa
 from helpers import run_lref  # noqa: E402
 from transformers import TrainerCallback  # noqa: E402
 
-from lref.baselines.lexical import FEATURE_NAMES, LexicalFeatures  # noqa: E402
-from lref.data.records import Record  # noqa: E402
+from lref.baselines.lexical import FEATURE_NAMES, LexicalConfig, LexicalFeatures, out_of_fold_proba  # noqa: E402
+from lref.data.records import DataError, Record  # noqa: E402
 from lref.data.synthetic import SyntheticCatalogConfig, generate_catalog  # noqa: E402
 from lref.io import write_jsonl  # noqa: E402
 from lref.labels import get_scheme  # noqa: E402
@@ -33,6 +33,7 @@ from lref.models.hybrid import (  # noqa: E402
     FEATURE_INPUT,
     HYBRID_FILE,
     MATCH_FEATURES_FILE,
+    PRIOR_FOLDER,
     MatchFeatures,
     is_hybrid,
 )
@@ -223,3 +224,59 @@ def test_cli_distils_a_hybrid_student_from_a_labels_file(tmp_path, encoder, reco
     assert manifest["config"]["feature_learning_rate"] == 2e-3
     code, _, err = run_lref(monkeypatch, capsys, *common, "--output-dir", str(tmp_path / "bad"), "--feature-lr", "0")
     assert code == 2 and "feature_learning_rate must be > 0" in err
+
+
+def test_out_of_fold_probabilities_never_come_from_a_model_that_saw_the_query(records):
+    """Relabelling every pair of one query changes the full model's view of them but not their out-of-fold
+    probabilities (each fold's model held the query out); pairs without a label get the full model's."""
+    config = LexicalConfig(max_iter=30)
+    pool = [Record(r.id, r.query, r.title, r.label, brand=r.brand) for r in records[:200]]
+    pool[-1].label = None
+    full, probs = out_of_fold_proba(pool, config, folds=4)
+    np.testing.assert_allclose(probs[-1], full.predict_proba(pool[-1:])[0])
+    query = pool[0].query
+    flipped = [Record(r.id, r.query, r.title, G3.labels[(G3.index(r.label) + 1) % 3] if r.query == query else r.label,
+                      brand=r.brand) for r in pool]
+    flipped_full, flipped_probs = out_of_fold_proba(flipped, config, folds=4)
+    same_query = [i for i, r in enumerate(pool) if r.query == query]
+    np.testing.assert_allclose(flipped_probs[same_query], probs[same_query])
+    assert not np.allclose(flipped_full.predict_proba([pool[i] for i in same_query]),
+                           full.predict_proba([pool[i] for i in same_query]))
+    with pytest.raises(DataError, match="query-disjoint folds"):
+        out_of_fold_proba(pool[:3], config, folds=4)
+
+
+@pytest.fixture(scope="module")
+def prior_hybrid(tmp_path_factory, encoder, records):
+    """A hybrid with a lexical prior whose encoder and head rates are too small to move it from where it starts."""
+    return train(encoder, records, tmp_path_factory.mktemp("prior") / "student", lexical_prior=True,
+                 learning_rate=1e-9, feature_learning_rate=1e-9, max_steps=2)
+
+
+def test_a_lexical_prior_starts_the_student_from_the_lexical_models_judgement(prior_hybrid, records):
+    held = records[200:]
+    assert (prior_hybrid / PRIOR_FOLDER / "lexical.skops").is_file()
+    manifest = json.loads((prior_hybrid / "lref_manifest.json").read_text())
+    assert manifest["hybrid"]["lexical_prior"] is True
+    assert manifest["hybrid"]["features"][-3:] == [f"lexical_logp_{label}" for label in G3.labels]
+    scorer = CrossEncoderScorer.from_pretrained(prior_hybrid)
+    student = scorer.score(held).probs
+    lexical = scorer.model.match_features.prior.predict_proba(held)
+    assert np.mean(student.argmax(1) == lexical.argmax(1)) >= 0.95
+    majority = np.bincount(gold(held)).max() / len(held)
+    assert np.mean(student.argmax(1) == gold(held)) >= majority + 0.05
+
+
+def test_a_prior_hybrid_exports_with_its_lexical_model_and_agrees_with_pytorch(tmp_path, prior_hybrid, records):
+    exported = export_student(ExportConfig(model=str(prior_hybrid), output_dir=str(tmp_path / "onnx")))
+    assert (exported / PRIOR_FOLDER / "lexical.skops").is_file()
+    reference = load_student(prior_hybrid, "torch").score(records[200:]).probs
+    np.testing.assert_allclose(load_student(exported, "onnx").score(records[200:]).probs, reference, atol=1e-5)
+    (exported / PRIOR_FOLDER / "lexical.skops").unlink()
+    with pytest.raises(ModelFileError, match="lexical prior"):
+        load_student(exported, "onnx")
+
+
+def test_a_lexical_prior_without_the_match_features_is_a_config_error():
+    with pytest.raises(ValueError, match="lexical_prior: true needs lexical_features: true"):
+        CrossEncoderConfig(model="minilm-l6", lexical_prior=True)

@@ -38,7 +38,7 @@ import numpy as np
 from sklearn.utils import murmurhash3_32
 from threadpoolctl import threadpool_limits
 
-from lref.data.records import DataError, Record
+from lref.data.records import DataError, Record, has_label
 from lref.data.splits import normalise_query
 from lref.data.text import (
     NUMBER_RE,
@@ -571,6 +571,32 @@ class LexicalModel:
         return model
 
 
+def out_of_fold_proba(records: Sequence[Record], config: LexicalConfig, folds: int = 5
+                      ) -> tuple[LexicalModel, np.ndarray]:
+    """A lexical model fitted on the labelled `records`, and every record's probabilities (N x K) from a model that
+    never saw its query: labelled records are scored by the model of the fold that held their query out
+    (scikit-learn's `GroupKFold` over normalised queries), unlabelled ones by the model fitted on all labelled ones.
+
+    This is how a stacked model's training inputs must be made: in-sample probabilities would be near-perfect on the
+    very pairs a model learns from, and it would learn to trust them more than they deserve on new pairs."""
+    from sklearn.model_selection import GroupKFold
+
+    if folds < 2:
+        raise ValueError(f"folds must be at least 2, not {folds}")
+    labelled = [i for i, record in enumerate(records) if has_label(record)]
+    queries = [normalise_query(records[i].query) for i in labelled]
+    if len(set(queries)) < folds:
+        raise DataError(f"{len(set(queries))} labelled queries cannot make {folds} query-disjoint folds; label more "
+                        f"queries or lower the number of folds")
+    full = LexicalModel(config).fit([records[i] for i in labelled])
+    probs = full.predict_proba(records)
+    for fit_rows, held_rows in GroupKFold(n_splits=folds).split(labelled, groups=queries):
+        fold = LexicalModel(config).fit([records[labelled[j]] for j in fit_rows])
+        held = [labelled[j] for j in held_rows]
+        probs[held] = fold.predict_proba([records[i] for i in held])
+    return full, probs
+
+
 class UnsafeModelError(DataError):
     """A saved model that lref will not load: a pickle (which runs code), unexpected types, or a damaged file."""
 
@@ -582,4 +608,4 @@ def _sklearn_version() -> str:
 
 
 __all__ = ["FEATURE_NAMES", "LEGACY_PICKLE", "MODEL_FILE", "TRUSTED_TYPES", "LexicalConfig", "LexicalFeatures",
-           "LexicalModel", "UnsafeModelError"]
+           "LexicalModel", "UnsafeModelError", "out_of_fold_proba"]

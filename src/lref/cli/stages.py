@@ -116,6 +116,7 @@ def distill_command(
     temperature: float = typer.Option(2.0, "--temperature", help=_distill_help("temperature")),
     ce_weight: float = typer.Option(0.5, "--ce-weight", help=_distill_help("ce_weight")),
     lexical_features: bool = typer.Option(False, "--lexical-features", help=_distill_help("lexical_features")),
+    lexical_prior: bool = typer.Option(False, "--lexical-prior", help=_distill_help("lexical_prior")),
     feature_learning_rate: float = typer.Option(
         1e-3, "--feature-lr", min=0.0, help=_distill_help("feature_learning_rate")
     ),
@@ -160,7 +161,7 @@ def distill_command(
     try:
         config = DistillConfig(
             teacher=teacher, teacher_labels=teacher_labels, student=student, scheme=label_scheme.name,
-            output_dir=out, temperature=temperature, lexical_features=lexical_features,
+            output_dir=out, temperature=temperature, lexical_features=lexical_features, lexical_prior=lexical_prior,
             feature_learning_rate=feature_learning_rate, encoder_layers=encoder_layers, ce_weight=ce_weight,
             teacher_calibration=teacher_calibration,
             candidates_per_query=candidates_per_query,

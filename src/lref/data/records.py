@@ -51,6 +51,11 @@ class Record:
         return cls(**{key: value for key, value in data.items() if key in known})
 
 
+def has_label(record: Record) -> bool:
+    """Whether a record carries a human label (distillation pools mix labelled and unlabelled pairs)."""
+    return record.label is not None and bool(str(record.label).strip())
+
+
 def stable_id(*parts: object) -> str:
     """A short deterministic id for sources that have none."""
     digest = hashlib.sha1("\x1f".join(str(p) for p in parts).encode("utf-8")).hexdigest()

@@ -35,11 +35,6 @@ def pair_texts(record: Record) -> tuple[str, str]:
     return record.query, product_fields(record)
 
 
-def has_label(record: Record) -> bool:
-    """Whether a record carries a human label (distillation pools mix labelled and unlabelled pairs)."""
-    return record.label is not None and bool(str(record.label).strip())
-
-
 class EncoderCollator:
     """Pads the token fields with the tokenizer and stacks `labels`, `weights` and (when present) `targets` and the
     hybrid student's match `features`."""
@@ -188,7 +183,6 @@ __all__ = [
     "PAIR_TRUNCATION",
     "CrossEncoderScorer",
     "EncoderCollator",
-    "has_label",
     "encode_pairs",
     "load_cross_encoder",
     "pair_texts",

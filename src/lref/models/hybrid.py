@@ -10,6 +10,16 @@ network whose last layer starts at zero, so training starts from the plain cross
 (`CrossEncoderConfig.feature_learning_rate`), since a head trained from scratch at the encoder's fine-tuning rate
 barely moves in one epoch.
 
+With a lexical prior (`CrossEncoderConfig.lexical_prior`), the lexical baseline's own log-probabilities join the
+features and are added to the logits as they are:
+
+    logits = encoder(...).logits + feature_head(features, prior) + prior,  prior = log p_lexical(label | pair)
+
+so training starts from the lexical model's judgement and the encoder learns what to change in it, as a boosting
+stage does. The training pairs' prior comes out of fold (`lref.baselines.lexical.out_of_fold_proba`: each pair
+scored by a lexical model that never saw its query), or the student would learn to trust in-sample figures; new pairs
+are scored by the lexical model fitted on all training pairs, saved in the folder's `PRIOR_FOLDER`.
+
 A hybrid folder is a cross-encoder folder (the encoder's weights, tokenizer and manifest, `kind: cross-encoder`)
 plus three files: `FEATURE_HEAD_FILE` (the head's weights), `MATCH_FEATURES_FILE` (the feature statistics fitted on
 the training pairs: IDF vectors, no pickle) and `HYBRID_FILE` (feature names, their training mean and spread, the
@@ -26,7 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lref.baselines.lexical import LexicalFeatures
+from lref.baselines.lexical import LexicalConfig, LexicalFeatures, LexicalModel, out_of_fold_proba
 from lref.data.records import Record
 from lref.io import atomic_write, write_json
 from lref.models.zoo import ModelFileError
@@ -34,6 +44,10 @@ from lref.models.zoo import ModelFileError
 HYBRID_FILE = "hybrid.json"
 MATCH_FEATURES_FILE = "match_features.npz"
 FEATURE_HEAD_FILE = "feature_head.safetensors"
+PRIOR_FOLDER = "lexical_prior"
+"""The lexical model (`lref.baselines.lexical.LexicalModel`, skops format) of a hybrid with a lexical prior."""
+PRIOR_FLOOR = 1e-6
+"""Lexical probabilities are floored here before the log: a GBDT's 0 must not put -inf into the logits."""
 FEATURE_INPUT = "features"
 """The name of the features tensor in a batch, in the model's forward and in the ONNX graph."""
 FEATURE_CLIP = 8.0
@@ -49,32 +63,50 @@ def is_hybrid(folder: str | Path) -> bool:
 class MatchFeatures:
     """The lexical match features of pairs, standardised with the training pairs' mean and spread (N x F float32)."""
 
-    def __init__(self, features: LexicalFeatures | None = None, mean=None, scale=None):
+    def __init__(self, features: LexicalFeatures | None = None, mean=None, scale=None,
+                 prior: LexicalModel | None = None):
         self.features = features or LexicalFeatures()
         self.mean = None if mean is None else np.asarray(mean, dtype=np.float64)
         self.scale = None if scale is None else np.asarray(scale, dtype=np.float64)
+        self.prior = prior
 
     @property
     def names(self) -> tuple[str, ...]:
-        return self.features.names
+        """The columns `transform` returns: the match features, then the prior's log-probabilities if any."""
+        prior = tuple(f"lexical_logp_{label}" for label in self.prior.scheme.labels) if self.prior else ()
+        return self.features.names + prior
+
+    @property
+    def n_prior(self) -> int:
+        """How many trailing columns are the lexical prior's log-probabilities (0 without a prior)."""
+        return len(self.prior.scheme) if self.prior is not None else 0
 
     def fit(self, records: Sequence[Record]) -> "MatchFeatures":
         """Learn the corpus statistics and the standardisation from the training pairs."""
         self.fit_transform(records)
         return self
 
-    def fit_transform(self, records: Sequence[Record]) -> np.ndarray:
-        """`fit` on the training pairs and their standardised features, computed once."""
+    def fit_transform(self, records: Sequence[Record], prior: LexicalConfig | None = None,
+                      prior_folds: int = 5) -> np.ndarray:
+        """`fit` on the training pairs and their features, computed once. With `prior` (the lexical model's
+        settings), also fit the lexical prior on the labelled pairs; the pairs' own prior columns are out of fold."""
         raw = self.features.fit(records).transform(records)
         self.mean = raw.mean(axis=0)
         spread = raw.std(axis=0)
         self.scale = np.where(spread > 1e-9, spread, 1.0)
-        return self.standardise(raw)
+        if prior is None:
+            self.prior = None
+            return self.standardise(raw)
+        self.prior, probs = out_of_fold_proba(records, prior, prior_folds)
+        return np.hstack([self.standardise(raw), prior_log_probs(probs)])
 
     def transform(self, records: Sequence[Record]) -> np.ndarray:
         if self.mean is None:
             raise RuntimeError("MatchFeatures.transform before fit")
-        return self.standardise(self.features.transform(records))
+        features = self.standardise(self.features.transform(records))
+        if self.prior is None:
+            return features
+        return np.hstack([features, prior_log_probs(self.prior.predict_proba(records))])
 
     def standardise(self, raw: np.ndarray) -> np.ndarray:
         return np.clip((raw - self.mean) / self.scale, -FEATURE_CLIP, FEATURE_CLIP).astype(np.float32)
@@ -86,9 +118,14 @@ class MatchFeatures:
         arrays = {key: state.pop(key) for key in ("word_idf", "char_idf", "bm25_idf")}
         with atomic_write(folder / MATCH_FEATURES_FILE, "wb") as handle:
             np.savez_compressed(handle, **arrays)
+        prior = None
+        if self.prior is not None:
+            self.prior.save(folder / PRIOR_FOLDER)
+            prior = {"folder": PRIOR_FOLDER, "labels": list(self.prior.scheme.labels), "floor": PRIOR_FLOOR}
         write_json(folder / HYBRID_FILE, {
-            "format": HYBRID_FORMAT, "feature_names": list(self.names), "mean": self.mean.tolist(),
+            "format": HYBRID_FORMAT, "feature_names": list(self.features.names), "mean": self.mean.tolist(),
             "scale": self.scale.tolist(), "hidden_size": hidden_size, "clip": FEATURE_CLIP, "statistics": state,
+            "prior": prior,
         })
 
     @classmethod
@@ -106,7 +143,23 @@ class MatchFeatures:
         if list(features.names) != spec["feature_names"]:
             raise ModelFileError(f"{folder / HYBRID_FILE} names features {spec['feature_names']}, this lref computes "
                                  f"{list(features.names)}; retrain the hybrid student")
-        return cls(features, spec["mean"], spec["scale"])
+        prior = None
+        if spec.get("prior"):
+            prior_folder = folder / spec["prior"]["folder"]
+            try:
+                prior = LexicalModel.load(prior_folder)
+            except FileNotFoundError:
+                raise ModelFileError(f"{folder / HYBRID_FILE} names a lexical prior in {prior_folder}, which holds no "
+                                     f"saved lexical model; the hybrid folder is incomplete") from None
+            if list(prior.scheme.labels) != spec["prior"]["labels"]:
+                raise ModelFileError(f"{prior_folder} labels {list(prior.scheme.labels)}, {folder / HYBRID_FILE} "
+                                     f"expects {spec['prior']['labels']}; the hybrid folder is damaged")
+        return cls(features, spec["mean"], spec["scale"], prior)
+
+
+def prior_log_probs(probs: np.ndarray) -> np.ndarray:
+    """The lexical prior's columns: log-probabilities, floored at `PRIOR_FLOOR` (float32)."""
+    return np.log(np.clip(probs, PRIOR_FLOOR, 1.0)).astype(np.float32)
 
 
 def hybrid_spec(folder: str | Path) -> dict:
@@ -137,8 +190,9 @@ def hybrid_model_class():
         """An `AutoModelForSequenceClassification` encoder plus `feature_head` over the match features."""
 
         def __init__(self, encoder, n_features: int, hidden_size: int = 64,
-                     match_features: MatchFeatures | None = None):
+                     match_features: MatchFeatures | None = None, n_prior: int = 0):
             super().__init__()
+            self.n_prior = n_prior  # the features' last n_prior columns are log-probabilities added to the logits
             self.encoder = encoder
             n_labels = encoder.config.num_labels
             self.feature_head = torch.nn.Sequential(
@@ -164,7 +218,11 @@ def hybrid_model_class():
             if token_type_ids is not None:
                 tokens["token_type_ids"] = token_type_ids
             logits = self.encoder(**tokens).logits
-            return SequenceClassifierOutput(logits=logits + self.feature_head(features.to(logits.dtype)))
+            features = features.to(logits.dtype)
+            logits = logits + self.feature_head(features)
+            if self.n_prior:
+                logits = logits + features[:, -self.n_prior:]
+            return SequenceClassifierOutput(logits=logits)
 
         def save_pretrained(self, folder: str | Path) -> None:
             from safetensors.torch import save_file
@@ -186,8 +244,8 @@ def load_hybrid(folder: str | Path, encoder):
     folder = Path(folder)
     spec = hybrid_spec(folder)
     match_features = MatchFeatures.from_pretrained(folder)
-    model = hybrid_model_class()(encoder, len(spec["feature_names"]), int(spec.get("hidden_size") or 64),
-                                 match_features)
+    model = hybrid_model_class()(encoder, len(match_features.names), int(spec.get("hidden_size") or 64),
+                                 match_features, match_features.n_prior)
     path = folder / FEATURE_HEAD_FILE
     try:
         model.feature_head.load_state_dict(load_file(str(path)))
@@ -204,8 +262,11 @@ __all__ = [
     "HYBRID_FILE",
     "MATCH_FEATURES_FILE",
     "MatchFeatures",
+    "PRIOR_FLOOR",
+    "PRIOR_FOLDER",
     "hybrid_model_class",
     "hybrid_spec",
     "is_hybrid",
     "load_hybrid",
+    "prior_log_probs",
 ]

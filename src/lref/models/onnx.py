@@ -37,7 +37,7 @@ from lref.calibration import calibration_path
 from lref.data.records import Record
 from lref.labels import LabelScheme, get_scheme
 from lref.models.cross_encoder import EncoderCollator, encode_pairs, score_pairs
-from lref.models.hybrid import FEATURE_INPUT, HYBRID_FILE, MATCH_FEATURES_FILE, MatchFeatures
+from lref.models.hybrid import FEATURE_INPUT, HYBRID_FILE, MATCH_FEATURES_FILE, PRIOR_FOLDER, MatchFeatures
 from lref.models.scorer import ScorerConfig, scheme_for_model
 from lref.models.zoo import ModelFileError
 from lref.predictions import ScoreResult
@@ -188,6 +188,9 @@ def export_student(config: ExportConfig) -> Path:
             shutil.copyfile(source / name, output_dir / name)
         else:
             (output_dir / name).unlink(missing_ok=True)
+    shutil.rmtree(output_dir / PRIOR_FOLDER, ignore_errors=True)
+    if match_features is not None and match_features.prior is not None:
+        shutil.copytree(source / PRIOR_FOLDER, output_dir / PRIOR_FOLDER)
     calibration = calibration_path(source)
     if calibration.is_file():  # the export serves what the trained folder serves
         shutil.copyfile(calibration, calibration_path(output_dir))

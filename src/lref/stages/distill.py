@@ -42,12 +42,12 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from lref.calibration import label_bias_for
-from lref.data.records import DataError, Record, stable_id
+from lref.data.records import DataError, Record, has_label, stable_id
 from lref.data.validation import validate_records
 from lref.device import prepare_device
 from lref.io import MANIFEST_NAME, read_jsonl_lines, write_json, write_jsonl
 from lref.labels import LabelScheme, get_scheme
-from lref.models.cross_encoder import has_label, pair_texts
+from lref.models.cross_encoder import pair_texts
 from lref.models.loading import load_causal_lm, read_manifest
 from lref.models.scorer import LabelScorer, ScorerConfig, scheme_for_model
 from lref.models.zoo import resolve_model, stored_model_reference
@@ -63,7 +63,12 @@ from lref.teachers.cache import (
     skipped_path,
     teacher_dir,
 )
-from lref.training.cross_encoder import CrossEncoderConfig, check_encoder_layers, train_cross_encoder
+from lref.training.cross_encoder import (
+    CrossEncoderConfig,
+    check_encoder_layers,
+    check_lexical_prior,
+    train_cross_encoder,
+)
 from lref.training.losses import soft_label_loss
 from lref.training.run_guard import RunGuard
 from lref.training.settings import TrainingSettings, check_training_fields, settings_values, with_default
@@ -83,7 +88,8 @@ class DistillConfig(TrainingSettings):
     FINGERPRINT_ADDED_FIELDS: ClassVar[tuple[str, ...]] = ("grad_accum", "weight_decay", "save_total_limit", "bf16",
                                                            "teacher_max_skips", "allow_collapsed_teacher",
                                                            "teacher_labels", "lexical_features",
-                                                           "feature_learning_rate", "encoder_layers")
+                                                           "feature_learning_rate", "encoder_layers",
+                                                           "lexical_prior")
     """Training settings this config gained with the shared `TrainingSettings` (`lref.fingerprint.ADDED_FIELDS`)."""
 
     teacher: str = field(
@@ -105,6 +111,12 @@ class DistillConfig(TrainingSettings):
         default=False,
         metadata={"help": "Distil a hybrid student: the encoder's label logits joined with the lexical baseline's "
                   "match features in one model (lref.models.hybrid), which exports to one ONNX graph."},
+    )
+    lexical_prior: bool = field(
+        default=False,
+        metadata={"help": "Hybrid students only: add the lexical baseline's log-probabilities (fitted on the pool's "
+                  "human labels, out of fold on its own pairs) to the student's logits, so it starts from lexical's "
+                  "judgement and learns what the encoder and the teacher change (lref.models.hybrid)."},
     )
     feature_learning_rate: float = field(
         default=1e-3, metadata={"help": "Peak learning rate of the hybrid student's feature head."}
@@ -197,6 +209,7 @@ class DistillConfig(TrainingSettings):
                    "logging_steps")
         )
         check_encoder_layers(self.encoder_layers)
+        check_lexical_prior(self.lexical_prior, self.lexical_features)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -459,7 +472,7 @@ def distill(config: DistillConfig, records: Sequence[Record], unlabeled: Sequenc
 
     student_config = CrossEncoderConfig(
         **settings_values(config, TrainingSettings), model=config.student, scheme=scheme.name,
-        output_dir=str(output_dir), lexical_features=config.lexical_features,
+        output_dir=str(output_dir), lexical_features=config.lexical_features, lexical_prior=config.lexical_prior,
         feature_learning_rate=config.feature_learning_rate, encoder_layers=config.encoder_layers,
     )
     loss_fn = functools.partial(soft_label_loss, temperature=config.temperature, ce_weight=config.ce_weight)

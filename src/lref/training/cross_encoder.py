@@ -26,13 +26,14 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from lref.data.records import Record
+from lref.baselines.lexical import LexicalConfig
+from lref.data.records import Record, has_label
 from lref.data.validation import validate_records
 from lref.device import prepare_device
 from lref.fingerprint import data_hash, library_versions
 from lref.io import MANIFEST_NAME, write_json
 from lref.labels import CLASS_BALANCE, LabelScheme, class_weights, get_scheme
-from lref.models.cross_encoder import KIND, EncoderCollator, has_label, tokenize_pairs
+from lref.models.cross_encoder import KIND, EncoderCollator, tokenize_pairs
 from lref.models.hybrid import FEATURE_INPUT, MatchFeatures, hybrid_model_class
 from lref.models.zoo import resolve_model, stored_model_reference
 from lref.prompts import match_hint_manifest
@@ -52,7 +53,7 @@ class CrossEncoderConfig(TrainingSettings):
     """Settings of cross-encoder training. Each field's help text can feed a command line (`lref.config.field_help`)."""
 
     FINGERPRINT_ADDED_FIELDS: ClassVar[tuple[str, ...]] = ("grad_accum", "lexical_features", "feature_learning_rate",
-                                                           "encoder_layers")
+                                                           "encoder_layers", "lexical_prior")
     """Training settings this config gained with the shared `TrainingSettings` (`lref.fingerprint.ADDED_FIELDS`)."""
 
     model: str = field(
@@ -82,6 +83,13 @@ class CrossEncoderConfig(TrainingSettings):
         metadata={"help": "Peak learning rate of the hybrid's feature head (trained from scratch, so higher than the "
                   "encoder's); no effect without lexical_features."},
     )
+    lexical_prior: bool = field(
+        default=False,
+        metadata={"help": "Hybrid students only: add the lexical baseline's log-probabilities to the logits "
+                  "(lref.models.hybrid), so training starts from its judgement and the encoder learns what to change. "
+                  "The training pairs' prior is out of fold (5 query-disjoint folds of the labelled pairs); the saved "
+                  "lexical model, fitted on all of them, scores new pairs."},
+    )
     encoder_layers: int | None = field(
         default=None,
         metadata={"help": "Keep only the encoder's first N transformer layers: a smaller, faster model whose cost per "
@@ -107,6 +115,14 @@ class CrossEncoderConfig(TrainingSettings):
         if self.feature_learning_rate <= 0:
             raise ValueError(f"feature_learning_rate must be > 0, not {self.feature_learning_rate}")
         check_encoder_layers(self.encoder_layers)
+        check_lexical_prior(self.lexical_prior, self.lexical_features)
+
+
+def check_lexical_prior(lexical_prior: bool, lexical_features: bool) -> None:
+    """A lexical prior joins a hybrid student's features, so it needs them."""
+    if lexical_prior and not lexical_features:
+        raise ValueError("lexical_prior: true needs lexical_features: true (the prior is part of the hybrid "
+                         "student); set both, or drop lexical_prior")
 
 
 def check_encoder_layers(layers: int | None) -> None:
@@ -239,8 +255,10 @@ def train_cross_encoder(
     match_features = feature_rows = None
     if config.lexical_features:
         match_features = MatchFeatures()
-        feature_rows = match_features.fit_transform(records)
-        model = hybrid_model_class()(model, len(match_features.names), match_features=match_features)
+        prior = LexicalConfig(scheme=scheme.name) if config.lexical_prior else None
+        feature_rows = match_features.fit_transform(records, prior)
+        model = hybrid_model_class()(model, len(match_features.names), match_features=match_features,
+                                     n_prior=match_features.n_prior)
     human_labels = [r.label for r in records if has_label(r)]
     weights = class_weights(human_labels, scheme, config.class_balance)
     examples = tokenize_pairs(tokenizer, records, scheme, config.max_length)
@@ -312,7 +330,8 @@ def train_cross_encoder(
             "data_hash": train_hash,
             "n_train": len(records),
             "n_unlabelled": len(records) - len(human_labels),
-            "hybrid": {"features": list(match_features.names)} if match_features is not None else None,
+            "hybrid": ({"features": list(match_features.names), "lexical_prior": match_features.n_prior > 0}
+                       if match_features is not None else None),
             **match_hint_manifest(records),
             "label_counts": dict(Counter(human_labels)),
             "class_weights": weights,
@@ -326,5 +345,5 @@ def train_cross_encoder(
     return output_dir
 
 
-__all__ = ["CrossEncoderConfig", "LossFn", "check_encoder_layers", "cross_encoder_trainer_class", "encoder_depth",
-           "rating_targets", "train_cross_encoder"]
+__all__ = ["CrossEncoderConfig", "LossFn", "check_encoder_layers", "check_lexical_prior", "cross_encoder_trainer_class",
+           "encoder_depth", "rating_targets", "train_cross_encoder"]
