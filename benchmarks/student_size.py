@@ -51,6 +51,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--epochs", type=float, default=1.0)
     parser.add_argument("--batch-size", type=int, default=32, help="training pairs per step and scoring pairs per call")
     parser.add_argument("--max-length", type=int, default=64)
+    parser.add_argument("--learning-rate", type=float, default=5e-5, help="the encoder's peak rate")
     parser.add_argument("--feature-learning-rate", type=float, default=1e-3, help="the hybrid's feature-head rate")
     parser.add_argument("--latency-pairs", type=int, default=300, help="dev pairs scored one call each")
     parser.add_argument("--threads", type=int, default=2)
@@ -102,7 +103,8 @@ def main() -> None:
     gold_held = np.array([scheme.index(r.label) for r in held_out])
     ids = [r.id for r in dev]
     kind = "student" if args.plain else "hybrid_prior" if args.lexical_prior else "hybrid"
-    options = {} if args.plain else {"lexical_features": True, "feature_learning_rate": args.feature_learning_rate,
+    options = {"learning_rate": args.learning_rate}
+    options |= {} if args.plain else {"lexical_features": True, "feature_learning_rate": args.feature_learning_rate,
                                      "lexical_prior": args.lexical_prior}
 
     def calibrated(held: np.ndarray, scored: np.ndarray):
