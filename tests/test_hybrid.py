@@ -275,6 +275,10 @@ def test_a_prior_hybrid_exports_with_its_lexical_model_and_agrees_with_pytorch(t
     (exported / PRIOR_FOLDER / "lexical.skops").unlink()
     with pytest.raises(ModelFileError, match="lexical prior"):
         load_student(exported, "onnx")
+    spec = json.loads((exported / HYBRID_FILE).read_text())
+    (exported / HYBRID_FILE).write_text(json.dumps({**spec, "prior": "lexical_prior"}))
+    with pytest.raises(ModelFileError, match="'prior' needs a folder and labels"):
+        load_student(exported, "onnx")
 
 
 def test_a_lexical_prior_without_the_match_features_is_a_config_error():

@@ -174,6 +174,9 @@ def hybrid_spec(folder: str | Path) -> dict:
         raise ModelFileError(f"{path} lacks one of {', '.join(required)}; the hybrid folder is damaged")
     if spec["format"] != HYBRID_FORMAT:
         raise ModelFileError(f"{path} has format {spec['format']!r}, this lref reads {HYBRID_FORMAT}; retrain it")
+    prior = spec.get("prior")
+    if prior is not None and not (isinstance(prior, dict) and "folder" in prior and "labels" in prior):
+        raise ModelFileError(f"{path}: 'prior' needs a folder and labels; the hybrid folder is damaged")
     n = len(spec["feature_names"])
     if len(spec["mean"]) != n or len(spec["scale"]) != n:
         raise ModelFileError(f"{path}: mean and scale need one value per feature ({n})")
