@@ -81,7 +81,8 @@ def batch_stats(url: str) -> tuple[float, float]:
 class Service:
     """`lref serve student` as a child process on a free loopback port."""
 
-    def __init__(self, folder: Path, backend: str, micro_batch_size: int, max_wait_ms: float, threads: int | None):
+    def __init__(self, folder: Path, backend: str, micro_batch_size: int, max_wait_ms: float, threads: int | None,
+                 workers: int = 1):
         from lref.serve.background import free_port
 
         self.port = free_port()
@@ -91,6 +92,8 @@ class Service:
                         "--max-wait-ms", str(max_wait_ms), "--log-level", "warning"]
         if threads:
             self.command += ["--threads", str(threads)]
+        if workers > 1:
+            self.command += ["--workers", str(workers)]
 
     def __enter__(self) -> "Service":
         import httpx

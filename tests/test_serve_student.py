@@ -7,6 +7,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -522,6 +523,8 @@ def test_config_is_validated():
         ServeStudentConfig(request_timeout_s=0)
     with pytest.raises(ValueError, match="limit_concurrency must be >= 1"):
         ServeStudentConfig(limit_concurrency=0)
+    with pytest.raises(ValueError, match="workers must be >= 1"):
+        ServeStudentConfig(workers=0)
 
 
 def test_connections_over_limit_concurrency_get_503(student, reference):
@@ -550,6 +553,41 @@ def test_cli_serve_student_end_to_end(student):
     finally:
         process.terminate()
         process.wait(timeout=20)
+
+
+def worker_processes(parent: int) -> list[int]:
+    """Child processes of `parent` that are multiprocessing workers (uvicorn spawns them), from /proc."""
+    children = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+            command = (stat.parent / "cmdline").read_bytes()
+        except (OSError, ValueError, IndexError):
+            continue  # a process that ended while being read
+        if ppid == parent and b"spawn_main" in command:
+            children.append(int(stat.parent.name))
+    return children
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="counts worker processes through Linux /proc")
+def test_cli_serve_student_with_two_workers_serves_the_same_scores_from_two_processes(student, reference):
+    port = free_port()
+    command = [sys.executable, "-m", "lref.cli", "serve", "student", str(student), "--backend", "torch",
+               "--port", str(port), "--log-level", "warning", "--threads", "1", "--workers", "2"]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        wait_until_up(process, f"{url}/healthz")
+        assert len(worker_processes(process.pid)) == 2
+        pairs = [pair(i) for i in range(4)]
+        for _ in range(6):  # requests on fresh connections, which either worker may take
+            response = post(url, {"pairs": pairs})
+            assert response.status_code == 200, response.text
+            assert_matches(response.json()["results"], pairs, reference)
+        assert post(url, {"pairs": []}).status_code == 422
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
 
 
 def test_cli_serve_student_refuses_a_public_host_without_token(tmp_path):

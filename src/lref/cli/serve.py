@@ -69,6 +69,7 @@ def serve_student_command(
     micro_batch_size: int = _student_option("micro_batch_size", "--micro-batch-size"),
     max_wait_ms: float = _student_option("max_wait_ms", "--max-wait-ms"),
     threads: int | None = _student_option("threads", "--threads"),
+    workers: int = _student_option("workers", "--workers"),
     log_level: str = _student_option("log_level", "--log-level"),
     access_log: bool = _student_option("access_log", "--access-log/--no-access-log"),
     calibrated: bool = _student_option("calibrated", "--calibration/--no-calibration"),
@@ -86,7 +87,7 @@ def serve_student_command(
         config = ServeStudentConfig(
             model=model, backend=backend, host=host, port=port, max_batch_pairs=max_batch_pairs,
             max_field_chars=max_field_chars, max_body_bytes=max_body_bytes, micro_batch_size=micro_batch_size,
-            max_wait_ms=max_wait_ms, threads=threads, log_level=log_level, access_log=access_log,
+            max_wait_ms=max_wait_ms, threads=threads, workers=workers, log_level=log_level, access_log=access_log,
             calibrated=calibrated, max_queue_pairs=max_queue_pairs, request_timeout_s=request_timeout_s,
             limit_concurrency=limit_concurrency, health_window=health_window, token_file=token_file,
         )

@@ -23,7 +23,9 @@ With a token (``token_file`` or ``LREF_SERVE_TOKEN``) every path but ``/healthz`
 # No `from __future__ import annotations`: pydantic must resolve the request models built inside `request_model`.
 
 import asyncio
+import json
 import logging
+import os
 import queue
 import threading
 import time
@@ -32,7 +34,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, InvalidStateError
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Annotated, Any
 
 import numpy as np
@@ -71,10 +73,16 @@ class ServeStudentConfig:
     max_body_bytes: int = field(default=1 << 20, metadata={"help": "Largest request body in bytes (else 413)."})
     micro_batch_size: int = field(default=64, metadata={
         "help": "Most pairs per model call; requests from concurrent clients are batched together up to this."})
-    max_wait_ms: float = field(default=5.0, metadata={
-        "help": "How long a model call waits for more queued pairs before it runs on what it has."})
+    max_wait_ms: float = field(default=0.0, metadata={
+        "help": "How long a model call waits for more queued pairs before it runs on what it has; with 0 the pairs "
+                "that queue while a call runs still form the next batch."})
     threads: int | None = field(default=None, metadata={
-        "help": "CPU threads for the model (torch or ONNX Runtime); default: the backend's choice."})
+        "help": "CPU threads for the model (torch or ONNX Runtime) in each worker; default: the backend's choice "
+                "with one worker, the machine's cores shared out among several."})
+    workers: int = field(default=1, metadata={
+        "help": "Server processes, each with its own copy of the model and micro-batcher, behind one port. One "
+                "process is bound by its Python thread; on a machine with spare cores, more serve more pairs/s. "
+                "/metrics and /healthz then describe the worker that answers."})
     log_level: str = field(default="info", metadata={"help": "uvicorn log level."})
     access_log: bool = field(default=False, metadata={
         "help": "Log every request (off by default: it costs throughput; /metrics has the counts)."})
@@ -95,7 +103,8 @@ class ServeStudentConfig:
             raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, not {self.backend!r}")
         if not 0 < self.port < 65536:
             raise ValueError(f"port must be in 1..65535, got {self.port}")
-        for name in ("max_batch_pairs", "max_field_chars", "max_body_bytes", "micro_batch_size", "health_window"):
+        for name in ("max_batch_pairs", "max_field_chars", "max_body_bytes", "micro_batch_size", "health_window",
+                     "workers"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.max_wait_ms < 0:
@@ -641,9 +650,29 @@ def build_server(config: ServeStudentConfig, scorer=None):
                                          access_log=config.access_log, limit_concurrency=config.limit_concurrency))
 
 
+WORKER_CONFIG_ENV = "LREF_SERVE_STUDENT_CONFIG"
+"""How `serve_student` hands its config to worker processes (JSON of the config's fields)."""
+
+
+def worker_app() -> FastAPI:
+    """The app of one worker process of a multi-worker `serve_student` (uvicorn's factory), built from the config
+    in `WORKER_CONFIG_ENV`."""
+    return create_app(ServeStudentConfig(**json.loads(os.environ[WORKER_CONFIG_ENV])))
+
+
 def serve_student(config: ServeStudentConfig) -> None:
-    """Load the student and serve it until interrupted."""
-    build_server(config).run()
+    """Load the student and serve it until interrupted; with `workers` > 1, in that many processes behind one port
+    (uvicorn's process manager), each loading the model itself."""
+    if config.workers == 1:
+        build_server(config).run()
+        return
+    import uvicorn
+
+    threads = config.threads or max(1, (os.cpu_count() or 1) // config.workers)
+    os.environ[WORKER_CONFIG_ENV] = json.dumps({**asdict(config), "threads": threads, "workers": 1})
+    uvicorn.run(f"{__name__}:worker_app", factory=True, host=config.host, port=config.port,
+                workers=config.workers, log_level=config.log_level, access_log=config.access_log,
+                limit_concurrency=config.limit_concurrency)
 
 
 __all__ = [
@@ -655,10 +684,12 @@ __all__ = [
     "QueueFull",
     "ServeStudentConfig",
     "StudentMetrics",
+    "WORKER_CONFIG_ENV",
     "build_server",
     "create_app",
     "load_scorer",
     "relevance_results",
     "request_model",
     "serve_student",
+    "worker_app",
 ]
