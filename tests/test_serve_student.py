@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -540,19 +541,26 @@ def test_connections_over_limit_concurrency_get_503(student, reference):
         assert httpx.get(f"{url}/healthz", timeout=10).status_code == 200  # free again
 
 
-def test_cli_serve_student_end_to_end(student):
+@contextlib.contextmanager
+def cli_server(student, *options: str):
+    """`lref serve student` (torch, one thread) as a child process with `options`; yields the process and its URL."""
     port = free_port()
     command = [sys.executable, "-m", "lref.cli", "serve", "student", str(student), "--backend", "torch",
-               "--port", str(port), "--log-level", "warning", "--threads", "1", "--max-batch-pairs", "2"]
+               "--port", str(port), "--log-level", "warning", "--threads", "1", *options]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
         url = f"http://127.0.0.1:{port}"
         wait_until_up(process, f"{url}/healthz")
-        assert post(url, {"pairs": [pair(1)]}).status_code == 200
-        assert "limit of 2 per request" in post(url, {"pairs": [pair(i) for i in range(3)]}).json()["error"]["message"]
+        yield process, url
     finally:
         process.terminate()
-        process.wait(timeout=20)
+        process.wait(timeout=30)
+
+
+def test_cli_serve_student_end_to_end(student):
+    with cli_server(student, "--max-batch-pairs", "2") as (_, url):
+        assert post(url, {"pairs": [pair(1)]}).status_code == 200
+        assert "limit of 2 per request" in post(url, {"pairs": [pair(i) for i in range(3)]}).json()["error"]["message"]
 
 
 def worker_processes(parent: int) -> list[int]:
@@ -571,13 +579,7 @@ def worker_processes(parent: int) -> list[int]:
 
 @pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="counts worker processes through Linux /proc")
 def test_cli_serve_student_with_two_workers_serves_the_same_scores_from_two_processes(student, reference):
-    port = free_port()
-    command = [sys.executable, "-m", "lref.cli", "serve", "student", str(student), "--backend", "torch",
-               "--port", str(port), "--log-level", "warning", "--threads", "1", "--workers", "2"]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    try:
-        url = f"http://127.0.0.1:{port}"
-        wait_until_up(process, f"{url}/healthz")
+    with cli_server(student, "--workers", "2") as (process, url):
         assert len(worker_processes(process.pid)) == 2
         pairs = [pair(i) for i in range(4)]
         for _ in range(6):  # requests on fresh connections, which either worker may take
@@ -585,9 +587,6 @@ def test_cli_serve_student_with_two_workers_serves_the_same_scores_from_two_proc
             assert response.status_code == 200, response.text
             assert_matches(response.json()["results"], pairs, reference)
         assert post(url, {"pairs": []}).status_code == 422
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
 
 
 def test_cli_serve_student_refuses_a_public_host_without_token(tmp_path):
