@@ -85,7 +85,7 @@ class Service:
                  workers: int = 1):
         from lref.serve.background import free_port
 
-        self.port = free_port()
+        self.port, self.workers = free_port(), workers
         self.url = f"http://127.0.0.1:{self.port}"
         self.command = [sys.executable, "-m", "lref.cli", "serve", "student", str(folder), "--backend", backend,
                         "--port", str(self.port), "--micro-batch-size", str(micro_batch_size),
@@ -99,13 +99,16 @@ class Service:
         import httpx
 
         self.process = subprocess.Popen(self.command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 180
+        deadline, answered = time.monotonic() + 180, set()
         while True:
             if self.process.poll() is not None:
                 raise RuntimeError(f"the service exited: {self.process.stdout.read().decode(errors='replace')}")
             try:
-                if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
-                    return self
+                response = httpx.get(f"{self.url}/healthz", timeout=1)
+                if response.status_code == 200:
+                    answered.add(response.json().get("pid"))
+                    if len(answered) >= self.workers:  # every worker has loaded its model
+                        return self
             except httpx.TransportError:
                 pass
             if time.monotonic() > deadline:
@@ -189,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--clients", type=int, default=16, help="concurrent clients")
     parser.add_argument("--concurrent-requests", type=int, default=1024, help="requests over all concurrent clients")
     parser.add_argument("--client-pairs", default="1,16", help="pairs per concurrent request, comma-separated")
-    parser.add_argument("--max-wait-ms", type=float, default=5.0, help="the server's micro-batch wait")
+    parser.add_argument("--max-wait-ms", type=float, default=0.0, help="the server's micro-batch wait")
     parser.add_argument("--out", default=str(DEFAULT_OUT))
     args = parser.parse_args(argv)
 

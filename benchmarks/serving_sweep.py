@@ -135,6 +135,8 @@ def main() -> None:
                     timed_requests = concurrent["requests"]
                 else:
                     concurrent = concurrent_load(service.url, pairs, args.clients, args.concurrent_requests, 1)
+                    if workers > 1:  # /metrics describes whichever worker answers: not the whole service
+                        concurrent["mean_pairs_per_model_call"] = None
                     timed_requests = 2 * concurrent["requests"]  # concurrent_load's warm-up and timed rounds
                 wall = time.perf_counter() - started
                 server_cpu = tree_cpu_seconds(service.process.pid)

@@ -114,6 +114,8 @@ def main() -> None:
     for layers in sorted(set(args.layers), reverse=True):
         size = args.train_pairs or "all"
         name = f"{kind}_{size}" if layers == 6 else f"{kind}_L{layers}_{size}"
+        if (args.learning_rate, args.feature_learning_rate) != (5e-5, 1e-3):  # a kept folder must match its rates
+            name += f"_lr{args.learning_rate:g}_flr{args.feature_learning_rate:g}"
         folder, train_s = probe_student(Path(args.work_dir) / name, student_train, args,
                                         **options, **({} if layers == 6 else {"encoder_layers": layers}))
         export = folder / "onnx"

@@ -279,6 +279,9 @@ def test_a_prior_hybrid_exports_with_its_lexical_model_and_agrees_with_pytorch(t
     (exported / HYBRID_FILE).write_text(json.dumps({**spec, "prior": "lexical_prior"}))
     with pytest.raises(ModelFileError, match="'prior' needs a folder and labels"):
         load_student(exported, "onnx")
+    (exported / HYBRID_FILE).write_text(json.dumps({**spec, "prior": None}))
+    with pytest.raises(ModelFileError, match="format 2 goes with a lexical prior"):
+        load_student(exported, "onnx")
 
 
 def test_a_lexical_prior_without_the_match_features_is_a_config_error():

@@ -580,13 +580,26 @@ def worker_processes(parent: int) -> list[int]:
 @pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="counts worker processes through Linux /proc")
 def test_cli_serve_student_with_two_workers_serves_the_same_scores_from_two_processes(student, reference):
     with cli_server(student, "--workers", "2") as (process, url):
-        assert len(worker_processes(process.pid)) == 2
+        workers = set(worker_processes(process.pid))
+        assert len(workers) == 2
+        answered = set()
+        for _ in range(60):  # fresh connections, which the kernel hands to either worker
+            answered.add(httpx.get(f"{url}/healthz", timeout=30).json()["pid"])
+            if answered == workers:
+                break
+        assert answered == workers
         pairs = [pair(i) for i in range(4)]
-        for _ in range(6):  # requests on fresh connections, which either worker may take
+        for _ in range(4):
             response = post(url, {"pairs": pairs})
             assert response.status_code == 200, response.text
             assert_matches(response.json()["results"], pairs, reference)
         assert post(url, {"pairs": []}).status_code == 422
+
+
+def test_several_workers_refuse_a_folder_that_cannot_serve_before_starting_any(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "lref.cli", "serve", "student", str(tmp_path), "--workers", "2",
+                             "--port", str(free_port())], capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0 and "no label scheme" in result.stderr  # the folder has no manifest
 
 
 def test_cli_serve_student_refuses_a_public_host_without_token(tmp_path):

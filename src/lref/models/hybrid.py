@@ -36,7 +36,13 @@ from pathlib import Path
 
 import numpy as np
 
-from lref.baselines.lexical import LexicalConfig, LexicalFeatures, LexicalModel, out_of_fold_proba
+from lref.baselines.lexical import (
+    LexicalConfig,
+    LexicalFeatures,
+    LexicalModel,
+    UnsafeModelError,
+    out_of_fold_proba,
+)
 from lref.data.records import Record
 from lref.io import atomic_write, write_json
 from lref.models.zoo import ModelFileError
@@ -53,6 +59,9 @@ FEATURE_INPUT = "features"
 FEATURE_CLIP = 8.0
 """Standardised features are clipped to +-this: a title far longer than any in training must not swamp the head."""
 HYBRID_FORMAT = 1
+PRIOR_HYBRID_FORMAT = 2
+"""The format of a hybrid with a lexical prior: an lref that reads only format 1 refuses it at load instead of
+feeding its graph too few features."""
 
 
 def is_hybrid(folder: str | Path) -> bool:
@@ -73,7 +82,7 @@ class MatchFeatures:
     @property
     def names(self) -> tuple[str, ...]:
         """The columns `transform` returns: the match features, then the prior's log-probabilities if any."""
-        prior = tuple(f"lexical_logp_{label}" for label in self.prior.scheme.labels) if self.prior else ()
+        prior = tuple(f"lexical_logp_{label}" for label in self.prior.scheme.labels) if self.prior is not None else ()
         return self.features.names + prior
 
     @property
@@ -121,10 +130,11 @@ class MatchFeatures:
         prior = None
         if self.prior is not None:
             self.prior.save(folder / PRIOR_FOLDER)
-            prior = {"folder": PRIOR_FOLDER, "labels": list(self.prior.scheme.labels), "floor": PRIOR_FLOOR}
+            prior = {"folder": PRIOR_FOLDER, "labels": list(self.prior.scheme.labels)}
         write_json(folder / HYBRID_FILE, {
-            "format": HYBRID_FORMAT, "feature_names": list(self.features.names), "mean": self.mean.tolist(),
-            "scale": self.scale.tolist(), "hidden_size": hidden_size, "clip": FEATURE_CLIP, "statistics": state,
+            "format": HYBRID_FORMAT if prior is None else PRIOR_HYBRID_FORMAT,
+            "feature_names": list(self.features.names), "mean": self.mean.tolist(), "scale": self.scale.tolist(),
+            "hidden_size": hidden_size, "clip": FEATURE_CLIP, "statistics": state,
             "prior": prior,
         })
 
@@ -148,9 +158,10 @@ class MatchFeatures:
             prior_folder = folder / spec["prior"]["folder"]
             try:
                 prior = LexicalModel.load(prior_folder)
-            except FileNotFoundError:
+            except (FileNotFoundError, UnsafeModelError) as error:
                 raise ModelFileError(f"{folder / HYBRID_FILE} names a lexical prior in {prior_folder}, which holds no "
-                                     f"saved lexical model; the hybrid folder is incomplete") from None
+                                     f"readable lexical model ({error}); the hybrid folder is damaged or "
+                                     f"incomplete") from None
             if list(prior.scheme.labels) != spec["prior"]["labels"]:
                 raise ModelFileError(f"{prior_folder} labels {list(prior.scheme.labels)}, {folder / HYBRID_FILE} "
                                      f"expects {spec['prior']['labels']}; the hybrid folder is damaged")
@@ -172,9 +183,13 @@ def hybrid_spec(folder: str | Path) -> dict:
     required = ("format", "feature_names", "mean", "scale", "statistics")
     if not isinstance(spec, dict) or any(key not in spec for key in required):
         raise ModelFileError(f"{path} lacks one of {', '.join(required)}; the hybrid folder is damaged")
-    if spec["format"] != HYBRID_FORMAT:
-        raise ModelFileError(f"{path} has format {spec['format']!r}, this lref reads {HYBRID_FORMAT}; retrain it")
+    if spec["format"] not in (HYBRID_FORMAT, PRIOR_HYBRID_FORMAT):
+        raise ModelFileError(f"{path} has format {spec['format']!r}, this lref reads {HYBRID_FORMAT} and "
+                             f"{PRIOR_HYBRID_FORMAT}; retrain it")
     prior = spec.get("prior")
+    if (prior is not None) != (spec["format"] == PRIOR_HYBRID_FORMAT):
+        raise ModelFileError(f"{path}: format {PRIOR_HYBRID_FORMAT} goes with a lexical prior and only it; the hybrid "
+                             f"folder is damaged")
     if prior is not None and not (isinstance(prior, dict) and "folder" in prior and "labels" in prior):
         raise ModelFileError(f"{path}: 'prior' needs a folder and labels; the hybrid folder is damaged")
     n = len(spec["feature_names"])
@@ -267,6 +282,7 @@ __all__ = [
     "MatchFeatures",
     "PRIOR_FLOOR",
     "PRIOR_FOLDER",
+    "PRIOR_HYBRID_FORMAT",
     "hybrid_model_class",
     "hybrid_spec",
     "is_hybrid",

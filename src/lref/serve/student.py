@@ -82,7 +82,8 @@ class ServeStudentConfig:
     workers: int = field(default=1, metadata={
         "help": "Server processes, each with its own copy of the model and micro-batcher, behind one port. One "
                 "process is bound by its Python thread; on a machine with spare cores, more serve more pairs/s. "
-                "/metrics and /healthz then describe the worker that answers."})
+                "/metrics and /healthz then describe the worker that answers, and limit_concurrency and "
+                "max_queue_pairs hold per worker."})
     log_level: str = field(default="info", metadata={"help": "uvicorn log level."})
     access_log: bool = field(default=False, metadata={
         "help": "Log every request (off by default: it costs throughput; /metrics has the counts)."})
@@ -236,7 +237,7 @@ class MicroBatcher:
     scores count as a raise. The worker goes on with the next batch."""
 
     def __init__(self, score: Callable[[list[Record]], np.ndarray], n_labels: int, micro_batch_size: int = 64,
-                 max_wait_s: float = 0.005, metrics: StudentMetrics | None = None, max_queue_pairs: int | None = None,
+                 max_wait_s: float = 0.0, metrics: StudentMetrics | None = None, max_queue_pairs: int | None = None,
                  health_window: int = 5):
         self.score, self.n_labels = score, n_labels
         self.micro_batch_size, self.max_wait_s = micro_batch_size, max_wait_s
@@ -592,6 +593,7 @@ def create_app(config: ServeStudentConfig, scorer=None) -> FastAPI:
         "status": "ok",
         "model": config.model,
         "backend": config.backend,
+        "pid": os.getpid(),  # which worker answered, when several serve (--workers)
         "scheme": {"name": scheme.name, "labels": list(scheme.labels), "ratings": list(scheme.ratings)},
         "label_bias": _label_bias(scorer, scheme),
         "limits": {"max_batch_pairs": config.max_batch_pairs, "max_field_chars": config.max_field_chars,
@@ -641,13 +643,17 @@ def create_app(config: ServeStudentConfig, scorer=None) -> FastAPI:
     return app
 
 
+def uvicorn_options(config: ServeStudentConfig) -> dict[str, Any]:
+    """The uvicorn settings a config sets, whether one process serves or several."""
+    return {"host": config.host, "port": config.port, "log_level": config.log_level, "access_log": config.access_log,
+            "limit_concurrency": config.limit_concurrency}
+
+
 def build_server(config: ServeStudentConfig, scorer=None):
     """A configured ``uvicorn.Server`` (not yet running); tests and benchmarks run it in a thread."""
     import uvicorn
 
-    app = create_app(config, scorer)
-    return uvicorn.Server(uvicorn.Config(app, host=config.host, port=config.port, log_level=config.log_level,
-                                         access_log=config.access_log, limit_concurrency=config.limit_concurrency))
+    return uvicorn.Server(uvicorn.Config(create_app(config, scorer), **uvicorn_options(config)))
 
 
 WORKER_CONFIG_ENV = "LREF_SERVE_STUDENT_CONFIG"
@@ -660,19 +666,35 @@ def worker_app() -> FastAPI:
     return create_app(ServeStudentConfig(**json.loads(os.environ[WORKER_CONFIG_ENV])))
 
 
+def available_cores() -> int:
+    """The cores this process may run on (its CPU affinity where the OS tells it)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
 def serve_student(config: ServeStudentConfig) -> None:
     """Load the student and serve it until interrupted; with `workers` > 1, in that many processes behind one port
-    (uvicorn's process manager), each loading the model itself."""
+    (uvicorn's process manager), each loading the model itself. The model and the token are checked here first: a
+    worker that fails to start would otherwise be restarted for ever."""
     if config.workers == 1:
         build_server(config).run()
         return
     import uvicorn
 
-    threads = config.threads or max(1, (os.cpu_count() or 1) // config.workers)
-    os.environ[WORKER_CONFIG_ENV] = json.dumps({**asdict(config), "threads": threads, "workers": 1})
-    uvicorn.run(f"{__name__}:worker_app", factory=True, host=config.host, port=config.port,
-                workers=config.workers, log_level=config.log_level, access_log=config.access_log,
-                limit_concurrency=config.limit_concurrency)
+    resolve_token(config.token_file, config.host)
+    load_scorer(config)  # a folder that cannot serve fails here, once, with its own error
+    threads = config.threads or max(1, available_cores() // config.workers)
+    previous = os.environ.get(WORKER_CONFIG_ENV)
+    os.environ[WORKER_CONFIG_ENV] = json.dumps({**asdict(config), "threads": threads, "workers": 1}, default=str)
+    try:
+        uvicorn.run(f"{__name__}:worker_app", factory=True, workers=config.workers, **uvicorn_options(config))
+    finally:
+        if previous is None:
+            os.environ.pop(WORKER_CONFIG_ENV, None)
+        else:
+            os.environ[WORKER_CONFIG_ENV] = previous
 
 
 __all__ = [
@@ -685,11 +707,13 @@ __all__ = [
     "ServeStudentConfig",
     "StudentMetrics",
     "WORKER_CONFIG_ENV",
+    "available_cores",
     "build_server",
     "create_app",
     "load_scorer",
     "relevance_results",
     "request_model",
     "serve_student",
+    "uvicorn_options",
     "worker_app",
 ]
