@@ -8,7 +8,8 @@ For each setting THREADS:MAX_WAIT_MS:WORKERS (THREADS 0: the server's default) i
 - `--client wrk` (default when the `wrk` program is installed; Debian package `wrk`): wrk's C event loop with
   --clients connections for --seconds after a 3 s warm-up, one dev pair per request in turn (a Lua script);
 - `--client python`: serving.py's asyncio httpx clients (`concurrent_load`), --concurrent-requests in all.
-It reads the CPU seconds of the server's processes (its workers included) per wall second and per pair. Before that
+It reads the CPU seconds of the server's processes (its workers included) per wall second and per pair, and with the
+Python clients theirs per request. Before that
 it scores the same dev pairs in process, 32 a call, with one and two threads: the model's own cost, the ceiling of any
 service of it on this CPU. Clients and server share the machine's cores. Writes benchmarks/results/serving_sweep.json.
 Needs ../shared/datasets/homedepot/dev.csv.
@@ -19,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -76,6 +78,12 @@ def wrk_load(url: str, script: Path, clients: int, seconds: int) -> dict:
             "non_2xx": int(non_2xx), "socket_errors": int(socket_errors)}
 
 
+def own_cpu_seconds() -> float:
+    """User + system CPU seconds of this process so far (the Python clients run in it)."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--student", required=True, help="an `lref export` folder (model.int8.onnx)")
@@ -130,6 +138,7 @@ def main() -> None:
                 if args.client == "wrk":
                     wrk_load(service.url, script, args.clients, 3)  # warm-up
                 cpu_before, started = tree_cpu_seconds(service.process.pid), time.perf_counter()
+                client_before = own_cpu_seconds()
                 if args.client == "wrk":
                     concurrent = wrk_load(service.url, script, args.clients, args.seconds)
                     timed_requests = concurrent["requests"]
@@ -139,11 +148,13 @@ def main() -> None:
                         concurrent["mean_pairs_per_model_call"] = None
                     timed_requests = 2 * concurrent["requests"]  # concurrent_load's warm-up and timed rounds
                 wall = time.perf_counter() - started
-                server_cpu = tree_cpu_seconds(service.process.pid)
+                server_cpu, client_cpu = tree_cpu_seconds(service.process.pid), own_cpu_seconds() - client_before
             run = {"threads": threads or None, "max_wait_ms": wait, "workers": workers,
                    "sequential_p50_ms": sequential["p50_ms"], "sequential_p99_ms": sequential["p99_ms"],
                    "concurrent": concurrent, "server_cores_busy": round((server_cpu - cpu_before) / wall, 2),
                    "server_cpu_ms_per_pair": round(1000 * (server_cpu - cpu_before) / timed_requests, 2)}
+            if args.client == "python":  # the clients run in this process (wrk's CPU is not measured)
+                run["client_cpu_ms_per_request"] = round(1000 * client_cpu / timed_requests, 2)
             print(run, flush=True)
             runs.append(run)
     write_json(args.out, {

@@ -154,6 +154,10 @@ def main() -> None:
              for other in (deepest, "lexical") if other != name]
     pairs += [(f"L{n}_int8", f"L{n}_fp32") for n in sorted(set(args.layers), reverse=True)]
     results, paired = compare_on_dev(dev, systems, pairs, scheme, args.seed)
+    lexical_labels = [p.label for p in systems["lexical"]]
+    for name, predictions in systems.items():  # how far each student's labels leave lexical's (calibrated)
+        results[name]["label_agreement_with_lexical"] = round(
+            float(np.mean([p.label == q for p, q in zip(predictions, lexical_labels)])), 4)
     write_json(args.out, {
         "command": " ".join(["python benchmarks/student_size.py", *sys.argv[1:]]),
         "machine": machine(), "date": utc_now(), "threads": args.threads, "kind": kind,

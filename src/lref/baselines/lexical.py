@@ -589,7 +589,9 @@ def out_of_fold_proba(records: Sequence[Record], config: LexicalConfig, folds: i
         raise DataError(f"{len(set(queries))} labelled queries cannot make {folds} query-disjoint folds; label more "
                         f"queries or lower the number of folds")
     full = LexicalModel(config).fit([records[i] for i in labelled])
-    probs = full.predict_proba(records)
+    probs = np.zeros((len(records), len(full.scheme)))
+    unlabelled = sorted(set(range(len(records))) - set(labelled))
+    probs[unlabelled] = full.predict_proba([records[i] for i in unlabelled])
     for fit_rows, held_rows in GroupKFold(n_splits=folds).split(labelled, groups=queries):
         fold = LexicalModel(config).fit([records[labelled[j]] for j in fit_rows])
         held = [labelled[j] for j in held_rows]

@@ -50,6 +50,7 @@ from lref.models.factory import load_student
 from lref.models.onnx import BACKENDS
 from lref.predictions import softmax
 from lref.serve.guard import BearerAuth, BodyLimit, resolve_token
+from lref.sharding import available_cores
 
 logger = logging.getLogger(__name__)
 
@@ -666,14 +667,6 @@ def worker_app() -> FastAPI:
     return create_app(ServeStudentConfig(**json.loads(os.environ[WORKER_CONFIG_ENV])))
 
 
-def available_cores() -> int:
-    """The cores this process may run on (its CPU affinity where the OS tells it)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
-
-
 def serve_student(config: ServeStudentConfig) -> None:
     """Load the student and serve it until interrupted; with `workers` > 1, in that many processes behind one port
     (uvicorn's process manager), each loading the model itself. The model and the token are checked here first: a
@@ -707,7 +700,6 @@ __all__ = [
     "ServeStudentConfig",
     "StudentMetrics",
     "WORKER_CONFIG_ENV",
-    "available_cores",
     "build_server",
     "create_app",
     "load_scorer",
